@@ -1,0 +1,9 @@
+"""siamjax: siamese sentence-embedding training in JAX/Flax NNX.
+
+sentence-transformers' models, losses and evaluators, rebuilt around one pure
+`encode(params, tokens)` function that `jax.jit` shards over device meshes.
+"""
+from siamjax.encoder import BertConfig, SentenceEncoder
+
+__version__ = "0.1.0"
+__all__ = ["BertConfig", "SentenceEncoder", "__version__"]

@@ -1,0 +1,5 @@
+import sys
+
+from siamjax.cli import main
+
+sys.exit(main())

@@ -1,0 +1,106 @@
+"""The whole sentence encoder as one NNX module: transformer -> pooling -> Dense -> normalise.
+
+The module is split once into `(graphdef, params)`; training and inference use the pure
+function from `make_encode_fn`, so both sides of a pair are encoded by the same parameters
+with `jax.vmap(encode_fn, in_axes=(None, 0))` and gradients from both land on one pytree.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from siamjax.encoder.bert import BertConfig, BertEncoder
+from siamjax.encoder.pooling import DENSE_ACTIVATIONS, PoolingConfig, l2_normalize, pool
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseConfig:
+    """sentence-transformers' `Dense` module (`2_Dense/config.json`)."""
+
+    in_features: int
+    out_features: int
+    bias: bool = True
+    activation_function: str = "torch.nn.modules.activation.Tanh"
+
+    def __post_init__(self):
+        if self.activation_function not in DENSE_ACTIVATIONS:
+            raise ValueError(f"Dense activation {self.activation_function!r} is not supported; "
+                             f"valid: {sorted(DENSE_ACTIVATIONS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+    """Everything that fixes the encoder's structure (not its weights)."""
+
+    bert: BertConfig
+    pooling: PoolingConfig = PoolingConfig()
+    dense: DenseConfig | None = None
+    normalize: bool = False
+
+
+class SentenceModel(nnx.Module):
+    """Token ids `[B, L]` -> sentence embeddings `[B, D]` (float32)."""
+
+    def __init__(self, spec: EncoderSpec, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+                 remat: bool = False, rngs: nnx.Rngs):
+        self.encoder = BertEncoder(spec.bert, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=rngs)
+        pooled = spec.pooling.output_dim(spec.bert.hidden_size)
+        if spec.dense is not None and spec.dense.in_features != pooled:
+            raise ValueError(f"Dense in_features ({spec.dense.in_features}) must equal the pooled width "
+                             f"({pooled} = hidden_size x {len(spec.pooling.modes)} pooling modes)")
+        self.dense = None if spec.dense is None else nnx.Linear(
+            spec.dense.in_features, spec.dense.out_features, use_bias=spec.dense.bias,
+            param_dtype=param_dtype, rngs=rngs)
+        self.spec = spec
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, rng=None):
+        h_BxLxD = self.encoder(input_ids, attention_mask, token_type_ids, rng=rng)
+        x_BxD = pool(h_BxLxD, attention_mask, self.spec.pooling)
+        if self.dense is not None:
+            x_BxD = DENSE_ACTIVATIONS[self.spec.dense.activation_function](self.dense(x_BxD))
+        return l2_normalize(x_BxD) if self.spec.normalize else x_BxD
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the output embedding."""
+        if self.spec.dense is not None:
+            return self.spec.dense.out_features
+        return self.spec.pooling.output_dim(self.spec.bert.hidden_size)
+
+
+EncodeFn = Callable[..., jax.Array]
+
+
+def make_encode_fn(graphdef: nnx.GraphDef) -> EncodeFn:
+    """The pure encoder: `encode_fn(params, batch, *, rng=None) -> [B, D]` float32.
+
+    `batch` holds int arrays `input_ids`, `attention_mask` and optionally `token_type_ids`,
+    each `[B, L]`. With `rng` given, dropout is on (training mode).
+    """
+
+    def encode_fn(params, batch, *, rng=None):
+        model = nnx.merge(graphdef, params)
+        return model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), rng=rng)
+
+    return encode_fn
+
+
+def init_params(spec: EncoderSpec, *, seed: int = 0, dtype: Any = jnp.float32,
+                param_dtype: Any = jnp.float32, remat: bool = False):
+    """Randomly initialised `(graphdef, params)` with params as a plain nested dict of arrays."""
+    model = SentenceModel(spec, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(seed))
+    graphdef, state = nnx.split(model)
+    return graphdef, nnx.to_pure_dict(state)
+
+
+def abstract_params(spec: EncoderSpec, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+                    remat: bool = False):
+    """`(graphdef, params)` where params are `jax.ShapeDtypeStruct`s: no memory, no compute."""
+    model = nnx.eval_shape(lambda: SentenceModel(spec, dtype=dtype, param_dtype=param_dtype,
+                                                 remat=remat, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    return graphdef, nnx.to_pure_dict(state)

@@ -1,0 +1,219 @@
+"""`SentenceEncoder`: the user-facing model object (load, encode, compare, save).
+
+It owns one `(graphdef, params)` pair. `encode_fn` is the pure function the trainer jits and
+vmaps; `encode()` is the convenient host API: it tokenises once, sorts by length so batches
+carry little padding, pads each batch to one of a few bucket lengths (so XLA compiles a handful
+of shapes, not one per batch) and returns float32 numpy.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from siamjax.encoder import hf_names, hub
+from siamjax.encoder.bert import BertConfig
+from siamjax.encoder.model import (DenseConfig, EncoderSpec, abstract_params, init_params,
+                                   make_encode_fn)
+from siamjax.encoder.pooling import PoolingConfig
+
+_MIN_BUCKET = 16
+
+
+def bucket_length(longest: int, max_seq_length: int) -> int:
+    """Smallest of {16, 32, 64, ...} that fits `longest`, capped at `max_seq_length`."""
+    length = _MIN_BUCKET
+    while length < longest:
+        length *= 2
+    return min(length, max_seq_length)
+
+
+def _dtype(name: Any):
+    return jnp.dtype(name) if name is not None else jnp.float32
+
+
+class SentenceEncoder:
+    """A sentence-embedding model: transformer + pooling (+ Dense) (+ normalisation)."""
+
+    def __init__(self, spec: EncoderSpec, params: dict, tokenizer, max_seq_length: int, *,
+                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, remat: bool = False,
+                 hf_config: dict | None = None, extras: dict[str, np.ndarray] | None = None):
+        self.spec = spec
+        self.graphdef, _ = abstract_params(spec, dtype=_dtype(dtype), param_dtype=_dtype(param_dtype), remat=remat)
+        self.params = params
+        self.tokenizer = tokenizer
+        self.max_seq_length = int(max_seq_length)
+        self.dtype, self.param_dtype, self.remat = _dtype(dtype), _dtype(param_dtype), remat
+        self.hf_config = hf_config or {}
+        self.extras = extras or {}
+        self.encode_fn = make_encode_fn(self.graphdef)
+        self._jit_encode = jax.jit(self.encode_fn)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_pretrained(cls, path_or_name: str | os.PathLike, *, dtype: Any = "float32",
+                        param_dtype: Any = "float32", remat: bool = False,
+                        max_seq_length: int | None = None) -> "SentenceEncoder":
+        """Load a sentence-transformers folder, a plain HF folder (mean pooling) or a hub name.
+
+        `dtype` is the compute dtype ("bfloat16" for mixed precision); `remat` recomputes each
+        layer's activations in the backward pass to save memory when training.
+        """
+        from transformers import AutoTokenizer
+
+        folder = hub.resolve(path_or_name)
+        loaded = hub.read_folder(folder)
+        graphdef, abstract = abstract_params(loaded.spec, param_dtype=_dtype(param_dtype))
+        del graphdef
+        names = hf_names.transformer_names(loaded.spec.bert)
+        params, extras = hf_names.fill_params(abstract, loaded.tensors, names, str(loaded.transformer_dir))
+        if loaded.spec.dense is not None:
+            dense_params, _ = hf_names.fill_params(abstract, loaded.dense_tensors,
+                                                   hf_names.dense_names(loaded.spec.dense.bias),
+                                                   str(folder / "2_Dense"))
+            params["dense"] = dense_params["dense"]
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(loaded.transformer_dir))
+        except Exception as err:
+            raise ValueError(f"{loaded.transformer_dir}: could not load the tokenizer ({err})") from err
+        limit = loaded.max_seq_length if max_seq_length is None else int(max_seq_length)
+        if limit > loaded.spec.bert.max_tokens:
+            raise ValueError(f"max_seq_length {limit} exceeds the model's {loaded.spec.bert.max_tokens} positions")
+        params = jax.tree.map(jnp.asarray, params)
+        return cls(loaded.spec, params, tokenizer, limit, dtype=dtype, param_dtype=param_dtype, remat=remat,
+                   hf_config=loaded.hf_config, extras=extras)
+
+    @classmethod
+    def from_config(cls, bert_config: BertConfig, tokenizer, *, pooling: str | Sequence[str] = "mean",
+                    normalize: bool = False, dense_dim: int | None = None, seed: int = 0,
+                    max_seq_length: int | None = None, dtype: Any = "float32",
+                    param_dtype: Any = "float32", remat: bool = False) -> "SentenceEncoder":
+        """A randomly initialised encoder (tests, pre-training from scratch)."""
+        modes = (pooling,) if isinstance(pooling, str) else tuple(pooling)
+        pooling_cfg = PoolingConfig(modes)
+        dense = None if dense_dim is None else DenseConfig(
+            pooling_cfg.output_dim(bert_config.hidden_size), dense_dim)
+        spec = EncoderSpec(bert=bert_config, pooling=pooling_cfg, dense=dense, normalize=normalize)
+        _, params = init_params(spec, seed=seed, param_dtype=_dtype(param_dtype))
+        return cls(spec, params, tokenizer, max_seq_length or min(bert_config.max_tokens, 512),
+                   dtype=dtype, param_dtype=param_dtype, remat=remat)
+
+    def with_params(self, params: dict) -> "SentenceEncoder":
+        """The same encoder with other weights (e.g. after training)."""
+        new = object.__new__(SentenceEncoder)
+        new.__dict__.update(self.__dict__)
+        new.params = params
+        return new
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the embeddings `encode` returns."""
+        if self.spec.dense is not None:
+            return self.spec.dense.out_features
+        return self.spec.pooling.output_dim(self.spec.bert.hidden_size)
+
+    # ----------------------------------------------------------------- tokenisation
+    def token_ids(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
+        """Unpadded token ids, truncated at `max_length` (default: `max_seq_length`)."""
+        if isinstance(texts, str):
+            raise TypeError("expected a list of strings, got a single string")
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected str")
+        limit = self.max_seq_length if max_length is None else max_length
+        if not len(texts):
+            return []
+        out = self.tokenizer(list(texts), truncation=True, max_length=limit, padding=False,
+                             return_attention_mask=False, return_token_type_ids=False)
+        return out["input_ids"]
+
+    def pad(self, ids: Sequence[Sequence[int]], length: int | None = None, rows: int | None = None) -> dict:
+        """Right-pad id lists into int32 arrays `[rows, length]` (rows beyond the data are filler)."""
+        length = length or bucket_length(max((len(x) for x in ids), default=1), self.max_seq_length)
+        rows = rows or len(ids)
+        pad_id = self.tokenizer.pad_token_id or 0
+        input_ids = np.full((rows, length), pad_id, np.int32)
+        mask = np.zeros((rows, length), np.int32)
+        for i, seq in enumerate(ids):
+            seq = seq[:length]
+            input_ids[i, :len(seq)] = seq
+            mask[i, :len(seq)] = 1
+        mask[len(ids):, 0] = 1  # filler rows attend to one token so no row is all padding
+        return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict:
+        """Token batch `[B, L]` (int32 numpy) padded to a bucket length."""
+        ids = self.token_ids(texts, max_length)
+        limit = self.max_seq_length if max_length is None else max_length
+        return self.pad(ids, bucket_length(max((len(x) for x in ids), default=1), limit))
+
+    # ----------------------------------------------------------------- encoding
+    def encode(self, sentences: Sequence[str] | str, batch_size: int = 64, normalize: bool | None = None,
+               show_progress: bool = False, precision: str = "float32", calibration=None) -> np.ndarray:
+        """Embeddings `[N, D]` (float32 numpy; quantised if `precision` is not float32).
+
+        `normalize=True` L2-normalises even if the model has no Normalize module; otherwise the
+        model's own configuration decides. A single string returns a `[D]` vector.
+        """
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        ids = self.token_ids(texts)
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        out = np.zeros((len(texts), self.embedding_dim), np.float32)
+        pending = None
+        starts = range(0, len(texts), batch_size)
+        for start in tqdm(starts, desc="encode", unit="batch", disable=not show_progress):
+            idx = order[start:start + batch_size]
+            batch = self.pad([ids[i] for i in idx], rows=batch_size)
+            emb = self._jit_encode(self.params, batch)  # dispatch before fetching the previous one
+            if pending is not None:
+                out[pending[0]] = np.asarray(pending[1])[:len(pending[0])]
+            pending = (idx, emb)
+        if pending is not None:
+            out[pending[0]] = np.asarray(pending[1])[:len(pending[0])]
+        if normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        if precision != "float32":
+            from siamjax.quantization import quantize_embeddings
+
+            out = quantize_embeddings(out, precision, calibration=calibration)
+        return out[0] if single else out
+
+    def similarity(self, a, b) -> np.ndarray:
+        """Cosine similarity matrix `[N, M]` between two sets of embeddings (or of sentences)."""
+        a = self.encode(a) if _is_texts(a) else np.asarray(a, np.float32)
+        b = self.encode(b) if _is_texts(b) else np.asarray(b, np.float32)
+        a, b = np.atleast_2d(a), np.atleast_2d(b)
+        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+        return a @ b.T
+
+    # ----------------------------------------------------------------- saving
+    def save(self, directory: str | os.PathLike) -> pathlib.Path:
+        """Write a sentence-transformers folder that `SentenceTransformer(directory)` loads."""
+        directory = pathlib.Path(directory)
+        params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), self.params)
+        hub.write_folder(directory, spec=self.spec, params=params, tokenizer=self.tokenizer,
+                         hf_config=self.hf_config, max_seq_length=self.max_seq_length, extras=self.extras)
+        return directory
+
+    def __repr__(self) -> str:
+        b = self.spec.bert
+        return (f"SentenceEncoder({b.model_type}, layers={b.num_hidden_layers}, hidden={b.hidden_size}, "
+                f"pooling={'+'.join(self.spec.pooling.modes)}, dense={self.spec.dense is not None}, "
+                f"normalize={self.spec.normalize}, max_seq_length={self.max_seq_length}, dim={self.embedding_dim})")
+
+
+def _is_texts(x) -> bool:
+    return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], str))
+
+
+__all__ = ["SentenceEncoder", "bucket_length"]

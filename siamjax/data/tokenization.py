@@ -1,0 +1,64 @@
+"""Tokenise the S sides of a batch with a HF fast tokenizer and pad to a bucket length.
+
+Why buckets: jit compiles once per input shape, so padding every batch to its own longest
+sequence would compile on nearly every step; padding to the smallest of a few fixed lengths
+(32, 64, 128, ... max_seq_length) bounds the number of compilations while wasting little
+compute on short batches.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def bucket_lengths(max_seq_length: int, min_length: int = 32) -> tuple[int, ...]:
+    """Powers of two from `min_length` below `max_seq_length`, then `max_seq_length` itself."""
+    if max_seq_length < 2:
+        raise ValueError(f"max_seq_length must be >= 2 (room for [CLS] and [SEP]), "
+                         f"got {max_seq_length}")
+    buckets, length = [], min_length
+    while length < max_seq_length:
+        buckets.append(length)
+        length *= 2
+    return tuple(buckets) + (max_seq_length,)
+
+
+def pick_bucket(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= length (sequences are already truncated to the largest)."""
+    for bucket in buckets:
+        if bucket >= length:
+            return bucket
+    raise ValueError(f"sequence length {length} exceeds the largest bucket {max(buckets)}")
+
+
+def tokenize_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length: int,
+                   buckets: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """Tokenise S lists of B texts into int32 arrays [S, B, L], L a bucket length.
+
+    Why one L for all sides: the sides are stacked and encoded with one vmapped call.
+    Texts are truncated at `max_seq_length`; `token_type_ids` are zeros (single segments).
+    """
+    buckets = tuple(sorted(buckets)) if buckets else bucket_lengths(max_seq_length)
+    if max(buckets) < max_seq_length:
+        raise ValueError(f"largest bucket {max(buckets)} < max_seq_length {max_seq_length}")
+    num_sides, batch = len(sides), len(sides[0])
+    if any(len(side) != batch for side in sides):
+        raise ValueError(f"all sides need the same batch size, got {[len(s) for s in sides]}")
+    flat = [text for side in sides for text in side]
+    encoded = tokenizer(flat, padding=False, truncation=True, max_length=max_seq_length,
+                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    longest = max(len(ids) for ids in encoded)
+    length = pick_bucket(longest, buckets)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = np.full((num_sides * batch, length), pad_id, dtype=np.int32)
+    attention_mask = np.zeros((num_sides * batch, length), dtype=np.int32)
+    for row, ids in enumerate(encoded):
+        input_ids[row, : len(ids)] = ids
+        attention_mask[row, : len(ids)] = 1
+    shape = (num_sides, batch, length)
+    return {"input_ids": input_ids.reshape(shape),
+            "attention_mask": attention_mask.reshape(shape),
+            "token_type_ids": np.zeros(shape, dtype=np.int32)}

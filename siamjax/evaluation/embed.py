@@ -1,0 +1,41 @@
+"""How evaluators turn texts into embeddings: any `encode(texts) -> [N, D]` callable, or an
+object with an `.encode(texts)` method (a `SentenceEncoder`, a sentence-transformers model)."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+EncodeFn = Callable[[list[str]], np.ndarray]
+
+
+def as_encode_fn(model) -> EncodeFn:
+    """The callable behind `model`: its `.encode` method if it has one, else `model` itself."""
+    fn = getattr(model, "encode", None)
+    if callable(fn):
+        return fn
+    if callable(model):
+        return model
+    raise TypeError(f"expected an encode(texts) callable or a model with .encode, got {type(model).__name__}")
+
+
+def embed(model, texts: Sequence[str]) -> np.ndarray:
+    """float32 [len(texts), D] embeddings, checked for shape and NaNs so a broken model fails here."""
+    out = np.asarray(as_encode_fn(model)(list(texts)))
+    if out.ndim != 2 or out.shape[0] != len(texts):
+        raise ValueError(f"encode returned shape {out.shape} for {len(texts)} texts; expected [N, D]")
+    out = out.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(out)):
+        raise ValueError("encode returned NaN or infinite embeddings")
+    return out
+
+
+def embed_unique(model, *text_lists: Sequence[str]) -> list[np.ndarray]:
+    """Embed each distinct text once and return one [len(list), D] array per input list.
+
+    Why: STS / pair files repeat sentences a lot; encoding is the expensive part.
+    """
+    unique = list(dict.fromkeys(t for texts in text_lists for t in texts))
+    emb = embed(model, unique)
+    where = {t: i for i, t in enumerate(unique)}
+    return [emb[[where[t] for t in texts]] if len(texts) else emb[:0] for texts in text_lists]

@@ -6,7 +6,9 @@ become false negatives), and the state must be a few integers a checkpoint can h
 order of each dataset is grain's stateless index shuffle, a pure function of
 (seed, epoch, position); the no-duplicates rule defers a conflicting example to a later batch
 instead of dropping it, so batches are always full. The state is the batch counter, one
-cursor per dataset and the (usually tiny) list of deferred examples.
+cursor per dataset and the (usually tiny) list of deferred examples. A text repeated in more
+examples than there are batches per epoch cannot be placed every time; the deferred list is
+therefore capped at one global batch, and overflow is counted and logged, not dropped silently.
 """
 from __future__ import annotations
 
@@ -58,7 +60,8 @@ class _Stream:
         self.order = order.repeat(None)
         self.limit = None if num_epochs is None else num_epochs * self.size
         self.no_duplicates = no_duplicates
-        self.cursor, self.deferred = 0, []
+        # dropped: examples skipped because the deferred list overflowed (see module doc).
+        self.cursor, self.deferred, self.dropped = 0, [], 0
         self.keys = functools.lru_cache(maxsize=1 << 16)(self._keys)
 
     def _keys(self, index: int) -> frozenset[int]:
@@ -70,8 +73,8 @@ class _Stream:
         return self.cursor / self.size
 
     def leftover(self) -> int:
-        """Examples of the finite stream that were never yielded (too few for a full batch)."""
-        return len(self.deferred) + max(0, (self.limit or 0) - self.cursor)
+        """Examples of the finite stream never yielded: too few for a full batch, or dropped."""
+        return len(self.deferred) + max(0, (self.limit or 0) - self.cursor) + self.dropped
 
     def next_batch(self) -> list[int] | None:
         """The next full batch of dataset indices, or None when a finite stream is exhausted."""
@@ -99,8 +102,19 @@ class _Stream:
                 self._add(index, batch, seen)
             else:
                 deferred.append(index)
+        if len(deferred) > self.batch_size:  # keep the newest; the oldest keep conflicting
+            self._drop(len(deferred) - self.batch_size)
+            deferred = deferred[-self.batch_size:]
         self.cursor, self.deferred = cursor, deferred
         return batch
+
+    def _drop(self, count: int) -> None:
+        before, self.dropped = self.dropped, self.dropped + count
+        if len(str(before)) != len(str(self.dropped)) or before == 0:  # 1, 10, 100, ...
+            log.warning("dataset %r: %d example(s) skipped so far because their text repeats "
+                        "more often than there are batches per epoch (no_duplicates=True); "
+                        "de-duplicate the data or pass no_duplicates=False",
+                        self.source.name, self.dropped)
 
     def _fits(self, index: int, seen: set[int]) -> bool:
         return not self.no_duplicates or self.keys(index).isdisjoint(seen)
@@ -173,6 +187,7 @@ class GlobalBatchSampler:
         return {"version": STATE_VERSION, "step": self.step,
                 "cursors": [s.cursor for s in self.streams],
                 "deferred": [list(s.deferred) for s in self.streams],
+                "dropped_duplicates": [s.dropped for s in self.streams],
                 "fingerprint": dict(self.fingerprint)}
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -186,5 +201,7 @@ class GlobalBatchSampler:
             raise ValueError(f"data iterator state was saved for other data/settings; "
                              f"(saved, current): {diff}")
         self.step = int(state["step"])
-        for stream, cursor, deferred in zip(self.streams, state["cursors"], state["deferred"]):
-            stream.cursor, stream.deferred = int(cursor), [int(i) for i in deferred]
+        for d, stream in enumerate(self.streams):
+            stream.cursor = int(state["cursors"][d])
+            stream.deferred = [int(i) for i in state["deferred"][d]]
+            stream.dropped = int(state["dropped_duplicates"][d])

@@ -166,10 +166,12 @@ def test_processes_get_disjoint_slices_of_the_same_global_batch(tokenizer, stsb_
         assert parts[0][step]["input_ids"].shape[1] == 8
         np.testing.assert_array_equal(
             np.concatenate([parts[0][step]["labels"], parts[1][step]["labels"]]), batch["labels"])
-        ids = batch["input_ids"]
-        for p in range(2):  # same rows (each part may use a smaller bucket length)
-            part = parts[p][step]["input_ids"]
-            np.testing.assert_array_equal(part, ids[:, 8 * p: 8 * p + 8, : part.shape[-1]])
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            for p in range(2):  # the same rows, padded to the same bucket on every process
+                np.testing.assert_array_equal(parts[p][step][key],
+                                              batch[key][:, 8 * p: 8 * p + 8])
+    lengths = {b["input_ids"].shape[-1] for b in whole}
+    assert len(lengths) > 1  # buckets do vary between batches here, so the check has teeth
     with pytest.raises(ValueError, match="must be divisible by the process count 3"):
         make_train_iterator(stsb_dev, tokenizer, process_index=0, process_count=3, **kwargs)
 

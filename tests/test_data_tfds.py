@@ -95,6 +95,8 @@ def test_stsb_builder_bad_row_errors_or_counts(tmp_path):
                              on_bad_row="skip")
     assert len(source) == 1 and source.num_bad_rows == 1
     assert source.materialize().info == {"bad_rows_skipped_at_build": 1}
+    with pytest.raises(ValueError, match="prepared with on_bad_row='skip' and 1 bad row"):
+        load_tfds_pairs("stsb", "train", data_dir=tmp_path / "b", download=False)
 
 
 def test_missing_inputs_are_explained(tmp_path, stsb_dir):

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from siamjax.data.sampler import GlobalBatchSampler
-from siamjax.data.tokenization import bucket_lengths, tokenize_sides
+from siamjax.data.tokenization import bucket_lengths, longest_tokenized, tokenize_sides
 
 
 # Open iterators, closed before interpreter teardown (see TrainIterator.close).
@@ -35,9 +35,11 @@ class _LocalIndicesIterator(grain.DatasetIterator):
         self._local = sampler.batch_size // process_count
         self._start = process_index * self._local
 
-    def __next__(self) -> tuple[int, list[int]]:
+    def __next__(self) -> tuple[int, list[int], list[int]]:
+        """(dataset, this process's indices, the other processes' indices)."""
         d, indices = self._sampler.next()
-        return d, indices[self._start: self._start + self._local]
+        end = self._start + self._local
+        return d, indices[self._start:end], indices[: self._start] + indices[end:]
 
     def get_state(self) -> dict[str, Any]:
         return self._sampler.get_state()
@@ -65,13 +67,18 @@ class _Materialize:
         self._sources, self._tokenizer = sources, tokenizer
         self._max_seq_length, self._buckets = max_seq_length, buckets
 
-    def __call__(self, element: tuple[int, list[int]]) -> dict[str, np.ndarray]:
-        d, indices = element
+    def __call__(self, element: tuple[int, list[int], list[int]]) -> dict[str, np.ndarray]:
+        d, indices, others = element
         source = self._sources[d]
         examples = [source[i] for i in indices]
         sides = [[ex.texts[s] for ex in examples] for s in range(len(examples[0].texts))]
+        longest_elsewhere = 0
+        if others and len(self._buckets) > 1:  # every process must pick the same bucket
+            texts = [t for i in others for t in source.example_texts(i)]
+            longest_elsewhere = longest_tokenized(self._tokenizer, texts,
+                                                  max_seq_length=self._max_seq_length)
         batch = tokenize_sides(self._tokenizer, sides, max_seq_length=self._max_seq_length,
-                               buckets=self._buckets)
+                               buckets=self._buckets, min_length=longest_elsewhere)
         if source.label_kind is not None:
             dtype = np.float32 if source.label_kind == "score" else np.int32
             batch["labels"] = np.asarray([ex.label for ex in examples], dtype=dtype)
@@ -146,6 +153,8 @@ def make_train_iterator(
     mixed per batch ("round_robin" or "proportional"). Iterates forever unless `num_epochs`
     is set (then it stops when a dataset cannot fill another batch, logging the leftover).
     `process_index`/`process_count` default to `jax.process_index()`/`jax.process_count()`.
+    With several processes each one also measures the token lengths of the other rows so
+    all pick the same bucket length; `buckets=(max_seq_length,)` skips that work.
     """
     sources = _as_sources(datasets)
     process_index = jax.process_index() if process_index is None else process_index

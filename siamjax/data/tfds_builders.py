@@ -274,7 +274,8 @@ def load_tfds_pairs(builder: str | type[_PairBuilder], split: str, *,
     builds the array_record files under `data_dir` if missing (from `manual_dir` when given,
     else from the builder's URL unless `download=False`) and returns a random-access
     `TfdsPairSource` for `make_train_iterator`. `columns` maps roles to features (defaults
-    per builder); `normalize_scores` maps the builder's score range to [0, 1].
+    per builder); `normalize_scores` maps the builder's score range to [0, 1]. A copy
+    prepared with on_bad_row="skip" that skipped rows is refused under "error".
     """
     cls = BUILDERS[builder] if isinstance(builder, str) else builder
     kwargs = {"config": config} if config else {}
@@ -289,7 +290,12 @@ def load_tfds_pairs(builder: str | type[_PairBuilder], split: str, *,
     sources = instance.as_data_source()
     if split not in sources:
         raise ValueError(f"{instance.name} has splits {sorted(sources)}, not {split!r}")
+    skipped = (instance.info.metadata or {}).get("bad_rows", {}).get(split, 0)
+    if skipped and on_bad_row == "error":
+        raise ValueError(f"{instance.name} in {instance.data_dir} was prepared with "
+                         f"on_bad_row='skip' and {skipped} bad row(s) of {split!r} were "
+                         f"skipped; pass on_bad_row='skip', or delete that folder to rebuild "
+                         f"and see the errors")
     return TfdsPairSource(sources[split], columns or dict(cls.DEFAULT_COLUMNS),
                           name=f"{instance.name}:{split}", score_range=cls.SCORE_RANGE,
-                          normalize_scores=normalize_scores,
-                          bad_rows=instance.info.metadata.get("bad_rows", {}).get(split, 0))
+                          normalize_scores=normalize_scores, bad_rows=skipped)

@@ -34,11 +34,27 @@ def pick_bucket(length: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"sequence length {length} exceeds the largest bucket {max(buckets)}")
 
 
+def longest_tokenized(tokenizer, texts: Sequence[str], *, max_seq_length: int) -> int:
+    """The longest token count among `texts` after truncation (0 for no texts).
+
+    Why: on several processes every host must pad to the same bucket, so each host
+    measures the rows of the global batch that other hosts tokenise.
+    """
+    if not texts:
+        return 0
+    encoded = tokenizer(list(texts), padding=False, truncation=True, max_length=max_seq_length,
+                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    return max(len(ids) for ids in encoded)
+
+
 def tokenize_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length: int,
-                   buckets: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+                   buckets: Sequence[int] | None = None,
+                   min_length: int = 0) -> dict[str, np.ndarray]:
     """Tokenise S lists of B texts into int32 arrays [S, B, L], L a bucket length.
 
     Why one L for all sides: the sides are stacked and encoded with one vmapped call.
+    L is the smallest bucket >= the longest sequence and >= `min_length` (the longest
+    sequence of the rest of the global batch, so that every process pads alike).
     Texts are truncated at `max_seq_length`; `token_type_ids` are zeros (single segments).
     """
     buckets = tuple(sorted(buckets)) if buckets else bucket_lengths(max_seq_length)
@@ -50,7 +66,7 @@ def tokenize_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length:
     flat = [text for side in sides for text in side]
     encoded = tokenizer(flat, padding=False, truncation=True, max_length=max_seq_length,
                         return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    longest = max(len(ids) for ids in encoded)
+    longest = max(max(len(ids) for ids in encoded), min_length)
     length = pick_bucket(longest, buckets)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids = np.full((num_sides * batch, length), pad_id, dtype=np.int32)

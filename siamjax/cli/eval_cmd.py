@@ -1,0 +1,127 @@
+"""`siamjax eval {sts,retrieval,triplet,binary,paraphrase} --model DIR --data FILE|DIR`.
+
+Runs one evaluator from `siamjax.evaluation` and prints its metrics as a table (x100; thresholds
+in similarity / distance units); `--output FILE.json` also writes them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+from siamjax.cli.encode_cmd import InputError, encode_fn, fail, load_encoder
+
+TASKS = {
+    "sts": "Pearson/Spearman of cosine, dot, Euclidean, Manhattan similarity vs gold scores "
+           "(STS-b, SICK, or csv/tsv/jsonl with sentence1, sentence2, score)",
+    "retrieval": "MRR@10, nDCG@10, Accuracy/Precision/Recall@k, MAP@100 on a BEIR folder "
+                 "(corpus.jsonl, queries.jsonl, qrels/<split>.tsv)",
+    "triplet": "triplet accuracy (csv/tsv/jsonl with anchor, positive, negative)",
+    "binary": "best-threshold accuracy, F1 and average precision for duplicate detection "
+              "(csv/tsv/jsonl with sentence1, sentence2, label 0/1)",
+    "paraphrase": "paraphrase mining over the distinct sentences of a labelled pair file, "
+                  "scored against its label-1 pairs",
+}
+
+
+def _columns(spec: str) -> dict[str, str]:
+    """'score=label,sentence1=text_a' -> {'score': 'label', 'sentence1': 'text_a'}."""
+    out = {}
+    for item in spec.split(","):
+        field, sep, column = item.partition("=")
+        if not sep or not field.strip() or not column.strip():
+            raise argparse.ArgumentTypeError(f"expected FIELD=COLUMN[,FIELD=COLUMN...], got {spec!r}")
+        out[field.strip()] = column.strip()
+    return out
+
+
+def add_parser(subparsers) -> None:
+    """Register `siamjax eval` and its tasks."""
+    p = subparsers.add_parser(
+        "eval", help="evaluate a model (sts, retrieval, triplet, binary, paraphrase)",
+        description="Evaluate a sentence-embedding model on a data file and print its metrics.",
+    )
+    tasks = p.add_subparsers(dest="task", metavar="TASK")
+    tasks.required = True
+    for task, text in TASKS.items():
+        t = tasks.add_parser(task, help=text.split(" (")[0], description=text)
+        t.add_argument("--model", required=True, help="sentence-transformers / siamjax model folder")
+        if task == "retrieval":
+            t.add_argument("--data", required=True, help="BEIR folder")
+            t.add_argument("--split", default="test", help="qrels split to evaluate (default test)")
+            t.add_argument("--score", choices=("cosine", "dot"), default="cosine", help="search score")
+        else:
+            t.add_argument("--data", required=True, help="data file (.csv, .tsv, .jsonl; STS-b/SICK for sts)")
+            formats = ("auto", "stsb", "sick", "csv", "tsv", "jsonl") if task == "sts" else ("auto", "csv", "tsv", "jsonl")
+            t.add_argument("--format", choices=formats, default="auto", help="file layout (default: detect)")
+            t.add_argument("--columns", type=_columns, metavar="FIELD=COLUMN,...",
+                           help="map fields to the file's column names, e.g. score=label")
+        t.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
+        t.add_argument("--max-seq-length", type=int, help="truncate inputs to this many tokens")
+        t.add_argument("--output", help="also write the metrics to this .json file")
+        t.add_argument("--quiet", action="store_true", help="no progress bar")
+        t.set_defaults(func=run)
+
+
+def _evaluator(args):
+    from siamjax import evaluation as ev
+
+    if args.task == "retrieval":
+        return ev.RetrievalEvaluator.from_beir(args.data, args.split, scores=(args.score,),
+                                               show_progress=not args.quiet)
+    cls = {"sts": ev.STSEvaluator, "triplet": ev.TripletEvaluator, "binary": ev.BinaryClassificationEvaluator,
+           "paraphrase": ev.ParaphraseMiningEvaluator}[args.task]
+    return cls.from_file(args.data, format=args.format, columns=args.columns)
+
+
+def _size(evaluator, task: str) -> str:
+    if task == "retrieval":
+        return f"{len(evaluator.queries)} queries, {len(evaluator.corpus)} documents"
+    if task == "triplet":
+        return f"{len(evaluator.anchors)} triplets"
+    if task == "paraphrase":
+        return f"{len(evaluator.sentences)} sentences, {len(evaluator.gold)} duplicate pairs"
+    return f"{len(evaluator.sentences1)} pairs"
+
+
+def format_table(metrics: dict[str, float], task: str) -> str:
+    """Metrics as an aligned table: STS rows are similarities (Pearson, Spearman columns); other
+    tasks put the metric in rows and the similarity / score function in columns."""
+    if task == "sts":
+        sims = list(dict.fromkeys(k.split("_", 1)[1] for k in metrics))
+        rows = [(s, [metrics[f"pearson_{s}"], metrics[f"spearman_{s}"]]) for s in sims]
+        header = ["similarity", "Pearson", "Spearman"]
+    elif task == "paraphrase":
+        rows = [(k, [v]) for k, v in metrics.items()]
+        header = ["metric", "value"]
+    else:
+        cols = list(dict.fromkeys(k.split("_", 1)[0] for k in metrics))
+        names = list(dict.fromkeys(k.split("_", 1)[1] for k in metrics))
+        rows = [(n, [metrics[f"{c}_{n}"] for c in cols]) for n in names]
+        header = ["metric", *cols]
+    width = max(len(header[0]), *(len(r) for r, _ in rows))
+    lines = [f"{header[0]:<{width}}" + "".join(f"{h:>12}" for h in header[1:])]
+    for name, vals in rows:
+        digits = 4 if "threshold" in name else 2  # thresholds are raw scores, the rest x100
+        lines.append(f"{name:<{width}}" + "".join(f"{v:>12.{digits}f}" for v in vals))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, rest: list[str]) -> int:
+    """Handler of `siamjax eval TASK`."""
+    verb = f"eval {args.task}"
+    try:
+        if args.batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.output and not pathlib.Path(args.output).parent.is_dir():
+            raise InputError(f"--output directory {pathlib.Path(args.output).parent} does not exist")
+        evaluator = _evaluator(args)  # read the data first: a bad file fails before the model loads
+        encoder = load_encoder(args.model, args.max_seq_length)
+        metrics = evaluator(encode_fn(encoder, args.batch_size, progress=not args.quiet))
+    except (InputError, ValueError) as err:
+        return fail(verb, err)
+    print(f"{args.task}: {args.data} ({_size(evaluator, args.task)}), model {args.model}")
+    print(format_table(metrics, args.task))
+    if args.output:
+        pathlib.Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n")
+    return 0

@@ -1,0 +1,276 @@
+"""The loss library: every training signal for siamese encoders, and a registry by name.
+
+The functions themselves live by family: in-batch negatives (InfoNCE/MNRL, SigLIP) and their
+sharded forms in `siamjax.contrastive`, labelled pairs in `siamjax.pair_losses`, triplets in
+`siamjax.triplet_losses`; all are re-exported here. The training step does not call them
+directly; it asks the registry for a uniform `LossFn`:
+
+    loss_fn = get_loss("mnrl", learnable_scale=True, mesh=mesh, batch_axes=("data", "fsdp"))
+    loss_params = init_loss_params("mnrl", dim, None, rng, learnable_scale=True)
+    loss = loss_fn(emb_SxBxD, labels_B, loss_params)          # scalar, jit/grad friendly
+
+`emb_SxBxD` are the stacked sides from `jax.vmap(encode_fn, in_axes=(None, 0))`; `labels_B` is
+None or the per-pair labels; `loss_params` is the pytree from `init_loss_params` (learnable
+logit scale, SBERT softmax head, or `{}`). An optional fourth argument `text_ids_SxB` (int ids,
+equal = identical text) masks false negatives in InfoNCE.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from siamjax import loss_inputs as chk
+from siamjax.contrastive import (
+    infonce_loss, learnable_scale, make_infonce_fn, make_sigmoid_fn, shard_over_batch,
+    sharded_infonce, sharded_sigmoid, sigmoid_loss,
+)
+from siamjax.pair_losses import (
+    angle_loss, contrastive_loss, cosent_loss, cosine_mse_loss, init_softmax_head,
+    online_contrastive_loss, softmax_loss,
+)
+from siamjax.similarity import l2_normalize
+from siamjax.triplet_losses import (
+    batch_all_triplet_loss, batch_hard_triplet_loss, batch_semi_hard_triplet_loss, triplet_loss,
+)
+
+# LossFn(emb_SxBxD, labels_B | None, loss_params, text_ids_SxB=None) -> float32 scalar
+LossFn = Callable[..., jax.Array]
+
+__all__ = [
+    "LossFn", "LOSS_NAMES", "get_loss", "init_loss_params", "matryoshka",
+    "infonce_loss", "sigmoid_loss", "learnable_scale", "sharded_infonce", "sharded_sigmoid",
+    "cosent_loss", "angle_loss", "cosine_mse_loss", "contrastive_loss", "online_contrastive_loss",
+    "softmax_loss", "init_softmax_head", "triplet_loss", "batch_hard_triplet_loss",
+    "batch_semi_hard_triplet_loss", "batch_all_triplet_loss",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """How a registry name becomes a LossFn: its options (with defaults), builder and params."""
+
+    options: dict[str, Any]
+    build: Callable[[dict[str, Any], Any, tuple[str, ...]], LossFn]
+    init: Callable[[dict[str, Any], int, int | None, Any], dict] = lambda kw, dim, n, rng: {}
+
+
+def _sides(where: str, emb_SxBxD, num_sides: int | None) -> jax.Array:
+    emb = chk.check_float_array(where, "emb_SxBxD", emb_SxBxD, 3)
+    if num_sides is not None and emb.shape[0] != num_sides:
+        raise ValueError(f"{where}: expects S={num_sides} stacked sides [S, B, D], got {emb.shape}")
+    return emb
+
+
+def _no_extras(where, text_ids_SxB):
+    if text_ids_SxB is not None:
+        raise ValueError(f"{where}: text_ids_SxB (false-negative masking) is only supported by infonce/mnrl")
+
+
+def _pair_builder(name: str, fn: Callable):
+    """LossFn over S=2 sides for a loss fn(u, v, labels, **options)."""
+
+    def build(kw, mesh, axes):
+        def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None):
+            _no_extras(name, text_ids_SxB)
+            emb = _sides(name, emb_SxBxD, 2)
+            return fn(emb[0], emb[1], labels_B, **kw)
+        return loss_fn
+
+    return build
+
+
+def _triplet_build(kw, mesh, axes):
+    def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None):
+        _no_extras("triplet", text_ids_SxB)
+        if labels_B is not None:
+            raise ValueError("triplet: takes no labels (sides are anchor, positive, negative), got labels")
+        emb = _sides("triplet", emb_SxBxD, 3)
+        return triplet_loss(emb[0], emb[1], emb[2], **kw)
+    return loss_fn
+
+
+def _mining_builder(name: str, fn: Callable):
+    """Label-mined triplet losses: all S sides are pooled, each side sharing its row's label.
+
+    With S = 1 (single sentences with a class) this is exactly ST's loss; with pairs, both
+    sentences of row i carry label i.
+    """
+
+    def build(kw, mesh, axes):
+        def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None):
+            _no_extras(name, text_ids_SxB)
+            emb = _sides(name, emb_SxBxD, None)
+            s, b, d = emb.shape
+            labels = chk.check_labels(name, labels_B, b, "int")
+            return fn(emb.reshape(s * b, d), jnp.tile(labels, s), **kw)
+        return loss_fn
+
+    return build
+
+
+def _softmax_build(kw, mesh, axes):
+    def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None):
+        _no_extras("softmax", text_ids_SxB)
+        emb = _sides("softmax", emb_SxBxD, 2)
+        if not loss_params or "softmax_head" not in loss_params:
+            raise ValueError("softmax: loss_params['softmax_head'] is missing; create it with "
+                             "init_loss_params('softmax', dim, num_labels, rng)")
+        return softmax_loss(emb[0], emb[1], labels_B, loss_params["softmax_head"], **kw)
+    return loss_fn
+
+
+def _softmax_init(kw, dim, num_labels, rng):
+    if rng is None:
+        raise ValueError("init_loss_params('softmax', ...): needs an rng to initialise the head")
+    return {"softmax_head": init_softmax_head(rng, dim, num_labels, **kw)}
+
+
+def _in_batch_build(name: str, make_fn):
+    """InfoNCE/SigLIP: plain, or sharded over the mesh's batch axes when a mesh is given."""
+
+    def build(kw, mesh, axes):
+        kw = {("learnable_scale_param" if k == "learnable_scale" else k): v for k, v in kw.items()}
+        if mesh is None:
+            return make_fn(**kw)
+        return shard_over_batch(make_fn(axis_name=axes, **kw), mesh, axes, f"sharded_{name}")
+
+    return build
+
+
+def _scale_init(keys):
+    def init(kw, dim, num_labels, rng):
+        if not kw["learnable_scale"]:
+            return {}
+        params = {"log_scale": jnp.asarray(math.log(kw["scale"]), jnp.float32)}
+        if "bias" in keys:
+            params["bias"] = jnp.asarray(kw["bias"], jnp.float32)
+        return params
+    return init
+
+
+_INFONCE = _Spec(
+    options=dict(scale=20.0, learnable_scale=False, max_scale=100.0, similarity="cosine",
+                 symmetric=False, block_size=None),
+    build=_in_batch_build("infonce", make_infonce_fn),
+    init=_scale_init(("log_scale",)),
+)
+_DISTANCE = dict(margin=5.0, distance="euclidean")
+_REGISTRY: dict[str, _Spec] = {
+    "mnrl": _INFONCE,
+    "infonce": _INFONCE,
+    "sigmoid": _Spec(
+        options=dict(scale=10.0, bias=-10.0, learnable_scale=True, max_scale=100.0, similarity="cosine"),
+        build=_in_batch_build("sigmoid", make_sigmoid_fn),
+        init=_scale_init(("log_scale", "bias")),
+    ),
+    "cosent": _Spec(dict(scale=20.0), _pair_builder("cosent", cosent_loss)),
+    "angle": _Spec(dict(scale=20.0), _pair_builder("angle", angle_loss)),
+    "cosine_mse": _Spec({}, _pair_builder("cosine_mse", cosine_mse_loss)),
+    "contrastive": _Spec(dict(margin=0.5, distance="cosine", size_average=True),
+                         _pair_builder("contrastive", contrastive_loss)),
+    "online_contrastive": _Spec(dict(margin=0.5, distance="cosine"),
+                                _pair_builder("online_contrastive", online_contrastive_loss)),
+    "triplet": _Spec(dict(_DISTANCE), _triplet_build),
+    "batch_hard_triplet": _Spec(dict(_DISTANCE), _mining_builder("batch_hard_triplet", batch_hard_triplet_loss)),
+    "batch_semi_hard_triplet": _Spec(dict(_DISTANCE), _mining_builder("batch_semi_hard_triplet",
+                                                                      batch_semi_hard_triplet_loss)),
+    "batch_all_triplet": _Spec(dict(_DISTANCE), _mining_builder("batch_all_triplet", batch_all_triplet_loss)),
+    "softmax": _Spec(dict(concat_rep=True, concat_diff=True, concat_mul=False), _softmax_build, _softmax_init),
+}
+LOSS_NAMES = tuple(sorted(_REGISTRY))
+_COMMON = ("matryoshka_dims", "matryoshka_weights", "matryoshka_normalize", "mesh", "batch_axes")
+
+
+def _resolve(name: str, kwargs: dict) -> tuple[_Spec, dict, dict]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSS_NAMES)}")
+    spec = _REGISTRY[name]
+    unknown = sorted(set(kwargs) - set(spec.options) - set(_COMMON))
+    if unknown:
+        valid = sorted(spec.options) + list(_COMMON)
+        raise TypeError(f"loss {name!r}: unknown option(s) {unknown}; valid options: {valid}")
+    options = {**spec.options, **{k: v for k, v in kwargs.items() if k in spec.options}}
+    common = {k: kwargs.get(k) for k in _COMMON}
+    return spec, options, common
+
+
+def get_loss(name: str, **kwargs) -> LossFn:
+    """The LossFn `(emb_SxBxD, labels_B | None, loss_params, text_ids_SxB=None) -> scalar` for `name`.
+
+    Options are those of the underlying loss (e.g. scale, symmetric, margin, distance) plus:
+    matryoshka_dims / matryoshka_weights / matryoshka_normalize: wrap in `matryoshka`;
+    mesh / batch_axes: for "mnrl"/"infonce"/"sigmoid", the sharded form over the mesh's batch
+      axes (shard_map + all_gather / ring); the other losses are per-pair or O(B^2) on small
+      batches and are partitioned automatically by jit, so they ignore the mesh.
+    Under jit a NaN/Inf anywhere in `emb_SxBxD` makes the loss NaN (the loop stops on it);
+    eagerly it raises a ValueError.
+    """
+    spec, options, common = _resolve(name, kwargs)
+    axes = tuple(common["batch_axes"] or ("data", "fsdp"))
+    loss_fn = spec.build(options, common["mesh"], axes)
+    if common["matryoshka_dims"] is not None:
+        if name == "softmax":
+            raise ValueError("loss 'softmax' cannot be wrapped in matryoshka: its head is sized for one dim")
+        loss_fn = matryoshka(loss_fn, common["matryoshka_dims"], common["matryoshka_weights"],
+                             normalize=common["matryoshka_normalize"] is not False)
+    elif common["matryoshka_weights"] is not None:
+        raise ValueError(f"loss {name!r}: matryoshka_weights given without matryoshka_dims")
+
+    def checked(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None):
+        loss = loss_fn(emb_SxBxD, labels_B, loss_params, text_ids_SxB)
+        return chk.nan_if_nonfinite(loss, emb_SxBxD)
+
+    checked.__name__ = checked.__qualname__ = f"{name}_loss_fn"
+    checked.__doc__ = f"Registry LossFn for {name!r} with options {options}."
+    return checked
+
+
+def init_loss_params(name: str, dim: int, num_labels: int | None = None, rng=None, **kwargs) -> dict:
+    """Trainable loss parameters for `get_loss(name, **kwargs)`: `{}` for most losses,
+    `{"log_scale"}` for a learnable InfoNCE scale, `{"log_scale", "bias"}` for SigLIP,
+    `{"softmax_head": {"kernel", "bias"}}` for SBERT's classifier. Takes the same kwargs as
+    get_loss so one config dict serves both.
+    """
+    spec, options, _ = _resolve(name, kwargs)
+    if not isinstance(dim, int) or dim <= 0:
+        raise ValueError(f"init_loss_params({name!r}): dim must be a positive int, got {dim!r}")
+    return spec.init(options, dim, num_labels, rng)
+
+
+def matryoshka(
+    loss_fn: LossFn,
+    dims: Sequence[int],
+    weights: Sequence[float] | None = None,
+    *,
+    normalize: bool = True,
+) -> LossFn:
+    """Matryoshka representation learning (Kusupati et al. 2022; ST's MatryoshkaLoss).
+
+    loss = sum_k w_k * loss_fn(shrink(emb, d_k)), shrink = keep the first d_k dims and (like ST)
+    L2-normalise them, so every prefix of the embedding is itself a usable embedding. Weights
+    default to 1. Loss params (e.g. a learnable scale) are shared by all dims.
+    """
+    dims = tuple(int(d) for d in dims)
+    if not dims or any(d <= 0 for d in dims):
+        raise ValueError(f"matryoshka: dims must be positive ints, got {dims}")
+    weights = (1.0,) * len(dims) if weights is None else tuple(float(w) for w in weights)
+    if len(weights) != len(dims):
+        raise ValueError(f"matryoshka: {len(weights)} weights for {len(dims)} dims")
+
+    def loss_fn_m(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None):
+        emb = chk.check_float_array("matryoshka", "emb_SxBxD", emb_SxBxD, 3)
+        if max(dims) > emb.shape[-1]:
+            raise ValueError(f"matryoshka: dims {dims} exceed the embedding dim {emb.shape[-1]}")
+        total = jnp.zeros((), jnp.float32)
+        for d, w in zip(dims, weights):
+            small = emb[..., :d]
+            small = l2_normalize(small) if normalize else small
+            total = total + w * loss_fn(small, labels_B, loss_params, text_ids_SxB)
+        return total
+
+    return loss_fn_m

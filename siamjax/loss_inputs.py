@@ -58,13 +58,12 @@ def check_labels(where: str, labels, batch: int, kind: str) -> jax.Array:
         return jnp.asarray(labels).astype(jnp.int32)
     if not (jnp.issubdtype(dtype, jnp.number) or dtype == jnp.bool_):
         raise TypeError(f"{where}: labels must be numeric, got dtype {dtype}")
-    labels = jnp.asarray(labels).astype(jnp.float32)
     if kind == "binary" and is_concrete(labels):
-        bad = np.setdiff1d(np.unique(np.asarray(labels)), [0.0, 1.0])
+        bad = np.setdiff1d(np.unique(np.asarray(labels, np.float32)), [0.0, 1.0])
         if bad.size:
             raise ValueError(f"{where}: labels must be 0 or 1, found {bad[:5].tolist()}")
     check_finite(where, "labels", labels)
-    return labels
+    return jnp.asarray(labels).astype(jnp.float32)
 
 
 def check_same_shape(where: str, fields: Sequence[str], arrays: Sequence[jax.Array]) -> None:
@@ -79,8 +78,10 @@ def check_finite(where: str, field: str, x) -> None:
     """Raises ValueError if a concrete `x` holds NaN/Inf; does nothing for tracers (see module doc)."""
     if x is None or not is_concrete(x):
         return
-    if not bool(jnp.all(jnp.isfinite(x))):
-        n_bad = int(jnp.sum(~jnp.isfinite(x)))
+    # numpy, not jnp: inside a jit trace even ops on concrete constants are staged out.
+    finite = np.isfinite(np.asarray(x))
+    if not finite.all():
+        n_bad = int(np.sum(~finite))
         raise ValueError(f"{where}: {field} contains {n_bad} NaN/Inf value(s)")
 
 

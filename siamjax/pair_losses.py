@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from siamjax import loss_inputs as chk
 from siamjax.similarity import pairwise_angle, pairwise_cosine, pairwise_distance
@@ -184,8 +185,10 @@ def softmax_loss(
             f"{where}: head kernel {kernel.shape} / bias {bias.shape} do not fit features of size "
             f"{feats_BxF.shape[1]} (embedding dim {u.shape[1]}); re-create it with init_softmax_head"
         )
-    if chk.is_concrete(y) and bool(jnp.any((y < 0) | (y >= kernel.shape[1]))):
-        raise ValueError(f"{where}: labels must lie in [0, {kernel.shape[1]}), got {jnp.unique(y).tolist()}")
+    if chk.is_concrete(labels_B):
+        y_np = np.asarray(labels_B)
+        if np.any((y_np < 0) | (y_np >= kernel.shape[1])):
+            raise ValueError(f"{where}: labels must lie in [0, {kernel.shape[1]}), got {np.unique(y_np).tolist()}")
     logits_BxC = feats_BxF @ kernel + bias
     logp_BxC = jax.nn.log_softmax(logits_BxC, axis=-1)
     return -jnp.mean(jnp.take_along_axis(logp_BxC, y[:, None], axis=1))

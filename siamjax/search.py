@@ -232,10 +232,10 @@ def paraphrase_mining_embeddings(
     return [(float(s[p]), int(lo[p]), int(hi[p])) for p in picked]
 
 
-def paraphrase_mining(
-    encode: Callable[[list[str]], np.ndarray], sentences: Sequence[str], **kwargs
-) -> list[tuple[float, int, int]]:
-    """Encode `sentences` with `encode` and mine paraphrase pairs; kwargs as in the embeddings form."""
+def paraphrase_mining(encode, sentences: Sequence[str], **kwargs) -> list[tuple[float, int, int]]:
+    """Embed `sentences` with `encode` (a texts -> [N, D] callable, or a model with `.encode`) and
+    mine paraphrase pairs (score, i, j); kwargs as in `paraphrase_mining_embeddings`."""
+    encode = getattr(encode, "encode", encode)
     return paraphrase_mining_embeddings(np.asarray(encode(list(sentences))), **kwargs)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import siamjax
+from siamjax import evaluation
 from siamjax.cli import main
 from siamjax.quantization import quantize_embeddings
 
@@ -71,7 +72,7 @@ def test_eval_sts_generic_file_and_columns(capsys, tiny_dir, tiny, files, tmp_pa
     assert code == 0, err
     assert re.search(r"^similarity\s+Pearson\s+Spearman$", out, re.M) and "8 pairs" in out and not err
     written = json.loads((tmp_path / "m.json").read_text())
-    expected = siamjax.evaluation.STSEvaluator.from_file(
+    expected = evaluation.STSEvaluator.from_file(
         data, columns={"sentence1": "a", "sentence2": "b", "score": "gold"})(tiny)
     assert written == pytest.approx(expected, abs=1e-4)
 
@@ -94,7 +95,7 @@ def test_eval_retrieval(capsys, tiny_dir, tiny, tmp_path, files):
     assert code == 0, err
     assert re.search(r"^ndcg@10\s+[\d.]+$", out, re.M) and re.search(r"^metric\s+cosine$", out, re.M)
     assert "2 queries, 9 documents" in out
-    expected = siamjax.evaluation.RetrievalEvaluator.from_beir(beir, "dev")(tiny)
+    expected = evaluation.RetrievalEvaluator.from_beir(beir, "dev")(tiny)
     assert json.loads((tmp_path / "r.json").read_text()) == pytest.approx(expected)
 
 
@@ -142,6 +143,7 @@ def test_console_entry_point_help():
         (["encode", "--input", "{blank}", "--output", "{tmp}/e.npy"], r"blank\.txt:2: empty line"),
         (["encode", "--input", "{corpus}", "--output", "{tmp}/e.txt"], "must end in .npy"),
         (["encode", "--input", "{bad_jsonl}", "--output", "{tmp}/e.npy"], r"c\.jsonl:1: invalid JSON"),
+        (["encode", "--input", "{latin1}", "--output", "{tmp}/e.npy"], r"latin1\.txt: not UTF-8 text"),
         (["encode", "--input", "{corpus}", "--output", "{tmp}/e.npy", "--calibration", "{corpus}"], "not a readable .npy"),
         (["search", "--corpus", "{corpus}", "--queries", "{missing}"], r"missing\.csv: no such file"),
         (["search", "--corpus", "{corpus}", "--query", "x", "--top-k", "0"], "--top-k must be >= 1"),
@@ -157,6 +159,8 @@ def test_bad_inputs_exit_1_with_message(capsys, tiny_dir, files, tmp_path, argv,
         "blank": files("blank.txt", "one\n\nthree\n"), "corpus": files("corpus.txt", "\n".join(CORPUS) + "\n"),
         "bad_jsonl": files("c.jsonl", "{oops\n"),
     }
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
+    paths["latin1"] = str(tmp_path / "latin1.txt")
     np.save(tmp_path / "short.npy", np.zeros((2, 32), np.float32))
     paths["short_npy"] = str(tmp_path / "short.npy")
     argv = [a.format(**paths) for a in argv]

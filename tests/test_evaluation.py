@@ -122,6 +122,17 @@ def test_read_sts_bad_files(tmp_path, name, text, kwargs, match):
         ev.read_sts(write(tmp_path / name, text), **kwargs)
 
 
+def test_not_utf8(tmp_path):
+    for name in ("latin1.csv", "latin1.jsonl"):
+        path = tmp_path / name
+        path.write_bytes(b"sentence1,sentence2,score\ncaf\xe9,b,1\n")
+        with pytest.raises(ev.DataFormatError, match=rf"{name}: not UTF-8 text"):
+            ev.read_sts(path, format="csv" if name.endswith("csv") else "jsonl")
+    (tmp_path / "first.csv").write_bytes(b"\xff\xfe\n")
+    with pytest.raises(ev.DataFormatError, match=r"first\.csv: not UTF-8"):
+        ev.read_sts(tmp_path / "first.csv")
+
+
 def test_missing_file_and_bad_labels(tmp_path):
     with pytest.raises(ev.DataFormatError, match="nope.csv: no such file"):
         ev.read_sts(tmp_path / "nope.csv")

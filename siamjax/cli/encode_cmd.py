@@ -50,8 +50,10 @@ def read_texts(path: str | pathlib.Path) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     ids, texts = [], []
-    with path.open(encoding="utf-8") as fh:
-        lines = fh.read().split("\n")
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     while lines and not lines[-1].strip():
         lines.pop()  # trailing newline(s)
     for line_no, line in enumerate(lines, start=1):

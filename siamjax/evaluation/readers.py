@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import pathlib
 from collections.abc import Iterator, Mapping
@@ -67,6 +68,19 @@ def _open(path: pathlib.Path):
         raise DataFormatError(f"{path}: cannot open ({err})") from err
 
 
+def _named_decode_errors(rows_fn):
+    """Re-raise a UnicodeDecodeError from a row generator as an error naming the file."""
+
+    @functools.wraps(rows_fn)
+    def wrapper(path, *args):
+        try:
+            yield from rows_fn(path, *args)
+        except UnicodeDecodeError as err:
+            raise DataFormatError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+    return wrapper
+
+
 def detect_format(path: str | pathlib.Path) -> str:
     """Guess the layout from the extension and the first line (STS-b files end in .csv but are TSV)."""
     path = pathlib.Path(path)
@@ -74,7 +88,10 @@ def detect_format(path: str | pathlib.Path) -> str:
     if suffix in (".jsonl", ".json"):
         return "jsonl"
     with _open(path) as fh:
-        first = fh.readline().rstrip("\r\n")
+        try:
+            first = fh.readline().rstrip("\r\n")
+        except UnicodeDecodeError as err:
+            raise DataFormatError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not first:
         raise DataFormatError(f"{path}: file is empty")
     fields = first.split("\t")
@@ -89,6 +106,7 @@ def detect_format(path: str | pathlib.Path) -> str:
     return "tsv" if suffix == ".tsv" or ("\t" in first and "," not in first) else "csv"
 
 
+@_named_decode_errors
 def _rows_delimited(path: pathlib.Path, delimiter: str) -> Iterator[tuple[int, dict]]:
     """(line, row dict) of a header-first csv/tsv; TSV is read without quote handling."""
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
@@ -117,6 +135,7 @@ def _rows_delimited(path: pathlib.Path, delimiter: str) -> Iterator[tuple[int, d
             yield reader.line_num, dict(zip(header, row))
 
 
+@_named_decode_errors
 def _rows_jsonl(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
     with _open(path) as fh:
         for line_no, line in enumerate(fh, start=1):
@@ -131,6 +150,7 @@ def _rows_jsonl(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
             yield line_no, row
 
 
+@_named_decode_errors
 def _rows_stsb(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
     """STS-b: tab-separated, no header, score in column 5, sentences in 6 and 7 (1-based)."""
     with _open(path) as fh:

@@ -237,6 +237,8 @@ def shard_over_batch(local_loss_fn: Callable, mesh: Mesh, batch_axes: Sequence[s
         chk.check_divisible(name, "global batch B", emb.shape[1], n_shards,
                             f"number of devices on mesh axes {axes}")
         chk.check_finite(name, "emb_SxBxD", emb)
+        if loss_params is not None:
+            loss_params = jax.tree.map(jnp.asarray, loss_params)  # python floats -> replicated arrays
         args = {"emb": emb, "labels": labels_B, "params": loss_params, "ids": text_ids_SxB}
         args = {k: v for k, v in args.items() if v is not None}
         in_specs = {k: specs[k] for k in args}

@@ -211,6 +211,8 @@ def get_loss(name: str, **kwargs) -> LossFn:
     eagerly it raises a ValueError.
     """
     spec, options, common = _resolve(name, kwargs)
+    if common["batch_axes"] is not None and common["mesh"] is None:
+        raise ValueError(f"loss {name!r}: batch_axes={common['batch_axes']} given without a mesh")
     axes = tuple(common["batch_axes"] or ("data", "fsdp"))
     loss_fn = spec.build(options, common["mesh"], axes)
     if common["matryoshka_dims"] is not None:

@@ -275,4 +275,4 @@ def test_nan_inputs():
         C.sharded_infonce(mesh_of(8), AXES)(emb)
     # Under jit values are unknown: the loss itself becomes NaN, so the training loop stops.
     assert np.isnan(jax.jit(get_loss("mnrl", mesh=mesh_of(8)))(emb))
-    assert np.isnan(jax.jit(get_loss("sigmoid"))(emb, None, {"log_scale": 2.3, "bias": -10.0}))
+    assert np.isnan(jax.jit(get_loss("sigmoid", mesh=mesh_of(8)))(emb, None, {"log_scale": 2.3, "bias": -10.0}))

@@ -91,6 +91,8 @@ def test_registry_errors():
         L.init_loss_params("softmax", D, None, jax.random.key(0))
     with pytest.raises(ValueError, match="cannot be wrapped in matryoshka"):
         L.get_loss("softmax", matryoshka_dims=(4,))
+    with pytest.raises(ValueError, match="given without a mesh"):
+        L.get_loss("mnrl", batch_axes=("data",))
     with pytest.raises(ValueError, match="without matryoshka_dims"):
         L.get_loss("cosent", matryoshka_weights=(1.0,))
     with pytest.raises(ValueError, match=r"exceed the embedding dim 6"):
@@ -136,7 +138,7 @@ def test_matryoshka_wraps_the_sharded_loss():
     sharded = jax.jit(jax.value_and_grad(L.get_loss("mnrl", mesh=mesh, **kw), argnums=(0, 2)))
     emb = jax.device_put(EMB3, NamedSharding(mesh, P(None, ("data", "fsdp"), None)))
     got = sharded(emb, None, lp)
-    want = jax.value_and_grad(L.get_loss("mnrl", **kw), argnums=(0, 2))(EMB3, None, lp)
+    want = jax.jit(jax.value_and_grad(L.get_loss("mnrl", **kw), argnums=(0, 2)))(EMB3, None, lp)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), got, want)
 
 

@@ -24,6 +24,17 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 log = logging.getLogger(__name__)
 
+
+class _QuietUntrackedSaves(logging.Filter):
+    """Orbax warns on every save without metrics when best-tracking is on; siamjax saves
+    metrics only at evaluation steps on purpose, so that warning is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietUntrackedSaves())
+
 STATE_ITEM = "state"
 META_ITEM = "meta"
 CORRUPT_DIRNAME = "corrupt_checkpoints"

@@ -23,8 +23,8 @@ TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 # encode_fn(encoder_params, token_batch [B, L] dict, *, rng=None) -> [B, D]
 EncodeFn = Callable[..., jax.Array]
-# loss_fn(loss_params, emb_SxBxD, labels_B or None) -> scalar
-LossFn = Callable[[Any, jax.Array, Any], jax.Array]
+# loss_fn(emb_SxBxD, labels_B or None, loss_params) -> scalar (`siamjax.losses.get_loss`)
+LossFn = Callable[..., jax.Array]
 # value_and_grad_fn(params, batch, rng) -> (loss, grads): replaces autodiff (GradCache).
 ValueAndGradFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, Any]]
 
@@ -123,7 +123,7 @@ def make_loss_fn(embed_fn, loss_fn: LossFn):
 
     def total_loss(params, batch, rng):
         emb_SxBxD = embed_fn(params["encoder"], split_sides(batch), rng)
-        return loss_fn(params["loss"], emb_SxBxD, batch.get("labels"))
+        return loss_fn(emb_SxBxD, batch.get("labels"), params["loss"])
 
     return total_loss
 
@@ -152,7 +152,7 @@ def make_train_step(
         loss, grads = value_and_grad_fn(state.params, batch, rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         if schedule is not None:
             metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)

@@ -1,0 +1,461 @@
+"""Training orchestration: config -> mesh -> data -> sharded state -> compiled step -> loop.
+
+`train_and_evaluate(config, workdir)` is the only library function that reads a config; it
+turns the config into typed objects and hands them to `train_loop`, which never blocks the
+device: step N is dispatched before step N-1's metrics are fetched. Metrics go to
+`metrics.jsonl` and TensorBoard (`tb/`), a tqdm bar shows loss, pairs/s and ETA, STS dev
+Spearman is evaluated periodically, checkpoints are kept by `siamjax.checkpoint`, and a
+non-finite loss stops the run before it can be saved. Rerunning the same command resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import signal
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from siamjax import checkpoint as ckpt
+from siamjax import optim
+from siamjax import sharding as sharding_lib
+from siamjax import train_step as ts
+from siamjax.cli.train_cmd import ConfigError, validate_config
+from siamjax.run_metrics import MetricWriter
+
+log = logging.getLogger(__name__)
+EXIT_NONFINITE, EXIT_PREEMPTED = 1, 75
+RUN_INFO = "run_info.json"  # facts about the run the config alone does not fix (class count)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm became NaN/Inf; the message names the step and last checkpoint."""
+
+
+@dataclasses.dataclass
+class LoopResult:
+    """How the loop ended: final state, last step run, preempted or not, last eval metrics."""
+
+    state: Any
+    step: int
+    preempted: bool = False
+    eval_metrics: dict[str, float] | None = None
+
+
+# ----------------------------------------------------------------------------- builders
+def read_file_dataset(file_cfg, seed: int = 0):
+    """A `PairDataset` from one `data.*` / `eval.*` file group (columns in the given order)."""
+    from siamjax.data import read_pairs
+
+    lo, hi = file_cfg.score_range
+    return read_pairs(
+        file_cfg.path,
+        columns={role: col for role, col in file_cfg.columns},
+        format=file_cfg.format or None,
+        header=file_cfg.header,
+        quoting=file_cfg.quoting or None,
+        score_range=(float(lo), float(hi)),
+        normalize_scores=file_cfg.normalize_scores,
+        on_bad_row=file_cfg.on_bad_row,
+    )
+
+
+def build_encoder(model_cfg, seed: int):
+    """The SentenceEncoder to train: pretrained from `name_or_path`, or a random BERT."""
+    from siamjax.encoder import BertConfig, SentenceEncoder
+
+    common = dict(dtype=model_cfg.dtype, remat=model_cfg.remat, max_seq_length=model_cfg.max_seq_length)
+    if model_cfg.name_or_path:
+        return SentenceEncoder.from_pretrained(model_cfg.name_or_path, **common)
+    from transformers import AutoTokenizer
+
+    init = model_cfg.init
+    tokenizer = AutoTokenizer.from_pretrained(init.tokenizer)
+    bert = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=init.hidden_size,
+        num_hidden_layers=init.num_hidden_layers, num_attention_heads=init.num_attention_heads,
+        intermediate_size=init.intermediate_size, max_position_embeddings=init.max_position_embeddings,
+        hidden_dropout_prob=init.hidden_dropout_prob, pad_token_id=tokenizer.pad_token_id or 0,
+    )
+    return SentenceEncoder.from_config(
+        bert, tokenizer, pooling=tuple(init.pooling.split("+")), normalize=init.normalize, seed=seed,
+        **common,
+    )
+
+
+def build_loss(loss_cfg, mesh, dim: int, num_labels: int | None, rng):
+    """(registry LossFn, initial learnable loss params) for `loss.name` and `loss.kwargs`."""
+    from siamjax import losses
+
+    kwargs = dict(loss_cfg.kwargs.items())
+    try:
+        loss_params = losses.init_loss_params(loss_cfg.name, dim, num_labels, rng, **kwargs)
+        if loss_cfg.sharded:
+            kwargs.update(mesh=mesh, batch_axes=sharding_lib.BATCH_AXES)
+        loss_fn = losses.get_loss(loss_cfg.name, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"loss.name={loss_cfg.name!r} / loss.kwargs: {err}") from err
+    return loss_fn, loss_params
+
+
+def build_optimizer(optim_cfg, total_steps: int):
+    """(optax AdamW chain, learning-rate schedule) for a run of `total_steps` steps."""
+    warmup = optim_cfg.warmup_steps
+    if warmup < 0:
+        warmup = int(round(optim_cfg.warmup_ratio * total_steps))
+    schedule = optim.make_schedule(optim_cfg.lr, total_steps, warmup, optim_cfg.schedule, optim_cfg.end_lr)
+    optimizer = optim.make_optimizer(
+        schedule, weight_decay=optim_cfg.weight_decay, b1=optim_cfg.b1, b2=optim_cfg.b2,
+        eps=optim_cfg.eps, clip_norm=optim_cfg.clip_norm or None,
+    )
+    return optimizer, schedule
+
+
+def total_steps_for(train_cfg, dataset_size: int) -> int:
+    """Steps of the run: `num_steps`, or `num_epochs` full batches of the training set."""
+    if train_cfg.num_steps > 0:
+        return int(train_cfg.num_steps)
+    steps = int(train_cfg.num_epochs * (dataset_size // train_cfg.batch_size))
+    if steps <= 0:
+        raise ConfigError(
+            f"train.num_epochs={train_cfg.num_epochs} x {dataset_size} examples / batch "
+            f"{train_cfg.batch_size} gives 0 steps; lower train.batch_size or set train.num_steps"
+        )
+    return steps
+
+
+def make_sts_evaluate(file_cfg, encoder, batch_size: int) -> Callable[[Any], dict[str, float]]:
+    """evaluate(encoder_params) -> {"sts/spearman_cosine": ..., ...} on an STS dev file."""
+    from siamjax.evaluation import STSEvaluator
+
+    dev = read_file_dataset(file_cfg)
+    if dev.num_sides != 2 or dev.label_kind != "score":
+        raise ConfigError(f"eval.sts: needs two sentence columns and a 'score' column, got "
+                          f"sides {dev.sides} and label kind {dev.label_kind}")
+    evaluator = STSEvaluator(dev.texts[0], dev.texts[1], dev.labels, similarities=("cosine",))
+
+    def evaluate(params) -> dict[str, float]:
+        model = encoder.with_params(params)
+        metrics = evaluator(lambda texts: model.encode(texts, batch_size=batch_size))
+        return {f"sts/{k}": float(v) for k, v in metrics.items()}
+
+    return evaluate
+
+
+def length_grouped(dataset, tokenizer, batch_size: int, epochs: int, seed: int):
+    """The dataset reordered for `epochs` epochs into batches of similar token length.
+
+    Each epoch is shuffled, sorted by the longest side's length (stable, so ties stay
+    shuffled), cut into batches and the batches shuffled again, so batches are random in
+    order but need little padding — HF Trainer's `group_by_length`. Feed it with
+    `shuffle=False` and `num_epochs=1`.
+    """
+    from siamjax.data import PairDataset
+
+    lengths = np.max([[len(ids) for ids in tokenizer(list(side))["input_ids"]] for side in dataset.texts], 0)
+    rng = np.random.default_rng(seed)
+    order = []
+    for _ in range(max(1, epochs)):
+        perm = rng.permutation(len(dataset))
+        perm = perm[np.argsort(lengths[perm], kind="stable")]
+        batches = [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+        rng.shuffle(batches)
+        order.extend(int(i) for b in batches for i in b)
+    texts = tuple([side[i] for i in order] for side in dataset.texts)
+    labels = None if dataset.labels is None else dataset.labels[order]
+    return PairDataset(f"{dataset.name}:grouped", dataset.sides, texts, labels, dataset.label_kind,
+                       bad_rows=list(dataset.bad_rows), info=dict(dataset.info))
+
+
+# ----------------------------------------------------------------------------- the loop
+def batch_fingerprint(batch: dict) -> int:
+    """crc32 of a host batch's arrays: lets a resumed run prove it sees the same batches."""
+    crc = 0
+    for key in sorted(batch):
+        crc = zlib.crc32(np.ascontiguousarray(batch[key]).tobytes(), crc)
+    return crc
+
+
+def _checked(step: int, metrics: dict, last_good: Callable[[], int | None]) -> dict[str, float]:
+    """Host copies of a step's metrics; raises NonFiniteLossError on NaN/Inf loss or gradient."""
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    bad = {k: v for k, v in values.items() if k in ("loss", "grad_norm") and not np.isfinite(v)}
+    if bad:
+        good = last_good()
+        where = f"checkpoint step {good} is kept" if good is not None else "no checkpoint was saved"
+        raise NonFiniteLossError(
+            f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {step}; stopping "
+            f"without saving it ({where}). Lower optim.lr, check the data, or use model.dtype=float32."
+        )
+    return values
+
+
+def train_loop(
+    *,
+    state: ts.TrainState,
+    train_step: Callable,
+    batches: Iterator[dict],
+    data_state: Callable[[], Any],
+    to_device: Callable[[dict], dict],
+    manager,
+    total_steps: int,
+    writer: MetricWriter,
+    evaluate: Callable[[Any], dict[str, float]] | None = None,
+    eval_every: int = 0,
+    best_metric: str | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
+    steps_per_epoch: int = 0,
+) -> LoopResult:
+    """Runs steps `state.step + 1 .. total_steps`; evaluates, logs and checkpoints on the way.
+
+    Step N is dispatched before step N-1's metrics are read, so the host prepares the next
+    batch while the device computes. Before a checkpoint or evaluation the step's own metrics
+    are checked, so a NaN state is never saved. `data_state()` is the iterator state after
+    the batch just taken; it is saved with the state so a restart sees the same next batch.
+    """
+    start = int(jax.device_get(state.step))
+    result = LoopResult(state=state, step=start)
+    pending = None
+
+    def finish(entry):
+        step, metrics, extra = entry
+        values = _checked(step, metrics, manager.latest_step)
+        writer.train_step(step, values, extra)
+
+    for step in range(start + 1, total_steps + 1):
+        host_batch = next(batches)
+        batch_data_state = data_state()
+        extra = {"batch_fingerprint": batch_fingerprint(host_batch)}
+        if steps_per_epoch:
+            extra["epoch"] = step / steps_per_epoch
+        state, metrics = train_step(state, to_device(host_batch))
+        if pending is not None:
+            finish(pending)
+        pending = (step, metrics, extra)
+        result.step = step
+        last = step == total_steps
+        stop = stop_requested()
+        do_eval = evaluate is not None and (last or (eval_every > 0 and step % eval_every == 0))
+        do_save = last or do_eval or stop or manager.should_save(step)
+        if not (do_eval or do_save):
+            continue
+        finish(pending)
+        pending = None
+        saved_metrics = None
+        if do_eval:
+            result.eval_metrics = evaluate(state.params["encoder"])
+            writer.write(step, result.eval_metrics, prefix="eval/")
+            writer.message(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.eval_metrics.items()))
+            if best_metric in result.eval_metrics:
+                saved_metrics = {best_metric: result.eval_metrics[best_metric]}
+        ckpt.save(manager, step, state, batch_data_state, metrics=saved_metrics, force=True)
+        if stop and not last:
+            result.preempted = True
+            writer.message(f"preemption requested: saved step {step}; rerun the same command to resume")
+            break
+    if pending is not None:
+        finish(pending)
+    manager.wait_until_finished()
+    result.state = state
+    return result
+
+
+# ----------------------------------------------------------------------------- entry points
+def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    """Saves the resolved config (export reads it); warns when a resume changed it."""
+    path = workdir / "config.json"
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    if path.exists() and json.loads(path.read_text()) != json.loads(text):
+        log.warning("%s differs from the current config; resuming with the current one", path)
+        print(f"warning: {path} differs from the current config (resuming with the current one)")
+    if jax.process_index() == 0:
+        path.write_text(text)
+
+
+def _write_json(path: pathlib.Path, record: dict) -> None:
+    """Writes a small JSON file from process 0."""
+    if jax.process_index() == 0:
+        path.write_text(json.dumps(record, indent=2))
+
+
+class _PreemptionFlag:
+    """SIGTERM (how schedulers announce preemption) -> save at the next step and stop."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _read_train_set(config):
+    """The training dataset (NLI files turned into triplets when asked) and its class count."""
+    train_set = read_file_dataset(config.data.train)
+    if config.data.nli_to_triplets:
+        from siamjax.data import nli_to_triplets
+
+        train_set = nli_to_triplets(train_set, seed=config.seed, symmetric=config.data.nli_symmetric)
+    num_labels = None
+    if train_set.label_kind in ("class", "nli"):
+        num_labels = int(train_set.labels.max()) + 1
+    return train_set, num_labels
+
+
+def _setup(config, mesh, *, total_steps: int, num_labels: int | None) -> dict[str, Any]:
+    """Encoder, loss, optimizer and abstract/sharded state layout, shared by train and export."""
+    encoder = build_encoder(config.model, config.seed)
+    loss_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    loss_fn, loss_params = build_loss(config.loss, mesh, encoder.embedding_dim, num_labels, loss_rng)
+    optimizer, schedule = build_optimizer(config.optim, total_steps)
+    params = {"encoder": encoder.params, "loss": loss_params}
+    abstract, shardings = ts.state_shardings(params, optimizer, mesh, config.mesh.fsdp_min_size)
+    return dict(encoder=encoder, loss_fn=loss_fn, params=params, optimizer=optimizer,
+                schedule=schedule, abstract=abstract, shardings=shardings, dropout_rng=dropout_rng)
+
+
+def _manager(config, workdir: pathlib.Path, *, read_only: bool = False):
+    c = config.checkpoint
+    return ckpt.make_manager(
+        workdir / "checkpoints", save_interval_steps=c.every_steps, max_to_keep=c.keep,
+        keep_best=c.keep_best, best_metric=c.best_metric or None, best_mode=c.best_mode,
+        async_save=c.async_save, read_only=read_only,
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> LoopResult:
+    """Trains (or resumes) the run in `workdir` as `config` describes; returns how it ended."""
+    from siamjax.data import make_train_iterator, to_global_array
+
+    validate_config(config)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_config(config, workdir)
+    devices = jax.devices()[: config.mesh.num_devices or None]
+    mesh = sharding_lib.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
+    t, d = config.train, config.data
+    with jax.set_mesh(mesh), _PreemptionFlag() as preemption:
+        train_set, num_labels = _read_train_set(config)
+        total = total_steps_for(t, len(train_set))
+        _write_json(workdir / RUN_INFO, {"num_labels": num_labels, "total_steps": total})
+        parts = _setup(config, mesh, total_steps=total, num_labels=num_labels)
+        encoder = parts["encoder"]
+        steps_per_epoch = max(1, len(train_set) // t.batch_size)
+        shuffle = d.shuffle
+        if d.group_by_length:
+            epochs = -(-total // steps_per_epoch)
+            train_set = length_grouped(train_set, encoder.tokenizer, t.batch_size, epochs, config.seed)
+            shuffle = False
+        manager = _manager(config, workdir)
+        restored = ckpt.restore_latest(manager, parts["abstract"])
+        if restored is None:
+            state, _ = ts.create_train_state(parts["params"], parts["optimizer"], parts["dropout_rng"],
+                                             mesh, config.mesh.fsdp_min_size)
+        else:
+            state = restored[1]
+        iterator = make_train_iterator(
+            [train_set], encoder.tokenizer, global_batch_size=t.batch_size,
+            max_seq_length=config.model.max_seq_length, seed=config.seed, shuffle=shuffle,
+            no_duplicates=d.no_duplicates, buckets=tuple(d.buckets), prefetch=d.prefetch,
+        )
+        if restored is not None:
+            iterator.set_state(restored[2])
+        value_and_grad_fn = None
+        if t.grad_cache_chunk:
+            from siamjax.gradcache import make_grad_cache_value_and_grad
+
+            value_and_grad_fn = make_grad_cache_value_and_grad(encoder.encode_fn, parts["loss_fn"], t.grad_cache_chunk)
+        step_fn = ts.make_train_step(encoder.encode_fn, parts["loss_fn"], parts["optimizer"],
+                                     schedule=parts["schedule"], dropout=t.dropout,
+                                     value_and_grad_fn=value_and_grad_fn)
+        example = {k: np.zeros((1, 1, 1), np.int32) for k in ts.TOKEN_KEYS}
+        if train_set.label_kind is not None:
+            example["labels"] = np.zeros((1,), np.float32)
+        compiled = ts.compile_train_step(step_fn, parts["shardings"], example, mesh)
+        evaluate = None
+        if config.eval.sts.path:
+            evaluate = make_sts_evaluate(config.eval.sts, encoder, config.eval.batch_size)
+        writer = MetricWriter(workdir, total_steps=total, start_step=int(jax.device_get(state.step)),
+                              batch_size=t.batch_size, log_every=t.log_every_steps,
+                              progress_bar=t.progress_bar)
+        if restored is not None:
+            writer.message(f"resumed from {manager.directory}/{restored[0]}")
+        try:
+            result = train_loop(
+                state=state, train_step=compiled, batches=iterator, data_state=iterator.get_state,
+                to_device=lambda b: to_global_array(b, mesh, sharding_lib.BATCH_AXES),
+                manager=manager, total_steps=total, writer=writer, evaluate=evaluate,
+                eval_every=config.eval.every_steps, best_metric=config.checkpoint.best_metric,
+                stop_requested=lambda: preemption.requested, steps_per_epoch=steps_per_epoch,
+            )
+        finally:
+            writer.close()
+            manager.wait_until_finished()
+            manager.close()
+            iterator.close()
+    return result
+
+
+def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> int:
+    """`train_and_evaluate` with exit codes: 0 done, 1 non-finite loss, 2 config or data error,
+    75 preempted (rerun the same command to resume)."""
+    import sys
+
+    from siamjax.data import BadRowError
+
+    try:
+        result = train_and_evaluate(config, workdir)
+    except ConfigError as err:
+        print(f"siamjax train: config error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"siamjax train: {err}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except BadRowError as err:
+        print(f"siamjax train: data error: {err} (set data.train.on_bad_row=skip to skip and count "
+              f"such rows)", file=sys.stderr)
+        return 2
+    if result.preempted:
+        return EXIT_PREEMPTED
+    print(f"siamjax train: finished at step {result.step}; workdir {workdir}")
+    return 0
+
+
+def load_trained_encoder(workdir: str | pathlib.Path, step: int | None = None):
+    """(SentenceEncoder with the trained weights, step) from a run folder.
+
+    Picks the best checkpoint by `checkpoint.best_metric` if any has one, else the latest;
+    the checkpoint's fingerprint is verified. Works on any device count (restores onto one).
+    """
+    workdir = pathlib.Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: is {workdir} a siamjax run folder?")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    mesh = sharding_lib.make_mesh(1, 1, devices=jax.local_devices()[:1])
+    with jax.set_mesh(mesh):
+        info = json.loads((workdir / RUN_INFO).read_text())
+        parts = _setup(config, mesh, total_steps=1, num_labels=info["num_labels"])
+        manager = _manager(config, workdir, read_only=True)
+        try:
+            step = ckpt.best_or_latest_step(manager) if step is None else step
+            if step is None:
+                raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+            state, _ = ckpt.restore_step(manager, step, parts["abstract"])
+        finally:
+            manager.close()
+    params = jax.tree.map(np.asarray, jax.device_get(state.params["encoder"]))
+    return parts["encoder"].with_params(params), step

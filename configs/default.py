@@ -113,4 +113,11 @@ def _file_dataset():
     d.score_range = (0.0, 1.0)  # allowed range of "score" labels
     d.normalize_scores = False  # map score_range linearly to [0, 1] (STS-b: 0..5 -> 0..1)
     d.on_bad_row = "error"  # "error": stop naming file:line; "skip": count, log and skip the row
+    # Instead of `path`: a siamjax tfds builder (array_record, built once, no TensorFlow needed).
+    d.tfds = ml_collections.ConfigDict()
+    d.tfds.builder = ""  # "stsb", "sick" or "nli"; "" = read `path` instead
+    d.tfds.configs = ""  # builder configs to concatenate, comma-separated (nli: "snli,multinli")
+    d.tfds.split = "train"  # split name, e.g. "train", "validation"
+    d.tfds.data_dir = "~/tensorflow_datasets"  # where prepared datasets live
+    d.tfds.manual_dir = ""  # folder with the raw source files (offline build); "" = download
     return d

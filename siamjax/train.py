@@ -49,10 +49,24 @@ class LoopResult:
 
 
 # ----------------------------------------------------------------------------- builders
-def read_file_dataset(file_cfg, seed: int = 0):
-    """A `PairDataset` from one `data.*` / `eval.*` file group (columns in the given order)."""
-    from siamjax.data import read_pairs
+def read_file_dataset(file_cfg):
+    """A `PairDataset` (or tfds pair source) from one `data.*` / `eval.*` group.
 
+    A tfds builder is used when `tfds.builder` is set (several builder configs are
+    concatenated, e.g. SNLI + MultiNLI = AllNLI); otherwise the local file at `path` is read
+    through the declared (role, column) pairs in their order.
+    """
+    from siamjax.data import load_tfds_pairs, read_pairs
+
+    if file_cfg.tfds.builder:
+        tf = file_cfg.tfds
+        parts = [
+            load_tfds_pairs(tf.builder, tf.split, data_dir=pathlib.Path(tf.data_dir).expanduser(),
+                            manual_dir=tf.manual_dir or None, config=name or None,
+                            normalize_scores=file_cfg.normalize_scores, on_bad_row=file_cfg.on_bad_row)
+            for name in (tf.configs.split(",") if tf.configs else [""])
+        ]
+        return parts[0] if len(parts) == 1 else concat_datasets([p.materialize() for p in parts])
     lo, hi = file_cfg.score_range
     return read_pairs(
         file_cfg.path,
@@ -64,6 +78,25 @@ def read_file_dataset(file_cfg, seed: int = 0):
         normalize_scores=file_cfg.normalize_scores,
         on_bad_row=file_cfg.on_bad_row,
     )
+
+
+def in_memory(dataset):
+    """`dataset` as an in-memory PairDataset (tfds sources are read once)."""
+    return dataset.materialize() if hasattr(dataset, "materialize") else dataset
+
+
+def concat_datasets(datasets):
+    """One PairDataset holding the rows of several with the same sides and label kind."""
+    from siamjax.data import PairDataset
+
+    first = datasets[0]
+    if any(d.sides != first.sides or d.label_kind != first.label_kind for d in datasets):
+        raise ConfigError(f"cannot concatenate datasets with different columns: "
+                          f"{[(d.name, d.sides, d.label_kind) for d in datasets]}")
+    texts = tuple([t for d in datasets for t in d.texts[i]] for i in range(len(first.sides)))
+    labels = None if first.labels is None else np.concatenate([d.labels for d in datasets])
+    return PairDataset("+".join(d.name for d in datasets), first.sides, texts, labels, first.label_kind,
+                       bad_rows=[r for d in datasets for r in d.bad_rows])
 
 
 def build_encoder(model_cfg, seed: int):
@@ -134,7 +167,7 @@ def make_sts_evaluate(file_cfg, encoder, batch_size: int) -> Callable[[Any], dic
     """evaluate(encoder_params) -> {"sts/spearman_cosine": ..., ...} on an STS dev file."""
     from siamjax.evaluation import STSEvaluator
 
-    dev = read_file_dataset(file_cfg)
+    dev = in_memory(read_file_dataset(file_cfg))
     if dev.num_sides != 2 or dev.label_kind != "score":
         raise ConfigError(f"eval.sts: needs two sentence columns and a 'score' column, got "
                           f"sides {dev.sides} and label kind {dev.label_kind}")
@@ -308,10 +341,14 @@ def _read_train_set(config):
     if config.data.nli_to_triplets:
         from siamjax.data import nli_to_triplets
 
-        train_set = nli_to_triplets(train_set, seed=config.seed, symmetric=config.data.nli_symmetric)
+        train_set = nli_to_triplets(in_memory(train_set), seed=config.seed, symmetric=config.data.nli_symmetric)
     num_labels = None
-    if train_set.label_kind in ("class", "nli"):
-        num_labels = int(train_set.labels.max()) + 1
+    if train_set.label_kind == "nli":
+        from siamjax.data.records import NLI_LABELS
+
+        num_labels = len(NLI_LABELS)
+    elif train_set.label_kind == "class":
+        num_labels = int(in_memory(train_set).labels.max()) + 1
     return train_set, num_labels
 
 
@@ -353,11 +390,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         _write_json(workdir / RUN_INFO, {"num_labels": num_labels, "total_steps": total})
         parts = _setup(config, mesh, total_steps=total, num_labels=num_labels)
         encoder = parts["encoder"]
+        if getattr(train_set, "num_bad_rows", 0):
+            print(f"data: skipped {train_set.num_bad_rows} bad row(s) of {train_set.name} "
+                  f"(data.train.on_bad_row=skip)", flush=True)
         steps_per_epoch = max(1, len(train_set) // t.batch_size)
         shuffle = d.shuffle
         if d.group_by_length:
             epochs = -(-total // steps_per_epoch)
-            train_set = length_grouped(train_set, encoder.tokenizer, t.batch_size, epochs, config.seed)
+            train_set = length_grouped(in_memory(train_set), encoder.tokenizer, t.batch_size, epochs, config.seed)
             shuffle = False
         manager = _manager(config, workdir)
         restored = ckpt.restore_latest(manager, parts["abstract"])

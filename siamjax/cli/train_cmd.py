@@ -41,7 +41,10 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"{path}: failed to import: {type(err).__name__}: {err}") from err
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: defines no get_config(arg) function")
-    config = module.get_config(arg) if arg else module.get_config()
+    try:
+        config = module.get_config(arg) if arg else module.get_config()
+    except (ValueError, TypeError, KeyError) as err:
+        raise ConfigError(f"{spec}: get_config failed: {err}") from err
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config returned {type(config).__name__}, not a ConfigDict")
     return config
@@ -201,14 +204,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def _check_file(file_cfg, field: str, *, required: bool) -> None:
     """The data file must exist (if required or given) and on_bad_row must be a known policy."""
+    if file_cfg.on_bad_row not in ("error", "skip"):
+        raise ConfigError(f"{field}.on_bad_row={file_cfg.on_bad_row!r}: use 'error' or 'skip'")
+    if file_cfg.tfds.builder:
+        builders = ("stsb", "sick", "nli")
+        if file_cfg.tfds.builder not in builders:
+            raise ConfigError(f"{field}.tfds.builder={file_cfg.tfds.builder!r}: use one of {builders}")
+        return
     if not file_cfg.path:
         if required:
-            raise ConfigError(f"{field}.path is empty: give the training file")
+            raise ConfigError(f"{field}.path is empty: give the training file (or {field}.tfds.builder)")
         return
     if not pathlib.Path(file_cfg.path).is_file():
         raise ConfigError(f"{field}.path={file_cfg.path!r}: file not found")
-    if file_cfg.on_bad_row not in ("error", "skip"):
-        raise ConfigError(f"{field}.on_bad_row={file_cfg.on_bad_row!r}: use 'error' or 'skip'")
     if not file_cfg.columns or any(len(pair) != 2 for pair in file_cfg.columns):
         raise ConfigError(f"{field}.columns must be (role, column) pairs, got {file_cfg.columns}")
 

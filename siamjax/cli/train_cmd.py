@@ -231,6 +231,13 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--config", required=True, help="configs/x.py[:arg]")
     parser.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics, config")
+    group = parser.add_argument_group(
+        "multi-process", "only where JAX cannot detect the cluster itself (TPU VM, SLURM and "
+        "Kubernetes JobSets need none); flags win over SIAMJAX_COORDINATOR, "
+        "SIAMJAX_NUM_PROCESSES and SIAMJAX_PROCESS_ID")
+    group.add_argument("--coordinator", default=None, help="HOST:PORT of process 0's coordination service")
+    group.add_argument("--num-processes", type=int, default=None, help="processes in the job")
+    group.add_argument("--process-id", type=int, default=None, help="this process's id, 0..N-1")
     parser.set_defaults(func=handle, accepts_overrides=True)
 
 
@@ -240,7 +247,11 @@ def handle(args, rest: list[str]) -> int:
 
     try:
         config = load_config(args.config, rest)
-        distributed.initialize(distributed.DistributedArgs.from_env())
+        try:
+            distributed.initialize(distributed.DistributedArgs.from_env(
+                coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id))
+        except ValueError as err:  # incomplete or inconsistent multi-process flags
+            raise ConfigError(str(err)) from err
         validate_config(config)
     except ConfigError as err:
         print(f"siamjax train: config error: {err}", file=sys.stderr)

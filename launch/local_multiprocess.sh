@@ -27,11 +27,13 @@ devices="${DEVICES_PER_PROCESS:-4}"
 port="${PORT:-12355}"
 python="${PYTHON:-python3}"
 
+# Each argument shell-quoted (%q), so overrides like "--config.x=(('a','b'),)" survive `bash -c`.
+quoted_args="$(printf ' %q' --config "$config" "$@")"
 commands=()
 for ((i = 0; i < n; i++)); do
   commands+=("XLA_FLAGS=--xla_force_host_platform_device_count=${devices} JAX_PLATFORMS=cpu \
 SIAMJAX_COORDINATOR=localhost:${port} SIAMJAX_NUM_PROCESSES=${n} SIAMJAX_PROCESS_ID=${i} \
-${python} -m siamjax.cli train --config ${config} $*")
+${python} -m siamjax.cli train${quoted_args}")
 done
 
 if [[ $dry_run -eq 1 ]]; then
@@ -43,13 +45,16 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT INT TERM
 for cmd in "${commands[@]}"; do
-  bash -c "exec $cmd" &
+  bash -c "exec env $cmd" &  # env: the command starts with VAR=value assignments
   pids+=("$!")
 done
 status=0
 for ((k = 0; k < n; k++)); do
   # wait -n returns as soon as any process ends; stop the rest on the first failure.
-  if ! wait -n; then status=$?; echo "a process exited with status $status; stopping the others" >&2; break; fi
+  wait -n && continue
+  status=$?
+  echo "a process exited with status $status; stopping the others" >&2
+  break
 done
 cleanup
 wait || true

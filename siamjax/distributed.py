@@ -7,7 +7,8 @@ process count and id come from flags or the `SIAMJAX_COORDINATOR`, `SIAMJAX_NUM_
 
 The heartbeat timeout bounds how long survivors wait for a dead peer: when a process dies the
 coordination service notices within `heartbeat_timeout_s` and the others exit with an error
-instead of hanging in a collective.
+instead of hanging in a collective. `SIAMJAX_HEARTBEAT_TIMEOUT` and `SIAMJAX_INIT_TIMEOUT`
+(seconds) override the defaults, e.g. low values in tests, higher ones on flaky networks.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 
 _ENV = {"coordinator": "SIAMJAX_COORDINATOR", "num_processes": "SIAMJAX_NUM_PROCESSES",
         "process_id": "SIAMJAX_PROCESS_ID"}
+_TIMEOUT_ENV = {"heartbeat_timeout_s": "SIAMJAX_HEARTBEAT_TIMEOUT",
+                "initialization_timeout_s": "SIAMJAX_INIT_TIMEOUT"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,17 +38,21 @@ class DistributedArgs:
     def from_env(cls, **overrides) -> "DistributedArgs":
         """Flags win over `SIAMJAX_*` environment variables."""
         values = {}
-        for field, var in _ENV.items():
+        for field, var in {**_ENV, **_TIMEOUT_ENV}.items():
             value = overrides.get(field)
             if value is None and os.environ.get(var):
                 value = os.environ[var]
+            if value is None and field in _TIMEOUT_ENV:
+                continue  # keep the dataclass default
             if value is not None and field != "coordinator":
                 try:
                     value = int(value)
                 except ValueError as err:
                     raise ValueError(f"{var} / --{field.replace('_', '-')} must be an integer, got {value!r}") from err
+                if field in _TIMEOUT_ENV and value <= 0:
+                    raise ValueError(f"{var} must be a positive number of seconds, got {value}")
             values[field] = value
-        rest = {k: v for k, v in overrides.items() if k not in _ENV and v is not None}
+        rest = {k: v for k, v in overrides.items() if k not in values and v is not None}
         return cls(**values, **rest)
 
 

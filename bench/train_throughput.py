@@ -7,15 +7,17 @@ same max_seq_length, the same loss (MNRL / InfoNCE, scale 20, cosine) and the sa
 clipping at 1.0), with dropout on in both.
 
 Protocol: both libraries' batches are tokenised once, before any timing (sentence-transformers
-pads each side to its longest sequence, siamjax pads both sides to a bucket length), so the
-timed loop is pure training. Warm-up steps are excluded; siamjax compiles every bucket shape
+pads each side to its longest sequence, siamjax pads both sides to one of `--buckets`, by
+default the CPU quickstart's data.buckets 16/32/48/64/128), so the timed loop is pure training. Warm-up steps are excluded; siamjax compiles every bucket shape
 ahead of time and reports that compile time separately. The timed steps are split into
 `--rounds` chunks and the two libraries alternate chunk by chunk (the first to run alternates
 too), so on a shared machine both see the same background load. siamjax runs the real
 `siamjax.train_step` (TrainState, jit with shardings, donated state) and fetches its losses
-only after the clock stops.
+only after the clock stops. Tokens per pair (real, and as padded by each library) are reported
+because on a CPU the step time is proportional to them. `--project-packing` adds a third,
+clearly labelled runner: the siamjax step on the shapes sequence packing would give.
 
-    python bench/train_throughput.py                       # batch 32 and 128, ~5 min on 2 cores
+    python bench/train_throughput.py                       # batch 32 and 128, ~6 min on 2 cores
     python bench/train_throughput.py --batch 32 --steps 20 --json bench/results/train.json
 """
 from __future__ import annotations
@@ -45,6 +47,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without `pip install -e .`
 STSB_DIR = REPO.parent / "shared" / "data" / "stsbenchmark"
 LR, EPS, WEIGHT_DECAY, CLIP, SCALE = 2e-5, 1e-6, 0.01, 1.0, 20.0
+QUICKSTART_BUCKETS = (16, 32, 48, 64, 128)  # data.buckets of configs/stsb_minilm.py
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -142,6 +145,9 @@ class TorchTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
+    def sync(self) -> None:
+        """Nothing to wait for: PyTorch CPU ops are synchronous."""
+
 
 # ----------------------------------------------------------------------------- siamjax
 def mnrl_loss_fn(scale: float = SCALE):
@@ -198,6 +204,46 @@ class JaxTrainer:
         jax.block_until_ready(self.state)
 
 
+class PackedShapeProjection(JaxTrainer):
+    """A *projection*, not a trainer: the siamjax step on rows of packed sentences.
+
+    Sequence packing (several sentences per 128-token row, block-diagonal attention, positions
+    restarting per sentence, per-sentence pooling) is not implemented in the encoder yet. This
+    runs the current step on the shapes packing would produce (first-fit-decreasing rows of
+    `row_len` (default max_seq_length) tokens holding the batch's real token ids), so its time is what packing would
+    cost in compute (dense attention costs the same whatever the mask). Its loss is meaningless.
+    """
+
+    def __init__(self, *args, row_len: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.row_len = row_len or self.max_seq_length
+
+    def prepare(self, anchors: list[str], positives: list[str]) -> dict:
+        """`[2, R, row_len]` rows of packed sentences (R = rows the fuller side needs)."""
+        sides = [pack_rows(self.encoder.token_ids(texts), self.row_len) for texts in (anchors, positives)]
+        rows = max(len(side) for side in sides)
+        ids = np.zeros((2, rows, self.row_len), np.int32)
+        mask = np.zeros_like(ids)
+        for s, side in enumerate(sides):
+            for r, row in enumerate(side):
+                ids[s, r, :len(row)], mask[s, r, :len(row)] = row, 1
+        mask[:, :, 0] = 1  # rows one side does not need still attend to one token
+        return jax.device_put({"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
+
+
+def pack_rows(ids: list[list[int]], row_len: int) -> list[list[int]]:
+    """First-fit-decreasing packing of token sequences into rows of at most `row_len` tokens."""
+    rows: list[list[int]] = []
+    for seq in sorted(ids, key=len, reverse=True):
+        for row in rows:
+            if len(row) + len(seq) <= row_len:
+                row.extend(seq)
+                break
+        else:
+            rows.append(list(seq))
+    return rows
+
+
 # ----------------------------------------------------------------------------- benchmark
 def pair_batches(s1: list[str], s2: list[str], batch_size: int, count: int, seed: int = 0):
     """`count` (anchors, positives) batches from the pairs, shuffled once, cycled if needed."""
@@ -213,48 +259,60 @@ def pair_batches(s1: list[str], s2: list[str], batch_size: int, count: int, seed
     return out
 
 
+def padded_tokens(batch) -> tuple[int, int]:
+    """(tokens the encoder computes on, real tokens) of one prepared batch, either library."""
+    sides = batch if isinstance(batch, list) else [batch]
+    shape = lambda x: tuple(x.shape)  # noqa: E731
+    total = sum(int(np.prod(shape(side["input_ids"]))) for side in sides)
+    real = sum(int(np.asarray(side["attention_mask"]).sum()) for side in sides)
+    return total, real
+
+
 def bench_batch_size(model_dir, s1, s2, *, batch_size, warmup, steps, rounds, max_seq_length,
-                     buckets=None, seed=0, log=print) -> dict:
+                     buckets=None, project_packing=False, seed=0, log=print) -> dict:
     """Train both libraries on identical batches; pairs/s for each, interleaved in `rounds` chunks."""
     if steps < rounds or warmup < 1:
         raise ValueError(f"need steps ({steps}) >= rounds ({rounds}) and warmup >= 1 (got {warmup})")
     texts = pair_batches(s1, s2, batch_size, warmup + steps, seed)
-    pt, jx = TorchTrainer(model_dir, max_seq_length, seed), JaxTrainer(model_dir, max_seq_length, seed, buckets)
-    pt_batches = [pt.prepare(a, p) for a, p in texts]
-    jx_batches = [jx.prepare(a, p) for a, p in texts]
-    for batch in jx_batches:
-        jx.compile_for(batch)
-    log(f"  batch {batch_size}: siamjax compiled {len(jx.compiled)} bucket shape(s) "
-        f"{sorted(k[2] for k in jx.compiled)} in {jx.compile_seconds:.1f}s")
-    for i in range(warmup):
-        pt.step(pt_batches[i])
-        jx.step(jx_batches[i])
-    jx.sync()
-    times = {"torch": [], "jax": []}
-    losses = {"torch": [], "jax": []}
-    chunks = np.array_split(np.arange(warmup, warmup + steps), rounds)
-    for r, chunk in enumerate(chunks):
-        for lib in (("torch", "jax") if r % 2 == 0 else ("jax", "torch")):
-            start = time.perf_counter()
-            if lib == "torch":
-                losses["torch"] += [pt.step(pt_batches[i]) for i in chunk]
-            else:
-                losses["jax"] += [jx.step(jx_batches[i]) for i in chunk]
-                jx.sync()
-            times[lib].append(time.perf_counter() - start)
-        log(f"  round {r + 1}/{rounds}: torch {len(chunk) * batch_size / times['torch'][-1]:.1f} "
-            f"pairs/s, siamjax {len(chunk) * batch_size / times['jax'][-1]:.1f} pairs/s")
+    runners = {"torch": TorchTrainer(model_dir, max_seq_length, seed),
+               "jax": JaxTrainer(model_dir, max_seq_length, seed, buckets)}
+    if project_packing:
+        runners["jax_packed_projection"] = PackedShapeProjection(model_dir, max_seq_length, seed)
+    batches = {name: [r.prepare(a, p) for a, p in texts] for name, r in runners.items()}
+    for name, runner in runners.items():
+        if name != "torch":
+            for batch in batches[name]:
+                runner.compile_for(batch)
+            log(f"  batch {batch_size}: {name} compiled {len(runner.compiled)} shape(s) "
+                f"{sorted(runner.compiled)} in {runner.compile_seconds:.1f}s")
+    for name, runner in runners.items():
+        for i in range(warmup):
+            runner.step(batches[name][i])
+        runner.sync()
+    names = list(runners)
+    times = {name: [] for name in names}
+    losses = {name: [] for name in names}
+    for r, chunk in enumerate(np.array_split(np.arange(warmup, warmup + steps), rounds)):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+            runner, start = runners[name], time.perf_counter()
+            losses[name] += [runner.step(batches[name][i]) for i in chunk]
+            runner.sync()
+            times[name].append(time.perf_counter() - start)
+        log(f"  batch {batch_size} round {r + 1}/{rounds}: " + ", ".join(
+            f"{name} {len(chunk) * batch_size / times[name][-1]:.1f}" for name in names) + " pairs/s")
     pairs = steps * batch_size
+    timed = slice(warmup, warmup + steps)
     result = {"batch_size": batch_size, "steps": steps, "warmup": warmup, "rounds": rounds,
-              "torch_pairs_per_s": pairs / sum(times["torch"]), "jax_pairs_per_s": pairs / sum(times["jax"]),
-              "round_seconds": times, "jax_compile_s": jx.compile_seconds,
-              "jax_buckets": sorted(k[2] for k in jx.compiled),
-              "torch_mean_loss": float(np.mean(losses["torch"])),
-              "jax_mean_loss": float(np.mean([float(x) for x in losses["jax"]])),
-              "mean_tokens_per_side": {
-                  "torch": float(np.mean([f["input_ids"].shape[1] for b in pt_batches for f in b])),
-                  "jax": float(np.mean([b["input_ids"].shape[2] for b in jx_batches]))}}
-    result["ratio"] = result["jax_pairs_per_s"] / result["torch_pairs_per_s"]
+              "round_seconds": times, "jax_buckets": sorted(k[2] for k in runners["jax"].compiled)}
+    result["real_tokens_per_pair"] = sum(padded_tokens(b)[1] for b in batches["torch"][timed]) / pairs
+    for name in names:
+        result[f"{name}_pairs_per_s"] = pairs / sum(times[name])
+        result[f"{name}_mean_loss"] = float(np.mean([float(x) for x in losses[name]]))
+        result[f"{name}_tokens_per_pair"] = sum(padded_tokens(b)[0] for b in batches[name][timed]) / pairs
+        if name != "torch":
+            result[f"{name}_compile_s"] = runners[name].compile_seconds
+            result[f"{name}_ratio"] = result[f"{name}_pairs_per_s"] / result["torch_pairs_per_s"]
+    result["ratio"] = result["jax_ratio"]
     return result
 
 
@@ -264,13 +322,15 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None, help="sentence-transformers folder (default: all-MiniLM-L6-v2)")
     parser.add_argument("--data", default=str(STSB_DIR / "sts-train.csv"))
     parser.add_argument("--batch", type=int, nargs="+", default=[32, 128])
-    parser.add_argument("--steps", type=int, nargs="+", default=[24, 8],
+    parser.add_argument("--steps", type=int, nargs="+", default=[16, 6],
                         help="timed steps per batch size (one value, or one per --batch)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved chunks per library")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved chunks per library")
     parser.add_argument("--max-seq-length", type=int, default=128)
-    parser.add_argument("--buckets", type=int, nargs="*", default=None,
-                        help="siamjax pad lengths (default: the data pipeline's 32, 64, 128)")
+    parser.add_argument("--buckets", type=int, nargs="+", default=list(QUICKSTART_BUCKETS),
+                        help="siamjax pad lengths (default: configs/stsb_minilm.py's data.buckets)")
+    parser.add_argument("--project-packing", action="store_true",
+                        help="also time the siamjax step on packed-row shapes (a projection, see PackedShapeProjection)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -285,22 +345,35 @@ def main(argv=None) -> int:
     s1, s2, _ = read_stsb(args.data)
     env = environment()
     print(f"# {env}")
-    rows = []
-    for batch_size, n in zip(args.batch, steps):
-        rows.append(bench_batch_size(args.model, s1, s2, batch_size=batch_size, warmup=args.warmup, steps=n,
-                                     rounds=args.rounds, max_seq_length=args.max_seq_length,
-                                     buckets=tuple(args.buckets) if args.buckets else None))
-    print("\n| batch | sentence-transformers pairs/s | siamjax pairs/s | ratio | siamjax compile s |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['batch_size']} | {r['torch_pairs_per_s']:.1f} | {r['jax_pairs_per_s']:.1f} | "
-              f"{r['ratio']:.2f}x | {r['jax_compile_s']:.1f} |")
+    rows = [bench_batch_size(args.model, s1, s2, batch_size=b, warmup=args.warmup, steps=n, rounds=args.rounds,
+                             max_seq_length=args.max_seq_length, buckets=tuple(args.buckets),
+                             project_packing=args.project_packing)
+            for b, n in zip(args.batch, steps)]
+    env["load_avg_1m_end"] = os.getloadavg()[0]
+    print(results_table(rows))
     if args.json:
-        out = {"command": "python " + " ".join([sys.argv[0]] + sys.argv[1:]) if argv is None else str(argv),
-               "environment": env, "results": rows}
+        command = "python bench/train_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
         pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.json).write_text(json.dumps(out, indent=1))
+        pathlib.Path(args.json).write_text(json.dumps({"command": command, "environment": env, "results": rows},
+                                                      indent=1))
     return 0
+
+
+def results_table(rows: list[dict]) -> str:
+    """Markdown table of the results (the form RESULTS.md quotes)."""
+    packed = all("jax_packed_projection_pairs_per_s" in r for r in rows)
+    head = ("| batch | sentence-transformers pairs/s | siamjax pairs/s | ratio | siamjax compile s "
+            "| tokens/pair real / ST / siamjax |" + (" packed projection pairs/s (ratio) |" if packed else ""))
+    lines = ["", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        line = (f"| {r['batch_size']} | {r['torch_pairs_per_s']:.1f} | {r['jax_pairs_per_s']:.1f} | "
+                f"{r['ratio']:.2f}x | {r['jax_compile_s']:.1f} | {r['real_tokens_per_pair']:.1f} / "
+                f"{r['torch_tokens_per_pair']:.1f} / {r['jax_tokens_per_pair']:.1f} |")
+        if packed:
+            line += (f" {r['jax_packed_projection_pairs_per_s']:.1f} "
+                     f"({r['jax_packed_projection_ratio']:.2f}x) |")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -57,13 +57,24 @@ def test_pair_batches_cycle_in_a_fixed_order():
     assert batches == train_throughput.pair_batches(s1, s2, batch_size=4, count=3, seed=1)
 
 
+def test_pack_rows_first_fit_decreasing():
+    rows = train_throughput.pack_rows([[1] * 5, [2] * 3, [3] * 4, [4] * 2, [5] * 6], row_len=8)
+    assert sorted(len(r) for r in rows) == [4, 8, 8]  # 6+2, 5+3, 4
+    assert sorted(t for r in rows for t in r) == sorted([1] * 5 + [2] * 3 + [3] * 4 + [4] * 2 + [5] * 6)
+
+
 def test_train_throughput_core_runs_both_libraries(tiny_dir, stsb_test):
     s1, s2, _ = stsb_test
     row = train_throughput.bench_batch_size(tiny_dir, s1, s2, batch_size=4, warmup=1, steps=2, rounds=2,
-                                            max_seq_length=32, log=lambda *_: None)
+                                            max_seq_length=32, buckets=(16, 32), project_packing=True,
+                                            log=lambda *_: None)
     assert row["torch_pairs_per_s"] > 0 and row["jax_pairs_per_s"] > 0
+    assert row["jax_packed_projection_pairs_per_s"] > 0
     assert row["ratio"] == pytest.approx(row["jax_pairs_per_s"] / row["torch_pairs_per_s"])
-    assert row["jax_compile_s"] > 0 and row["jax_buckets"] == [32]
+    assert row["jax_compile_s"] > 0 and set(row["jax_buckets"]) <= {16, 32}
+    # padding accounting: nobody computes on fewer tokens than are real
+    real = row["real_tokens_per_pair"]
+    assert real <= min(row[f"{k}_tokens_per_pair"] for k in ("torch", "jax", "jax_packed_projection"))
     # same loss on the same data: both start near log(batch) for a random encoder
     assert np.isfinite(row["torch_mean_loss"]) and np.isfinite(row["jax_mean_loss"])
     assert abs(row["torch_mean_loss"] - row["jax_mean_loss"]) < 0.5
@@ -77,6 +88,7 @@ def test_train_throughput_cli_writes_json(tiny_dir, stsb_dir, tmp_path):
     assert rc == 0
     data = json.loads(out.read_text())
     assert data["results"][0]["batch_size"] == 4 and "jax" in data["environment"]
+    assert data["command"].startswith("python bench/train_throughput.py --model")
 
 
 def test_encode_throughput_core_agrees_between_libraries(tiny_dir, stsb_test):

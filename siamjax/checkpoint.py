@@ -25,15 +25,19 @@ from orbax.checkpoint import checkpoint_managers as policies
 log = logging.getLogger(__name__)
 
 
-class _QuietUntrackedSaves(logging.Filter):
-    """Orbax warns on every save without metrics when best-tracking is on; siamjax saves
-    metrics only at evaluation steps on purpose, so that warning is noise."""
+class _QuietExpectedWarnings(logging.Filter):
+    """Orbax warns on every save without metrics when best-tracking is on (siamjax records
+    metrics only at evaluation steps, on purpose) and whenever a folder is opened read-only
+    (as export does); both are expected here, so they are dropped."""
+
+    EXPECTED = ("did not provide metrics", "read_only=True", "Given directory is read only")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
+        message = record.getMessage()
+        return not any(text in message for text in self.EXPECTED)
 
 
-logging.getLogger("absl").addFilter(_QuietUntrackedSaves())
+logging.getLogger("absl").addFilter(_QuietExpectedWarnings())
 
 STATE_ITEM = "state"
 META_ITEM = "meta"

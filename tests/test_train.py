@@ -1,0 +1,305 @@
+"""The training loop end to end on a tiny random BERT: resume after SIGKILL/SIGTERM, sharded
+equivalence, NaN stop, bad rows, export of the best checkpoint, metrics files."""
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from siamjax import checkpoint as ckpt
+from siamjax import sharding, train
+from siamjax import train_step as ts
+from siamjax.cli import main as cli_main
+from siamjax.cli.train_cmd import load_config
+from siamjax.run_metrics import MetricWriter, read_jsonl
+from siamjax.train_setup import length_grouped
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+WORDS = ("cat dog fish bird tree car road house blue red green small big fast slow happy sad old new "
+         "river hill lamp book door").split()
+
+TINY_CONFIG = '''
+import runpy
+def get_config(arg=None):
+    c = runpy.run_path({default!r})["get_config"]()
+    c.model.init.tokenizer = {tokenizer!r}
+    c.model.init.hidden_size = 32
+    c.model.init.num_hidden_layers = 2
+    c.model.init.num_attention_heads = 2
+    c.model.init.intermediate_size = 64
+    c.model.init.max_position_embeddings = 64
+    c.model.max_seq_length = 32
+    c.data.train.path = {train!r}
+    c.data.train.columns = (("s1", "s1"), ("s2", "s2"), ("score", "score"))
+    c.data.buckets = (16, 32)
+    c.loss.name = "cosent"
+    c.optim.lr = 1e-3
+    c.train.batch_size = 16
+    c.train.num_steps = 40
+    c.train.log_every_steps = 1
+    c.train.progress_bar = False
+    c.checkpoint.every_steps = 10
+    c.mesh.fsdp_min_size = 256
+    return c
+'''
+
+
+def write_pairs(path, n, seed, bad_line=None):
+    """n scored pairs of random words as jsonl (optionally one malformed row)."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            a = " ".join(rng.choice(WORDS, rng.integers(2, 12)))
+            b = " ".join(rng.choice(WORDS, rng.integers(2, 12)))
+            score = "not a number" if i + 1 == bad_line else float(rng.random())
+            f.write(json.dumps({"s1": f"{a} {i}", "s2": f"{b} {i}", "score": score}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, minilm_dir):
+    """(config file path, data folder) of a tiny CoSENT run on random-word pairs."""
+    root = tmp_path_factory.mktemp("tiny")
+    train_file = write_pairs(root / "train.jsonl", 96, seed=0)
+    write_pairs(root / "dev.jsonl", 48, seed=1)
+    config = root / "tiny.py"
+    config.write_text(TINY_CONFIG.format(default=str(REPO / "configs" / "default.py"),
+                                         tokenizer=str(minilm_dir), train=str(train_file)))
+    return config, root
+
+
+def per_step(workdir, key):
+    """{step: value} of a training metric in metrics.jsonl."""
+    return {r["step"]: r[key] for r in read_jsonl(pathlib.Path(workdir) / "metrics.jsonl") if key in r}
+
+
+def cli(config, workdir, *overrides):
+    """The `siamjax train` command line for a subprocess."""
+    return [sys.executable, "-m", "siamjax.cli", "train", "--config", str(config), "--workdir", str(workdir),
+            *overrides]
+
+
+def wait_for_checkpoint(workdir, proc, min_step, timeout=240):
+    """Blocks until a finalised checkpoint >= min_step exists; returns its step."""
+    root = pathlib.Path(workdir) / "checkpoints"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        steps = [int(p.name) for p in root.glob("*") if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists()]
+        done = [s for s in steps if s >= min_step]
+        if done:
+            return max(done)
+        assert proc.poll() is None, f"run ended (rc={proc.returncode}) before a checkpoint >= {min_step}"
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint >= {min_step} after {timeout}s")
+
+
+def test_resume_after_sigterm_and_sigkill_is_exact(tiny, tmp_path):
+    """Uninterrupted vs preempted (SIGTERM) + killed (SIGKILL) + restarted: same batches, same bits."""
+    config, _ = tiny
+    steps = 300
+    common = [f"--config.train.num_steps={steps}", "--config.mesh.num_devices=4", "--config.mesh.fsdp=2"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    full = subprocess.Popen(cli(config, tmp_path / "full", *common), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = tmp_path / "resumed"
+    first = subprocess.Popen(cli(config, run, *common), env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    wait_for_checkpoint(run, first, 10)
+    first.send_signal(signal.SIGTERM)  # preemption notice: save and exit cleanly
+    out = first.communicate(timeout=120)[0]
+    assert first.returncode == train.EXIT_PREEMPTED, out
+    assert "preemption requested: saved step" in out
+
+    second = subprocess.Popen(cli(config, run, *common), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    preempted_at = max(int(p.name) for p in (run / "checkpoints").glob("*") if p.name.isdigit())
+    killed_after = wait_for_checkpoint(run, second, preempted_at + 20)
+    second.kill()  # SIGKILL: no chance to clean up; an async save may be half-written
+    second.communicate(timeout=60)
+    assert second.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert killed_after < steps
+
+    third = subprocess.run(cli(config, run, *common), env=env, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "resumed from" in third.stdout + third.stderr
+    out_full = full.communicate(timeout=600)[0]
+    assert full.returncode == 0, out_full
+
+    batches_full, batches_run = per_step(tmp_path / "full", "batch_fingerprint"), per_step(run, "batch_fingerprint")
+    assert sorted(batches_full) == list(range(1, steps + 1)) == sorted(batches_run)
+    assert batches_full == batches_run, "the resumed run saw different batches"
+    assert per_step(tmp_path / "full", "loss") == per_step(run, "loss")
+    enc_full, step_full = train.load_trained_encoder(tmp_path / "full", steps)
+    enc_run, step_run = train.load_trained_encoder(run, steps)
+    assert step_full == step_run == steps
+    jax.tree.map(np.testing.assert_array_equal, enc_full.params, enc_run.params)  # bitwise on CPU
+
+
+def test_one_device_and_eight_devices_give_the_same_loss_curve(tiny, tmp_path):
+    config, _ = tiny
+    curves = {}
+    for name, overrides in {"one": ["--config.mesh.num_devices=1"],
+                            "eight": ["--config.mesh.data=2", "--config.mesh.fsdp=4"]}.items():
+        c = load_config(str(config), ["--config.train.num_steps=12", "--config.checkpoint.every_steps=100",
+                                      *overrides])
+        train.train_and_evaluate(c, tmp_path / name)
+        curves[name] = per_step(tmp_path / name, "loss")
+    assert sorted(curves["one"]) == list(range(1, 13))
+    np.testing.assert_allclose([curves["eight"][s] for s in range(1, 13)],
+                               [curves["one"][s] for s in range(1, 13)], atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tiny, tmp_path_factory):
+    """A finished tiny run with STS evaluation every 10 steps."""
+    config, root = tiny
+    workdir = tmp_path_factory.mktemp("evaluated")
+    c = load_config(str(config), [f"--config.eval.sts.path={root / 'dev.jsonl'}",
+                                  "--config.eval.sts.columns=(('s1','s1'),('s2','s2'),('score','score'))",
+                                  "--config.eval.every_steps=10", "--config.train.num_steps=30",
+                                  "--config.mesh.num_devices=1", "--config.checkpoint.keep=1",
+                                  "--config.train.log_every_steps=5"])
+    result = train.train_and_evaluate(c, workdir)
+    return workdir, result
+
+
+def test_metrics_files_and_best_checkpoint(evaluated_run):
+    workdir, result = evaluated_run
+    records = read_jsonl(workdir / "metrics.jsonl")
+    logged = [r for r in records if "loss" in r]
+    assert [r["step"] for r in logged] == [5, 10, 15, 20, 25, 30]
+    assert all({"grad_norm", "learning_rate", "pairs_per_sec", "epoch"} <= set(r) for r in logged)
+    evals = {r["step"]: r["sts/spearman_cosine"] for r in records if "sts/spearman_cosine" in r}
+    assert sorted(evals) == [10, 20, 30] and result.eval_metrics["sts/spearman_cosine"] == evals[30]
+    assert list((workdir / "tb").glob("events.out.tfevents.*"))
+    manager = ckpt.make_manager(workdir / "checkpoints", save_interval_steps=10, max_to_keep=1,
+                                keep_best=1, best_metric="sts/spearman_cosine", read_only=True)
+    best = max(evals, key=evals.get)
+    assert ckpt.best_or_latest_step(manager) == best
+    assert set(manager.all_steps()) == {best, 30}
+
+
+def test_export_writes_the_best_checkpoint(evaluated_run, tmp_path, capsys):
+    from siamjax.encoder import SentenceEncoder
+
+    workdir, _ = evaluated_run
+    evals = {r["step"]: r["sts/spearman_cosine"] for r in read_jsonl(workdir / "metrics.jsonl")
+             if "sts/spearman_cosine" in r}
+    best = max(evals, key=evals.get)
+    assert cli_main(["export", "--workdir", str(workdir), "--output", str(tmp_path / "model")]) == 0
+    assert f"wrote step {best}" in capsys.readouterr().out
+    for name in ("config.json", "model.safetensors", "modules.json", "1_Pooling/config.json"):
+        assert (tmp_path / "model" / name).exists(), name
+    exported = SentenceEncoder.from_pretrained(tmp_path / "model")
+    trained, step = train.load_trained_encoder(workdir)
+    assert step == best
+    sentences = ["red cat on a hill", "old book"]
+    np.testing.assert_allclose(exported.encode(sentences), trained.encode(sentences), atol=1e-5)
+    assert cli_main(["export", "--workdir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x")]) == 1
+
+
+def test_nan_loss_stops_the_cli_with_a_clear_message(tiny, tmp_path, capsys):
+    config, _ = tiny
+    code = cli_main(["train", "--config", str(config), "--workdir", str(tmp_path / "run"),
+                     "--config.loss.kwargs.scale=1e400", "--config.mesh.num_devices=1"])
+    err = capsys.readouterr().err
+    assert code == train.EXIT_NONFINITE
+    assert re.search(r"non-finite (grad_norm|loss)=(nan|inf).* at step 1; stopping", err), err
+    assert "no checkpoint was saved" in err
+    assert not [p for p in (tmp_path / "run" / "checkpoints").glob("*") if p.name.isdigit()]
+
+
+def test_nan_mid_run_keeps_the_last_good_checkpoint(tmp_path):
+    """The loop checks a step's metrics before saving it, so the NaN state is never written."""
+    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    state = ts.TrainState(step=jnp.int32(0), params={"encoder": {"w": jnp.ones(3)}, "loss": {}},
+                          opt_state={}, rng=jnp.zeros(2, jnp.uint32))
+
+    def fake_step(state, batch):
+        step = state.step + 1
+        loss = jnp.where(step >= 7, jnp.nan, 1.0 / step)
+        params = jax.tree.map(lambda p: p * loss, state.params)
+        return state.replace(step=step, params=params), {"loss": loss, "grad_norm": jnp.float32(1)}
+
+    manager = ckpt.make_manager(tmp_path / "checkpoints", save_interval_steps=2, max_to_keep=10)
+    writer = MetricWriter(tmp_path, total_steps=20, start_step=0, batch_size=4, log_every=1, progress_bar=False)
+    batches = iter(lambda: {"x": np.zeros((1, 4, 2), np.int32)}, None)
+    with pytest.raises(train.NonFiniteLossError, match=r"loss=nan at step 7.*checkpoint step 6 is kept"):
+        train.train_loop(state=jax.device_put(state, sharding.replicated(mesh)), train_step=jax.jit(fake_step),
+                         batches=batches, data_state=lambda: {"i": 0}, to_device=lambda b: b, manager=manager,
+                         total_steps=20, writer=writer)
+    writer.close()
+    manager.wait_until_finished()
+    assert max(manager.all_steps()) == 6
+    assert max(r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")) == 6
+
+
+def test_on_bad_row_flows_from_the_config(tiny, tmp_path, capsys):
+    config, root = tiny
+    bad = write_pairs(tmp_path / "bad.jsonl", 64, seed=3, bad_line=5)
+    args = ["train", "--config", str(config), "--config.mesh.num_devices=1", f"--config.data.train.path={bad}",
+            "--config.train.num_steps=2"]
+    assert cli_main([*args, "--workdir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "data error" in err and "bad.jsonl:5" in err and "on_bad_row=skip" in err
+    assert cli_main([*args, "--workdir", str(tmp_path / "b"), "--config.data.train.on_bad_row=skip"]) == 0
+    assert "skipped 1 bad row(s)" in capsys.readouterr().out
+
+
+def test_length_grouped_batches_keep_every_row(minilm_dir):
+    from transformers import AutoTokenizer
+
+    from siamjax.data import PairDataset
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    rng = np.random.default_rng(0)
+    s1 = [" ".join(rng.choice(WORDS, rng.integers(1, 30))) + f" {i}" for i in range(64)]
+    s2 = [f"short {i}" for i in range(64)]
+    data = PairDataset("d", ("a", "b"), (s1, s2), np.arange(64, dtype=np.float32), "score")
+    grouped = length_grouped(data, tokenizer, 8, epochs=2, seed=0)
+    assert len(grouped) == 128
+    for epoch in range(2):
+        rows = grouped.texts[0][epoch * 64:(epoch + 1) * 64]
+        assert sorted(rows) == sorted(s1)
+        labels = grouped.labels[epoch * 64:(epoch + 1) * 64]
+        assert [s1[int(i)] for i in labels] == rows, "labels stay with their pair"
+    lengths = np.array([len(tokenizer(t)["input_ids"]) for t in grouped.texts[0][:64]]).reshape(8, 8)
+    spread = (lengths.max(1) - lengths.min(1)).mean()
+    shuffled = np.array([len(tokenizer(t)["input_ids"]) for t in s1]).reshape(8, 8)
+    assert spread < (shuffled.max(1) - shuffled.min(1)).mean() / 2
+
+
+@pytest.mark.slow
+def test_quickstart_reaches_84_spearman_within_10_minutes(stsb_dir, tmp_path):
+    """The README quickstart, exactly: train on STS-b with configs/stsb_minilm.py, export, and
+    score the exported folder on STS-b test (all-MiniLM-L6-v2 starts at 82.03)."""
+    from siamjax.encoder import SentenceEncoder
+    from siamjax.evaluation import STSEvaluator
+
+    config = REPO / "configs" / "stsb_minilm.py"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user has
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "siamjax.cli", "train", "--config", str(config),
+                          "--workdir", str(tmp_path / "run"),
+                          f"--config.data.train.path={stsb_dir / 'sts-train.csv'}",
+                          f"--config.eval.sts.path={stsb_dir / 'sts-dev.csv'}"],
+                         env=env, capture_output=True, text=True, timeout=1200, cwd=REPO)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    export = subprocess.run([sys.executable, "-m", "siamjax.cli", "export", "--workdir", str(tmp_path / "run"),
+                             "--output", str(tmp_path / "model")], env=env, capture_output=True, text=True,
+                            timeout=600, cwd=REPO)
+    assert export.returncode == 0, export.stdout[-3000:] + export.stderr[-3000:]
+    minutes = (time.perf_counter() - start) / 60
+    model = SentenceEncoder.from_pretrained(tmp_path / "model")
+    spearman = STSEvaluator.from_file(stsb_dir / "sts-test.csv")(model)["spearman_cosine"]
+    print(f"quickstart: {minutes:.1f} min, STS-b test spearman_cosine {spearman:.2f}")
+    assert spearman >= 84.0
+    assert minutes <= 10.0

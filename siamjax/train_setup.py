@@ -71,7 +71,10 @@ def build_encoder(model_cfg, seed: int):
 
     common = dict(dtype=model_cfg.dtype, remat=model_cfg.remat, max_seq_length=model_cfg.max_seq_length)
     if model_cfg.name_or_path:
-        return SentenceEncoder.from_pretrained(model_cfg.name_or_path, **common)
+        try:
+            return SentenceEncoder.from_pretrained(model_cfg.name_or_path, **common)
+        except (OSError, ValueError) as err:  # missing folder, offline hub, bad config.json
+            raise ConfigError(f"model.name_or_path={model_cfg.name_or_path!r}: {err}") from err
     from transformers import AutoTokenizer
 
     init = model_cfg.init

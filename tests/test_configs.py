@@ -102,7 +102,7 @@ def test_config_file_errors(tmp_path):
     (["--config.optim.schedule=step"], r"optim.schedule='step'"),
     (["--config.model.name_or_path=/no/model"], r"model.name_or_path='/no/model': no such folder"),
     (["--config.model.dtype=float16"], r"model.dtype='float16'"),
-    (["--config.train.grad_cache_chunk=5"], r"grad_cache_chunk=5 must divide train.batch_size=16"),
+    (["--config.train.grad_cache_chunk=5"], r"grad_cache_chunk=5 must divide train.batch_size=32"),
 ])
 def test_validation_errors(overrides, match):
     config = cfg("stsb_minilm.py", "--config.mesh.num_devices=1", *overrides) \

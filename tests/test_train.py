@@ -104,7 +104,7 @@ def wait_for_checkpoint(workdir, proc, min_step, timeout=240):
 def test_resume_after_sigterm_and_sigkill_is_exact(tiny, tmp_path):
     """Uninterrupted vs preempted (SIGTERM) + killed (SIGKILL) + restarted: same batches, same bits."""
     config, _ = tiny
-    steps = 300
+    steps = 150
     common = [f"--config.train.num_steps={steps}", "--config.mesh.num_devices=4", "--config.mesh.fsdp=2"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     full = subprocess.Popen(cli(config, tmp_path / "full", *common), env=env,
@@ -303,3 +303,17 @@ def test_quickstart_reaches_84_spearman_within_10_minutes(stsb_dir, tmp_path):
     print(f"quickstart: {minutes:.1f} min, STS-b test spearman_cosine {spearman:.2f}")
     assert spearman >= 84.0
     assert minutes <= 10.0
+
+
+def test_sharded_mnrl_with_grad_cache_from_the_config(tiny, tmp_path):
+    """loss.sharded + train.grad_cache_chunk on a 2 x 4 mesh = plain MNRL on one device."""
+    config, _ = tiny
+    common = ["--config.loss.name=mnrl", "--config.data.train.columns=(('s1','s1'),('s2','s2'))",
+              "--config.train.dropout=false", "--config.train.num_steps=4", "--config.checkpoint.every_steps=100"]
+    curves = {}
+    for name, overrides in {"plain": ["--config.mesh.num_devices=1"],
+                            "cached": ["--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.loss.sharded=true",
+                                       "--config.train.grad_cache_chunk=8"]}.items():
+        train.train_and_evaluate(load_config(str(config), [*common, *overrides]), tmp_path / name)
+        curves[name] = [per_step(tmp_path / name, "loss")[s] for s in range(1, 5)]
+    np.testing.assert_allclose(curves["cached"], curves["plain"], atol=1e-5, rtol=0)

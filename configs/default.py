@@ -96,6 +96,12 @@ def get_config(arg=None):
     c.checkpoint.best_metric = "sts/spearman_cosine"  # evaluation metric ranking checkpoints
     c.checkpoint.best_mode = "max"  # "max" or "min"
     c.checkpoint.async_save = True  # write checkpoints in the background
+
+    # ---------------------------------------------------------------- export
+    c.export = ml_collections.ConfigDict()
+    # after `siamjax train` finishes, write the best (else last) checkpoint as a
+    # sentence-transformers folder here; relative to the workdir; "" = don't (see `siamjax export`)
+    c.export.dir = ""
     return c
 
 

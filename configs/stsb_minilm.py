@@ -1,7 +1,7 @@
 """Fine-tune all-MiniLM-L6-v2 on STS-b train with CoSENT: the CPU quickstart.
 
-    siamjax train --config configs/stsb_minilm.py --workdir runs/stsb
-    siamjax export --workdir runs/stsb --output runs/stsb/model
+    siamjax train --config configs/stsb_minilm.py --workdir runs/stsb   # also writes runs/stsb/model
+    siamjax export --workdir runs/stsb --output my-model                # the same, by hand
 
 Data: the STS benchmark folder (sts-train.csv / sts-dev.csv: tab-separated, no header, score
 in column 4, sentences in 5 and 6), by default ../shared/data/stsbenchmark next to the
@@ -69,4 +69,6 @@ def get_config(arg=None):
 
     c.checkpoint.every_steps = 100
     c.checkpoint.best_metric = "sts/spearman_cosine"
+
+    c.export.dir = "model"  # the trained sentence-transformers folder: <workdir>/model
     return c

@@ -256,4 +256,29 @@ def handle(args, rest: list[str]) -> int:
     except ConfigError as err:
         print(f"siamjax train: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    return train.main(config, args.workdir)
+    code = train.main(config, args.workdir)
+    if code == 0 and config.export.dir:
+        return export_after_training(args.workdir, config.export.dir)
+    return code
+
+
+def export_after_training(workdir: str, directory: str) -> int:
+    """Writes the run's best (else last) checkpoint as a sentence-transformers folder.
+
+    `directory` is relative to the workdir unless absolute. Multi-process jobs skip this
+    (every process would have to join the restore); run `siamjax export` afterwards.
+    """
+    import jax
+
+    from siamjax import train
+
+    if jax.process_count() > 1:
+        if jax.process_index() == 0:
+            print(f"siamjax train: multi-process run: export with `siamjax export --workdir {workdir} "
+                  f"--output DIR`")
+        return 0
+    output = pathlib.Path(workdir) / directory
+    encoder, step = train.load_trained_encoder(workdir)
+    encoder.save(output)
+    print(f"siamjax train: exported step {step} to {output}")
+    return 0

@@ -85,7 +85,7 @@ def train_loop(
     evaluate: Callable[[Any], dict[str, float]] | None = None,
     eval_every: int = 0,
     best_metric: str | None = None,
-    stop_requested: Callable[[], bool] = lambda: False,
+    stop_requested: Callable[[int], bool] = lambda step: False,
     steps_per_epoch: int = 0,
 ) -> LoopResult:
     """Runs steps `state.step + 1 .. total_steps`; evaluates, logs and checkpoints on the way.
@@ -94,6 +94,7 @@ def train_loop(
     batch while the device computes. Before a checkpoint or evaluation the step's own metrics
     are checked, so a NaN state is never saved. `data_state()` is the iterator state after
     the batch just taken; it is saved with the state so a restart sees the same next batch.
+    `stop_requested(step)` is asked at every step; True (preemption) saves that step and stops.
     """
     start = int(jax.device_get(state.step))
     result = LoopResult(state=state, step=start)
@@ -116,7 +117,7 @@ def train_loop(
         pending = (step, metrics, extra)
         result.step = step
         last = step == total_steps
-        stop = stop_requested()
+        stop = stop_requested(step)  # called at every step (the multi-process sync needs that)
         do_eval = evaluate is not None and (last or (eval_every > 0 and step % eval_every == 0))
         do_save = last or do_eval or stop or manager.should_save(step)
         if not (do_eval or do_save):
@@ -147,11 +148,12 @@ def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> N
     """Saves the resolved config (export reads it); warns when a resume changed it."""
     path = workdir / "config.json"
     text = config.to_json_best_effort(indent=2, sort_keys=True)
+    if jax.process_index() != 0:  # only process 0 reads or writes it (no torn reads)
+        return
     if path.exists() and json.loads(path.read_text()) != json.loads(text):
         log.warning("%s differs from the current config; resuming with the current one", path)
         print(f"warning: {path} differs from the current config (resuming with the current one)")
-    if jax.process_index() == 0:
-        path.write_text(text)
+    path.write_text(text)
 
 
 def _write_json(path: pathlib.Path, record: dict) -> None:
@@ -161,21 +163,39 @@ def _write_json(path: pathlib.Path, record: dict) -> None:
 
 
 class _PreemptionFlag:
-    """SIGTERM (how schedulers announce preemption) -> save at the next step and stop."""
+    """SIGTERM (how schedulers announce preemption) -> save at an agreed step and stop.
+
+    One process: a Python SIGTERM handler sets a flag read at the next step. Several
+    processes: each may see its SIGTERM at a different step, but the save is collective, so
+    they must stop at the same one; JAX's preemption sync manager (started by
+    `jax.distributed.initialize`, which then owns SIGTERM) picks that step for all of them.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
+        self._multi_process = False
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._multi_process = jax.process_count() > 1
+        if not self._multi_process:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame):
         self.requested = True
 
+    def reached(self, step: int) -> bool:
+        """True at the step where every process should save and stop; call it at every step."""
+        if self._multi_process:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
     def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
+        if not self._multi_process:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _read_train_set(config):
@@ -233,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         _write_json(workdir / RUN_INFO, {"num_labels": num_labels, "total_steps": total})
         parts = _setup(config, mesh, total_steps=total, num_labels=num_labels)
         encoder = parts["encoder"]
-        if getattr(train_set, "num_bad_rows", 0):
+        if getattr(train_set, "num_bad_rows", 0) and jax.process_index() == 0:
             print(f"data: skipped {train_set.num_bad_rows} bad row(s) of {train_set.name} "
                   f"(data.train.on_bad_row=skip)", flush=True)
         steps_per_epoch = max(1, len(train_set) // t.batch_size)
@@ -282,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 to_device=lambda b: to_global_array(b, mesh, sharding_lib.BATCH_AXES),
                 manager=manager, total_steps=total, writer=writer, evaluate=evaluate,
                 eval_every=config.eval.every_steps, best_metric=config.checkpoint.best_metric,
-                stop_requested=lambda: preemption.requested, steps_per_epoch=steps_per_epoch,
+                stop_requested=preemption.reached, steps_per_epoch=steps_per_epoch,
             )
         finally:
             writer.close()

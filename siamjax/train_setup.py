@@ -143,6 +143,13 @@ def make_sts_evaluate(file_cfg, encoder, batch_size: int) -> Callable[[Any], dic
     evaluator = STSEvaluator(dev.texts[0], dev.texts[1], dev.labels, similarities=("cosine",))
 
     def evaluate(params) -> dict[str, float]:
+        import jax
+        from jax.experimental import multihost_utils
+
+        if jax.process_count() > 1:
+            # FSDP over hosts leaves each process only part of a parameter: gather a full host
+            # copy (a collective, so every process evaluates, on its own devices).
+            params = multihost_utils.process_allgather(params, tiled=True)
         model = encoder.with_params(params)
         metrics = evaluator(lambda texts: model.encode(texts, batch_size=batch_size))
         return {f"sts/{k}": float(v) for k, v in metrics.items()}

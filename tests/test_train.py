@@ -144,17 +144,21 @@ def test_resume_after_sigterm_and_sigkill_is_exact(tiny, tmp_path):
 
 
 def test_one_device_and_eight_devices_give_the_same_loss_curve(tiny, tmp_path):
-    config, _ = tiny
-    curves = {}
+    """Same tiny run (dropout on) on 1 device and on a 2 x 4 data/fsdp mesh, evaluation included."""
+    config, root = tiny
+    curves, evals = {}, {}
     for name, overrides in {"one": ["--config.mesh.num_devices=1"],
                             "eight": ["--config.mesh.data=2", "--config.mesh.fsdp=4"]}.items():
         c = load_config(str(config), ["--config.train.num_steps=12", "--config.checkpoint.every_steps=100",
+                                      f"--config.eval.sts.path={root / 'dev.jsonl'}",
+                                      "--config.eval.sts.columns=(('s1','s1'),('s2','s2'),('score','score'))",
                                       *overrides])
-        train.train_and_evaluate(c, tmp_path / name)
+        evals[name] = train.train_and_evaluate(c, tmp_path / name).eval_metrics["sts/spearman_cosine"]
         curves[name] = per_step(tmp_path / name, "loss")
     assert sorted(curves["one"]) == list(range(1, 13))
     np.testing.assert_allclose([curves["eight"][s] for s in range(1, 13)],
                                [curves["one"][s] for s in range(1, 13)], atol=1e-5, rtol=0)
+    assert evals["eight"] == pytest.approx(evals["one"], abs=1e-3)
 
 
 @pytest.fixture(scope="module")

@@ -115,3 +115,26 @@ def test_partial_or_out_of_range_distributed_args_are_errors(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("SLURM_NTASKS", "16")
     assert detected_cluster() == "slurm"
+
+
+def test_timeouts_from_env(monkeypatch):
+    monkeypatch.setenv("SIAMJAX_HEARTBEAT_TIMEOUT", "7")
+    monkeypatch.delenv("SIAMJAX_INIT_TIMEOUT", raising=False)
+    args = DistributedArgs.from_env()
+    assert (args.heartbeat_timeout_s, args.initialization_timeout_s) == (7, DistributedArgs().initialization_timeout_s)
+    assert DistributedArgs.from_env(heartbeat_timeout_s=3).heartbeat_timeout_s == 3  # an argument wins
+    monkeypatch.setenv("SIAMJAX_INIT_TIMEOUT", "0")
+    with pytest.raises(ValueError, match="SIAMJAX_INIT_TIMEOUT must be a positive"):
+        DistributedArgs.from_env()
+
+
+def test_train_cli_reports_incomplete_multi_process_flags(tmp_path, capsys, monkeypatch):
+    from siamjax.cli import main as cli_main
+
+    for var in ("SIAMJAX_COORDINATOR", "SIAMJAX_NUM_PROCESSES", "SIAMJAX_PROCESS_ID"):
+        monkeypatch.delenv(var, raising=False)
+    config = LAUNCH.parent / "configs" / "default.py"
+    code = cli_main(["train", "--config", str(config), "--workdir", str(tmp_path), "--coordinator", "localhost:1",
+                     "--num-processes", "2"])
+    assert code == 2
+    assert "config error: multi-process launch needs all of --coordinator" in capsys.readouterr().err

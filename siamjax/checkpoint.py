@@ -96,9 +96,8 @@ def make_manager(
         create=not read_only,
         read_only=read_only,
     )
-    return ocp.CheckpointManager(
-        Path(directory).absolute(), item_names=(STATE_ITEM, META_ITEM), options=options
-    )
+    handlers = {STATE_ITEM: ocp.StandardCheckpointHandler(), META_ITEM: ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(Path(directory).absolute(), item_handlers=handlers, options=options)
 
 
 @jax.jit
@@ -199,17 +198,52 @@ def restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Any)
     return state, _decode_data_state(meta.get("data_state"))
 
 
+def _leaf_name(path) -> str:
+    """Orbax's name for a leaf: its key path joined with dots (e.g. "opt_state.1.0.mu.encoder.w")."""
+    return ".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def layout_mismatch(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> str | None:
+    """None if the saved state has the leaves, shapes and dtypes of `abstract_state`, else what differs.
+
+    A difference means the run's config changed (another model, loss or optimizer), not that
+    the files are damaged: such checkpoints are reported, never quarantined.
+    """
+    tree = manager.item_metadata(step)[STATE_ITEM]
+    saved = {m.name: (tuple(m.shape), str(m.dtype))
+             for m in jax.tree.leaves(tree, is_leaf=lambda x: hasattr(x, "shape")) if hasattr(m, "name")}
+    wanted = {_leaf_name(path): (tuple(x.shape), str(x.dtype))
+              for path, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    if not saved or saved == wanted:  # no readable metadata: left to the restore to judge
+        return None
+    missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
+    changed = sorted(n for n in set(wanted) & set(saved) if wanted[n] != saved[n])
+    parts = [f"{label} {names[:4]}{' ...' if len(names) > 4 else ''}"
+             for label, names in (("missing", missing), ("unexpected", extra), ("reshaped", changed)) if names]
+    return "; ".join(parts)
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[int, Any, Any] | None:
     """(step, state, data_state) of the newest checkpoint that loads and verifies, or None.
 
     Newer checkpoints that fail are moved to `<workdir>/corrupt_checkpoints/` with a warning
     naming the step and the reason. Raises CheckpointError if checkpoints exist but none is
-    usable, rather than silently starting from scratch.
+    usable, or if they were written for another config, rather than silently starting over.
     """
     manager.reload()
     steps = sorted(manager.all_steps(), reverse=True)
     failures = []
     for step in steps:
+        try:
+            mismatch = layout_mismatch(manager, step, abstract_state)
+        except Exception:  # noqa: BLE001 - unreadable metadata: handled as corruption below
+            mismatch = None
+        if mismatch:
+            raise CheckpointError(
+                f"checkpoint step {step} in {manager.directory} was written for a different model, "
+                f"loss or optimizer ({mismatch}); train in a new workdir, or restore the config "
+                f"that wrote it"
+            )
         try:
             state, data_state = restore_step(manager, step, abstract_state)
         except Exception as err:  # noqa: BLE001 - any failure means "not usable"

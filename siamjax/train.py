@@ -313,8 +313,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 
 def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> int:
-    """`train_and_evaluate` with exit codes: 0 done, 1 non-finite loss, 2 config or data error,
-    75 preempted (rerun the same command to resume)."""
+    """`train_and_evaluate` with exit codes: 0 done, 1 non-finite loss, 2 config, data or
+    checkpoint error, 75 preempted (rerun the same command to resume)."""
     import sys
 
     from siamjax.data import BadRowError
@@ -327,6 +327,9 @@ def main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> int:
     except NonFiniteLossError as err:
         print(f"siamjax train: {err}", file=sys.stderr)
         return EXIT_NONFINITE
+    except ckpt.CheckpointError as err:
+        print(f"siamjax train: checkpoint error: {err}", file=sys.stderr)
+        return 2
     except BadRowError as err:
         print(f"siamjax train: data error: {err} (set data.train.on_bad_row=skip to skip and count "
               f"such rows)", file=sys.stderr)

@@ -158,3 +158,17 @@ def test_fingerprint_is_sharding_independent(setup):
     single = jax.device_put(jax.device_get(state), jax.devices()[0])
     assert ckpt.state_fingerprint(state) == ckpt.state_fingerprint(single)
     assert ckpt.state_fingerprint(bump(state, 1)) != ckpt.state_fingerprint(state)
+
+
+def test_checkpoint_of_another_config_is_reported_not_quarantined(tmp_path, setup):
+    """A changed model/loss/optimizer is a config problem: clear error, files left in place."""
+    state, _ = setup
+    save_steps(tmp_path / "ck", state, [1, 2])
+    mesh = sharding.make_mesh(2, 4)
+    other = {"encoder": {"dense": {"kernel": jnp.zeros((64, 16)), "bias": jnp.zeros(16)}}, "loss": {}}
+    abstract, _ = ts.state_shardings(other, optim.make_optimizer(1e-3), mesh, 64)
+    manager = ckpt.make_manager(tmp_path / "ck", save_interval_steps=1)
+    with pytest.raises(ckpt.CheckpointError, match=r"written for a different model.*unexpected \[.*"
+                                                    r"'params.loss.log_scale'\]; reshaped \['opt_state"):
+        ckpt.restore_latest(manager, abstract)
+    assert (tmp_path / "ck" / "2").exists() and not (tmp_path / ckpt.CORRUPT_DIRNAME).exists()

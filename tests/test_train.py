@@ -105,7 +105,8 @@ def test_resume_after_sigterm_and_sigkill_is_exact(tiny, tmp_path):
     """Uninterrupted vs preempted (SIGTERM) + killed (SIGKILL) + restarted: same batches, same bits."""
     config, _ = tiny
     steps = 150
-    common = [f"--config.train.num_steps={steps}", "--config.mesh.num_devices=4", "--config.mesh.fsdp=2"]
+    common = [f"--config.train.num_steps={steps}", "--config.mesh.num_devices=4", "--config.mesh.fsdp=2",
+              "--config.data.group_by_length=true"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     full = subprocess.Popen(cli(config, tmp_path / "full", *common), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -22,6 +22,7 @@ import portpicker
 import pytest
 
 from siamjax import train
+from siamjax.encoder import SentenceEncoder
 from siamjax.run_metrics import read_jsonl
 
 pytestmark = pytest.mark.slow  # end-to-end subprocess runs (still run in CI)
@@ -149,13 +150,13 @@ def tiny(tmp_path_factory, minilm_dir):
 @pytest.fixture(scope="module")
 def runs(tiny, tmp_path_factory):
     """{"1x8": workdir, "2x4": workdir}: the same STEPS-step run in both layouts, run side by
-    side. mesh.fsdp=8 splits each large parameter over both processes, and the STS hook at the
-    end must gather it."""
+    side. mesh.fsdp=8 splits each large parameter over both processes, the STS hook at the
+    end must gather it, and the final export is written by process 0."""
     config, root = tiny
     out = tmp_path_factory.mktemp("runs")
     evaluation = [f"--config.eval.sts.path={root / 'dev.jsonl'}",
                   "--config.eval.sts.columns=(('s1','s1'),('s2','s2'),('score','score'))",
-                  "--config.mesh.fsdp=8"]
+                  "--config.mesh.fsdp=8", "--config.export.dir=model"]
     procs = {name: start(*layout, config, out / name, *evaluation) for name, layout in LAYOUTS.items()}
     for name, proc in procs.items():
         finish(proc)
@@ -170,6 +171,8 @@ def test_two_processes_match_one_process(runs):
     evals = {name: [r["sts/spearman_cosine"] for r in read_jsonl(workdir / "metrics.jsonl")
                     if "sts/spearman_cosine" in r] for name, workdir in runs.items()}
     assert len(evals["1x8"]) == 1 and evals["2x4"] == pytest.approx(evals["1x8"], abs=1e-6)
+    exported = SentenceEncoder.from_pretrained(runs["2x4"] / "model")
+    assert_params_close(exported.params, final_params(runs["1x8"]))
 
 
 def test_only_process_zero_writes_run_files(runs):

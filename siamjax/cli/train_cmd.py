@@ -265,20 +265,17 @@ def handle(args, rest: list[str]) -> int:
 def export_after_training(workdir: str, directory: str) -> int:
     """Writes the run's best (else last) checkpoint as a sentence-transformers folder.
 
-    `directory` is relative to the workdir unless absolute. Multi-process jobs skip this
-    (every process would have to join the restore); run `siamjax export` afterwards.
+    `directory` is relative to the workdir unless absolute. In a multi-process job every
+    process joins the (collective) orbax restore, each onto one of its own devices, and only
+    process 0 writes the folder.
     """
     import jax
 
     from siamjax import train
 
-    if jax.process_count() > 1:
-        if jax.process_index() == 0:
-            print(f"siamjax train: multi-process run: export with `siamjax export --workdir {workdir} "
-                  f"--output DIR`")
-        return 0
     output = pathlib.Path(workdir) / directory
     encoder, step = train.load_trained_encoder(workdir)
-    encoder.save(output)
-    print(f"siamjax train: exported step {step} to {output}")
+    if jax.process_index() == 0:
+        encoder.save(output)
+        print(f"siamjax train: exported step {step} to {output}")
     return 0

@@ -138,3 +138,19 @@ def test_train_cli_reports_incomplete_multi_process_flags(tmp_path, capsys, monk
                      "--num-processes", "2"])
     assert code == 2
     assert "config error: multi-process launch needs all of --coordinator" in capsys.readouterr().err
+
+
+def test_multi_process_mesh_must_use_every_device(tmp_path, monkeypatch):
+    import jax
+
+    from siamjax.cli.train_cmd import ConfigError, load_config, validate_config
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"anchor": "a", "positive": "b"}\n')
+    overrides = ["--config.model.init.tokenizer=tok", f"--config.data.train.path={data}", "--config.train.batch_size=8"]
+    config = load_config(str(LAUNCH.parent / "configs" / "default.py"), [*overrides, "--config.mesh.num_devices=4"])
+    validate_config(config)  # one process may use a subset of its devices
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ConfigError, match="2-process job must use all 8 devices"):
+        validate_config(config)
+    validate_config(load_config(str(LAUNCH.parent / "configs" / "default.py"), overrides))

@@ -189,6 +189,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     num_devices = config.mesh.num_devices or jax.device_count()
     need(0 < num_devices <= jax.device_count(),
          f"mesh.num_devices={config.mesh.num_devices}: only {jax.device_count()} devices exist")
+    need(jax.process_count() == 1 or num_devices == jax.device_count(),
+         f"mesh.num_devices={config.mesh.num_devices}: a {jax.process_count()}-process job must use all "
+         f"{jax.device_count()} devices (set it to 0), or some processes would have no device to feed")
     try:
         mesh_shape = sharding_lib.resolve_mesh_shape(config.mesh.data, config.mesh.fsdp, num_devices)
     except ValueError as err:

@@ -6,7 +6,7 @@
 #
 # Usage:   launch/local_multiprocess.sh [--dry-run] N CONFIG [extra `siamjax train` args...]
 # Example: launch/local_multiprocess.sh 2 configs/stsb_minilm.py --workdir runs/mp \
-#              --config.train.steps=20
+#              --config.train.num_steps=20
 #
 # Variables (optional):
 #   DEVICES_PER_PROCESS  fake CPU devices per process (default 4)

@@ -6,7 +6,7 @@
 #   export TPU_NAME=siamjax-v5e ZONE=us-west4-a PROJECT=my-project ACCELERATOR_TYPE=v5litepod-16
 #   launch/tpu_vm.sh create
 #   launch/tpu_vm.sh install
-#   CONFIG=configs/tpu_pod.py WORKDIR=gs://my-bucket/runs/nli launch/tpu_vm.sh train --config.train.steps=20000
+#   CONFIG=configs/tpu_pod.py WORKDIR=gs://my-bucket/runs/nli launch/tpu_vm.sh train --config.train.num_steps=20000
 #   launch/tpu_vm.sh logs
 #   launch/tpu_vm.sh delete
 #   launch/tpu_vm.sh --dry-run train      # print the gcloud commands, run nothing

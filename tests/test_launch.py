@@ -57,9 +57,9 @@ def test_tpu_vm_dry_run_verbs():
     create = _run([script, "--dry-run", "create"], env=env).stdout
     assert create.startswith("gcloud compute tpus tpu-vm create pod --zone=us-west4-a --project=proj")
     assert "--accelerator-type=v5litepod-16" in create
-    train = _run([script, "--dry-run", "train", "--config.train.steps=5"], env=env).stdout
+    train = _run([script, "--dry-run", "train", "--config.train.num_steps=5"], env=env).stdout
     assert "--worker=all" in train and "siamjax.cli\\ train\\ --config\\ configs/tpu_pod.py" in train
-    assert "--config.train.steps=5" in train
+    assert "--config.train.num_steps=5" in train
     assert "tpu-vm delete pod" in _run([script, "--dry-run", "delete"], env=env).stdout
     bad = _run([script, "--dry-run", "explode"], env=env, ok=False)
     assert bad.returncode == 2 and "unknown verb" in bad.stderr

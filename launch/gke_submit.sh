@@ -3,7 +3,7 @@
 #
 # Example:
 #   IMAGE=us-docker.pkg.dev/my-project/siamjax/train:latest NUM_HOSTS=4 \
-#   CONFIG=configs/tpu_pod.py WORKDIR=gs://my-bucket/runs/nli \
+#   CONFIG=configs/tpu_pod.py WORKDIR=/gcs/runs/nli \
 #   NODE_SELECTOR_KEY=cloud.google.com/gke-tpu-accelerator NODE_SELECTOR_VALUE=tpu-v5-lite-podslice \
 #   ACCELERATOR_RESOURCE=google.com/tpu ACCELERATORS_PER_HOST=4 launch/gke_submit.sh
 #   ... launch/gke_submit.sh --dry-run   # print the rendered manifest and the kubectl command
@@ -11,6 +11,8 @@
 # Variables a user must set: IMAGE, NUM_HOSTS, CONFIG, WORKDIR, NODE_SELECTOR_KEY,
 #   NODE_SELECTOR_VALUE, ACCELERATOR_RESOURCE, ACCELERATORS_PER_HOST.
 # Optional: JOB_NAME (default siamjax-train).
+# WORKDIR must be a folder every pod sees (e.g. a bucket mounted through the GCS FUSE CSI
+# driver; add the volume to gke_jobset.yaml); gs:// URLs are rejected.
 set -euo pipefail
 
 dry_run=0

@@ -6,7 +6,7 @@
 #   export TPU_NAME=siamjax-v5e ZONE=us-west4-a PROJECT=my-project ACCELERATOR_TYPE=v5litepod-16
 #   launch/tpu_vm.sh create
 #   launch/tpu_vm.sh install
-#   CONFIG=configs/tpu_pod.py WORKDIR=gs://my-bucket/runs/nli launch/tpu_vm.sh train --config.train.num_steps=20000
+#   CONFIG=configs/tpu_pod.py WORKDIR=/gcs/my-bucket/runs/nli launch/tpu_vm.sh train --config.train.num_steps=20000
 #   launch/tpu_vm.sh logs
 #   launch/tpu_vm.sh delete
 #   launch/tpu_vm.sh --dry-run train      # print the gcloud commands, run nothing
@@ -14,7 +14,9 @@
 # Variables a user must set:
 #   TPU_NAME, ZONE, PROJECT      where the TPU VM lives
 #   ACCELERATOR_TYPE             e.g. v4-32, v5litepod-16, v5p-64 (for `create`)
-#   CONFIG, WORKDIR              for `train`; WORKDIR should be a gs:// bucket all workers share
+#   CONFIG, WORKDIR              for `train`; WORKDIR must be a folder all workers share, e.g. a
+#                                bucket mounted with gcsfuse at the same path on every worker
+#                                (gs:// URLs are rejected)
 # Optional:
 #   RUNTIME_VERSION              TPU software version (default v2-alpha-tpuv5-lite)
 #   PACKAGE                      what pip installs on the workers (default: "siamjax[demo] jax[tpu]")
@@ -23,7 +25,7 @@ set -euo pipefail
 dry_run=0
 if [[ "${1:-}" == "--dry-run" ]]; then dry_run=1; shift; fi
 verb="${1:-}"
-if [[ -z "$verb" ]]; then sed -n '2,24p' "$0" >&2; exit 2; fi
+if [[ -z "$verb" ]]; then sed -n '2,22p' "$0" >&2; exit 2; fi
 shift
 : "${TPU_NAME:?set TPU_NAME}"; : "${ZONE:?set ZONE}"; : "${PROJECT:?set PROJECT}"
 runtime="${RUNTIME_VERSION:-v2-alpha-tpuv5-lite}"
@@ -43,7 +45,7 @@ case "$verb" in
   install)
     ssh_all "pip install -U ${package}" ;;
   train)
-    : "${CONFIG:?set CONFIG, e.g. configs/tpu_pod.py}"; : "${WORKDIR:?set WORKDIR, e.g. gs://bucket/runs/x}"
+    : "${CONFIG:?set CONFIG, e.g. configs/tpu_pod.py}"; : "${WORKDIR:?set WORKDIR, e.g. /gcs/bucket/runs/x}"
     ssh_all "nohup python -m siamjax.cli train --config ${CONFIG} --workdir ${WORKDIR} $* > siamjax.log 2>&1 &" ;;
   logs)
     ssh_all "tail -n 200 -f siamjax.log" ;;

@@ -154,3 +154,11 @@ def test_multi_process_mesh_must_use_every_device(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="2-process job must use all 8 devices"):
         validate_config(config)
     validate_config(load_config(str(LAUNCH.parent / "configs" / "default.py"), overrides))
+
+
+def test_train_cli_rejects_url_workdirs(capsys):
+    from siamjax.cli import main as cli_main
+
+    config = LAUNCH.parent / "configs" / "default.py"
+    assert cli_main(["train", "--config", str(config), "--workdir", "gs://bucket/run"]) == 2
+    assert "--workdir gs://bucket/run: URLs are not supported" in capsys.readouterr().err

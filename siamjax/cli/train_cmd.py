@@ -249,6 +249,9 @@ def handle(args, rest: list[str]) -> int:
     from siamjax import distributed, train
 
     try:
+        if "://" in args.workdir:  # pathlib would turn gs://b/r into a local folder "gs:/b/r"
+            raise ConfigError(f"--workdir {args.workdir}: URLs are not supported; give a folder every "
+                              "process can see (a shared filesystem, or the bucket mounted with gcsfuse)")
         config = load_config(args.config, rest)
         try:
             distributed.initialize(distributed.DistributedArgs.from_env(

@@ -230,7 +230,10 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train (or resume) a sentence encoder from a config file",
-        description=__doc__.split("\n\n")[0],
+        description="Train a sentence encoder as the config file describes. Any field can be "
+        "overridden with --config.<group>.<field>=VALUE (e.g. --config.optim.lr=3e-5); rerunning "
+        "the same command resumes from the newest good checkpoint in the workdir. Exit codes: 0 "
+        "done, 1 non-finite loss, 2 config/data/checkpoint error, 75 preempted (rerun to resume).",
     )
     parser.add_argument("--config", required=True, help="configs/x.py[:arg]")
     parser.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics, config")

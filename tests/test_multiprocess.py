@@ -158,8 +158,14 @@ def runs(tiny, tmp_path_factory):
                   "--config.eval.sts.columns=(('s1','s1'),('s2','s2'),('score','score'))",
                   "--config.mesh.fsdp=8", "--config.export.dir=model"]
     procs = {name: start(*layout, config, out / name, *evaluation) for name, layout in LAYOUTS.items()}
-    for name, proc in procs.items():
-        finish(proc)
+    try:
+        for proc in procs.values():
+            finish(proc)
+    finally:
+        for proc in procs.values():  # a failed run must not leave the other one running
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                proc.communicate(timeout=60)
     return {name: out / name for name in LAYOUTS}
 
 

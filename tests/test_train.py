@@ -304,7 +304,7 @@ def test_quickstart_reaches_84_spearman_within_10_minutes(stsb_dir, tmp_path):
                          env=env, capture_output=True, text=True, timeout=1800, cwd=REPO)
     minutes = (time.perf_counter() - start) / 60
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "exported step 179" in run.stdout
+    assert "exported step" in run.stdout
     model = SentenceEncoder.from_pretrained(tmp_path / "run" / "model")
     spearman = STSEvaluator.from_file(stsb_dir / "sts-test.csv")(model)["spearman_cosine"]
     print(f"quickstart: {minutes:.1f} min, STS-b test spearman_cosine {spearman:.2f}")

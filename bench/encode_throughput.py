@@ -33,6 +33,8 @@ from scipy import stats
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from train_throughput import STSB_DIR, environment, read_stsb, set_threads  # noqa: E402
 
+SPEARMAN_TOLERANCE = 0.05  # x100 points: the same model in two libraries must give the same number
+
 
 def spearman_cosine(emb_2NxD: np.ndarray, scores_N: np.ndarray) -> float:
     """Spearman x100 between gold scores and cosine(emb[i], emb[N + i]) (s1 then s2 stacked)."""
@@ -62,6 +64,28 @@ def encoders_fns(st, sj, batch_size: int) -> dict:
     }
 
 
+def padded_tokens(st, sj, sentences: list[str], batch_size: int) -> dict[str, float]:
+    """Tokens each library's encoder computes on, per sentence, and the real tokens per sentence.
+
+    Replays each library's batching: sentence-transformers sorts by character length and pads
+    each batch to its longest; siamjax sorts by token count, pads to a bucket length and pads
+    the last batch's rows up to `batch_size`.
+    """
+    from siamjax.encoder import bucket_length
+
+    ids = sj.token_ids(sentences)
+    lens = np.array([len(x) for x in ids])
+    st_order = np.argsort([-len(s) for s in sentences], kind="stable")
+    sj_order = np.argsort(-lens, kind="stable")
+    st_total = sj_total = 0
+    for start in range(0, len(sentences), batch_size):
+        st_batch, sj_batch = lens[st_order[start:start + batch_size]], lens[sj_order[start:start + batch_size]]
+        st_total += len(st_batch) * int(st_batch.max())
+        sj_total += batch_size * bucket_length(int(sj_batch.max()), sj.max_seq_length)
+    n = len(sentences)
+    return {"real": float(lens.sum()) / n, "torch": st_total / n, "jax": sj_total / n}
+
+
 def bench_batch_size(st, sj, sentences: list[str], scores: np.ndarray, *, batch_size: int,
                      rounds: int, log=print) -> dict:
     """sentences/s of both libraries at one batch size, plus their Spearman and max difference."""
@@ -85,7 +109,8 @@ def bench_batch_size(st, sj, sentences: list[str], scores: np.ndarray, *, batch_
               "round_seconds": times, "first_pass_s": first,
               "torch_spearman": spearman_cosine(emb["torch"], scores),
               "jax_spearman": spearman_cosine(emb["jax"], scores),
-              "max_abs_diff": float(np.max(np.abs(emb["torch"] - emb["jax"])))}
+              "max_abs_diff": float(np.max(np.abs(emb["torch"] - emb["jax"]))),
+              "tokens_per_sentence": padded_tokens(st, sj, sentences, batch_size)}
     result["ratio"] = result["jax_sentences_per_s"] / result["torch_sentences_per_s"]
     return result
 
@@ -112,19 +137,31 @@ def main(argv=None) -> int:
     print(f"# {env}\n# {len(sentences)} sentences from {args.data}")
     st, sj = load_encoders(args.model, args.max_seq_length)
     rows = [bench_batch_size(st, sj, sentences, scores, batch_size=b, rounds=args.rounds) for b in args.batch]
-    print("\n| batch | sentence-transformers sent/s | siamjax sent/s | ratio | Spearman ST | Spearman siamjax "
-          "| max abs diff | siamjax first pass s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['batch_size']} | {r['torch_sentences_per_s']:.1f} | {r['jax_sentences_per_s']:.1f} | "
-              f"{r['ratio']:.2f}x | {r['torch_spearman']:.2f} | {r['jax_spearman']:.2f} | "
-              f"{r['max_abs_diff']:.1e} | {r['first_pass_s']['jax']:.1f} |")
+    env["load_avg_1m_end"] = os.getloadavg()[0]
+    print(results_table(rows))
+    disagree = [r["batch_size"] for r in rows if abs(r["torch_spearman"] - r["jax_spearman"]) > SPEARMAN_TOLERANCE]
+    if disagree:
+        print(f"ERROR: Spearman differs by more than {SPEARMAN_TOLERANCE} at batch {disagree}", file=sys.stderr)
     if args.json:
-        out = {"command": "python " + " ".join(sys.argv) if argv is None else str(argv),
-               "environment": env, "results": rows}
+        command = "python bench/encode_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        out = {"command": command, "environment": env, "results": rows}
         pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(args.json).write_text(json.dumps(out, indent=1))
-    return 0
+    return 1 if disagree else 0
+
+
+def results_table(rows: list[dict]) -> str:
+    """Markdown table of the results (the form RESULTS.md quotes)."""
+    lines = ["", "| batch | sentence-transformers sent/s | siamjax sent/s | ratio | Spearman ST | Spearman siamjax "
+                 "| max abs diff | siamjax first pass s | tokens/sentence real / ST / siamjax |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        tok = r["tokens_per_sentence"]
+        lines.append(f"| {r['batch_size']} | {r['torch_sentences_per_s']:.1f} | {r['jax_sentences_per_s']:.1f} | "
+                     f"{r['ratio']:.2f}x | {r['torch_spearman']:.2f} | {r['jax_spearman']:.2f} | "
+                     f"{r['max_abs_diff']:.1e} | {r['first_pass_s']['jax']:.1f} | "
+                     f"{tok['real']:.1f} / {tok['torch']:.1f} / {tok['jax']:.1f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -345,17 +345,18 @@ def main(argv=None) -> int:
     s1, s2, _ = read_stsb(args.data)
     env = environment()
     print(f"# {env}")
-    rows = [bench_batch_size(args.model, s1, s2, batch_size=b, warmup=args.warmup, steps=n, rounds=args.rounds,
-                             max_seq_length=args.max_seq_length, buckets=tuple(args.buckets),
-                             project_packing=args.project_packing)
-            for b, n in zip(args.batch, steps)]
-    env["load_avg_1m_end"] = os.getloadavg()[0]
+    command = "python bench/train_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    rows = []
+    for batch_size, n in zip(args.batch, steps):
+        rows.append(bench_batch_size(args.model, s1, s2, batch_size=batch_size, warmup=args.warmup, steps=n,
+                                     rounds=args.rounds, max_seq_length=args.max_seq_length,
+                                     buckets=tuple(args.buckets), project_packing=args.project_packing))
+        env["load_avg_1m_end"] = os.getloadavg()[0]
+        if args.json:  # after every batch size, so a run killed later (e.g. OOM) keeps what it measured
+            pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            pathlib.Path(args.json).write_text(json.dumps({"command": command, "environment": env,
+                                                           "results": rows}, indent=1))
     print(results_table(rows))
-    if args.json:
-        command = "python bench/train_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.json).write_text(json.dumps({"command": command, "environment": env, "results": rows},
-                                                      indent=1))
     return 0
 
 

@@ -134,7 +134,8 @@ def test_cpu_peak_is_measured():
 def test_plot_renders_both_charts(tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib is in the `bench` extra, not `dev`")
     train = {"environment": {}, "results": [{"batch_size": 32, "ratio": 1.7, "torch_pairs_per_s": 10.0,
-                                             "jax_pairs_per_s": 17.0}]}
+                                             "jax_pairs_per_s": 17.0, "jax_packed_projection_ratio": 2.0,
+                                             "jax_packed_projection_pairs_per_s": 20.0}]}
     encode = {"environment": {}, "results": [{"batch_size": 64, "ratio": 1.2, "torch_sentences_per_s": 100.0,
                                               "jax_sentences_per_s": 120.0}]}
     mfu_run = {"environment": {"device": "cpu: cpu"},
@@ -142,6 +143,7 @@ def test_plot_renders_both_charts(tmp_path):
                            for b, m in ((4, 0.3), (8, 0.4))]}
     for name, data in (("train", train), ("encode", encode), ("mfu_cpu", mfu_run)):
         (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    assert [b[4] for b in plot.ratio_bars(train, encode)] == [False, True, False]
     written = plot.render(tmp_path, tmp_path)
     assert sorted(p.name for p in written) == ["mfu.png", "throughput.png"]
     assert all(p.stat().st_size > 1000 for p in written)

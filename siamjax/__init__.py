@@ -3,7 +3,8 @@
 sentence-transformers' models, losses and evaluators, rebuilt around one pure
 `encode(params, tokens)` function that `jax.jit` shards over device meshes.
 """
+from siamjax import evaluation, losses, quantization, search
 from siamjax.encoder import BertConfig, SentenceEncoder
 
 __version__ = "0.1.0"
-__all__ = ["BertConfig", "SentenceEncoder", "__version__"]
+__all__ = ["BertConfig", "SentenceEncoder", "evaluation", "losses", "quantization", "search", "__version__"]

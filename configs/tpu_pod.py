@@ -1,7 +1,9 @@
 """Production preset for a TPU pod slice: large global batch, FSDP, bf16, remat, sharded InfoNCE.
 
-    launch/tpu_vm.sh ... -- siamjax train --config configs/tpu_pod.py:v4-64 --workdir gs://bucket/run \
+    launch/tpu_vm.sh ... -- siamjax train --config configs/tpu_pod.py:v4-64 --workdir /mnt/gcs/run \
         --config.data.train.tfds.data_dir=gs://bucket/tfds
+
+The workdir must be a folder every host sees (the bucket mounted with gcsfuse, or NFS).
 
 `arg` picks the slice: "v4-8", "v4-64" (default), "v5e-256". One process per TPU VM host;
 `jax.distributed` finds its peers by itself. The global batch is split over every chip

@@ -27,7 +27,7 @@ def read_file_dataset(file_cfg):
     if file_cfg.tfds.builder:
         tf = file_cfg.tfds
         parts = [
-            load_tfds_pairs(tf.builder, tf.split, data_dir=pathlib.Path(tf.data_dir).expanduser(),
+            load_tfds_pairs(tf.builder, tf.split, data_dir=_local_or_url(tf.data_dir),
                             manual_dir=tf.manual_dir or None, config=name or None,
                             normalize_scores=file_cfg.normalize_scores, on_bad_row=file_cfg.on_bad_row)
             for name in (tf.configs.split(",") if tf.configs else [""])
@@ -44,6 +44,11 @@ def read_file_dataset(file_cfg):
         normalize_scores=file_cfg.normalize_scores,
         on_bad_row=file_cfg.on_bad_row,
     )
+
+
+def _local_or_url(path: str) -> str:
+    """`~` expanded for local folders; URLs (gs://, s3://) passed through for tfds/etils."""
+    return path if "://" in path else str(pathlib.Path(path).expanduser())
 
 
 def in_memory(dataset):

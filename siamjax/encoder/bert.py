@@ -5,8 +5,9 @@ families differ only in how position ids are formed (RoBERTa counts non-pad toke
 `pad_token_id + 1`) and in having a single token type. Both are flags on `BertConfig`, so a
 new BERT-like family is a config change, not a new module.
 
-Attention goes through `jax.nn.dot_product_attention`, which lowers to a fused kernel where the
-backend has one (cuDNN on GPU) and to plain XLA on CPU. Compute dtype (`dtype`) is separate from
+Attention goes through `jax.nn.dot_product_attention` with the padding mask. With no
+`implementation` argument jax 0.10 lowers it to plain XLA on every backend (the full score
+matrix is materialised); a cuDNN flash-attention path is future work for the GPU MFU target. Compute dtype (`dtype`) is separate from
 the parameter dtype (`param_dtype`): bf16 compute keeps float32 master weights, and LayerNorm
 statistics are taken in float32 (flax's LayerNorm reduces in float32 whatever the input dtype).
 """

@@ -6,8 +6,8 @@ both libraries at the same batch size and max_seq_length, prints sentences/s and
 the STS-b test Spearman (cosine) each library's embeddings give, which must agree.
 
 Protocol: each library's own `encode(sentences, batch_size)` is timed end to end, tokenisation
-included (both sort by length and pad per batch; siamjax pads to bucket lengths so XLA compiles
-a few shapes). One warm-up pass per library is excluded (for siamjax it compiles the bucket
+included (sentence-transformers sorts by length and pads each batch to its longest; siamjax
+packs several texts per row into a few fixed row shapes, so XLA compiles a few shapes). One warm-up pass per library is excluded (for siamjax it compiles the row
 shapes; its time is reported as the first-pass time). Timed passes alternate between the
 libraries (`--rounds`, the first to run alternating) so both see the same background load.
 
@@ -68,20 +68,16 @@ def padded_tokens(st, sj, sentences: list[str], batch_size: int) -> dict[str, fl
     """Tokens each library's encoder computes on, per sentence, and the real tokens per sentence.
 
     Replays each library's batching: sentence-transformers sorts by character length and pads
-    each batch to its longest; siamjax sorts by token count, pads to a bucket length and pads
-    the last batch's rows up to `batch_size`.
+    each batch to its longest; siamjax packs texts into rows (`SentenceEncoder.plan_calls`).
     """
-    from siamjax.encoder import bucket_length
-
     ids = sj.token_ids(sentences)
     lens = np.array([len(x) for x in ids])
     st_order = np.argsort([-len(s) for s in sentences], kind="stable")
-    sj_order = np.argsort(-lens, kind="stable")
-    st_total = sj_total = 0
+    st_total = 0
     for start in range(0, len(sentences), batch_size):
-        st_batch, sj_batch = lens[st_order[start:start + batch_size]], lens[sj_order[start:start + batch_size]]
+        st_batch = lens[st_order[start:start + batch_size]]
         st_total += len(st_batch) * int(st_batch.max())
-        sj_total += batch_size * bucket_length(int(sj_batch.max()), sj.max_seq_length)
+    sj_total = sum(row_length * rows for row_length, rows, _ in sj.plan_calls(ids, batch_size))
     n = len(sentences)
     return {"real": float(lens.sum()) / n, "torch": st_total / n, "jax": sj_total / n}
 
@@ -91,7 +87,7 @@ def bench_batch_size(st, sj, sentences: list[str], scores: np.ndarray, *, batch_
     """sentences/s of both libraries at one batch size, plus their Spearman and max difference."""
     fns = encoders_fns(st, sj, batch_size)
     first, emb = {}, {}
-    for lib, fn in fns.items():  # warm-up pass (siamjax: compiles each bucket shape)
+    for lib, fn in fns.items():  # warm-up pass (siamjax: compiles each row shape)
         start = time.perf_counter()
         emb[lib] = np.asarray(fn(sentences), np.float32)
         first[lib] = time.perf_counter() - start

@@ -7,15 +7,16 @@ same max_seq_length, the same loss (MNRL / InfoNCE, scale 20, cosine) and the sa
 clipping at 1.0), with dropout on in both.
 
 Protocol: both libraries' batches are tokenised once, before any timing (sentence-transformers
-pads each side to its longest sequence, siamjax pads both sides to one of `--buckets`, by
-default the CPU quickstart's data.buckets 16/32/48/64/128), so the timed loop is pure training. Warm-up steps are excluded; siamjax compiles every bucket shape
-ahead of time and reports that compile time separately. The timed steps are split into
-`--rounds` chunks and the two libraries alternate chunk by chunk (the first to run alternates
-too), so on a shared machine both see the same background load. siamjax runs the real
-`siamjax.train_step` (TrainState, jit with shardings, donated state) and fetches its losses
-only after the clock stops. Tokens per pair (real, and as padded by each library) are reported
-because on a CPU the step time is proportional to them. `--project-packing` adds a third,
-clearly labelled runner: the siamjax step on the shapes sequence packing would give.
+pads each side to its longest sequence; siamjax packs each side into rows of `--pack-length`
+tokens, as `data.pack_length` does in training, or with `--pack-length 0` pads both sides to
+one of `--buckets`, by default the CPU quickstart's 16/32/48/64/128), so the timed loop is pure
+training. Warm-up steps are excluded; siamjax compiles every batch shape ahead of time and
+reports that compile time separately. The timed steps are split into `--rounds` chunks and
+the libraries alternate chunk by chunk (the first to run rotates too), so on a shared machine
+all see the same background load. siamjax runs the real `siamjax.train_step` (TrainState, jit
+with shardings, donated state) and fetches its losses only after the clock stops. Tokens per
+pair (real, and as computed on by each library) are reported because on a CPU the step time
+is proportional to them. `--padded` adds the padded siamjax step as a third runner.
 
     python bench/train_throughput.py                       # batch 32 and 128, ~6 min on 2 cores
     python bench/train_throughput.py --batch 32 --steps 20 --json bench/results/train.json
@@ -161,11 +162,11 @@ class JaxTrainer:
     """SentenceEncoder + siamjax.train_step (AdamW via siamjax.optim), one device, donated state."""
 
     def __init__(self, model_dir: str, max_seq_length: int, seed: int = 0,
-                 buckets: tuple[int, ...] | None = None, encoder=None):
+                 buckets: tuple[int, ...] | None = None, encoder=None, pack_length: int = 0):
         from siamjax import SentenceEncoder, optim, sharding, train_step as ts
 
         self.encoder = encoder or SentenceEncoder.from_pretrained(model_dir, max_seq_length=max_seq_length)
-        self.max_seq_length, self.buckets = max_seq_length, buckets
+        self.max_seq_length, self.buckets, self.pack_length = max_seq_length, buckets, pack_length
         self.mesh = sharding.make_mesh(devices=jax.devices()[:1])
         self.optimizer = optim.make_optimizer(LR, weight_decay=WEIGHT_DECAY, eps=EPS, clip_norm=CLIP)
         params = {"encoder": self.encoder.params, "loss": {}}
@@ -177,11 +178,19 @@ class JaxTrainer:
         self.compile_seconds = 0.0
 
     def prepare(self, anchors: list[str], positives: list[str]) -> dict:
-        """Stacked `[2, B, L]` token batch (L a bucket length), already on the device."""
-        from siamjax.data.tokenization import tokenize_sides
+        """The `[2, ...]` batch the training pipeline would give, already on the device.
 
-        batch = tokenize_sides(self.encoder.tokenizer, [anchors, positives],
-                               max_seq_length=self.max_seq_length, buckets=self.buckets)
+        Packed (`pack_length` > 0): `[2, R, pack_length]` rows + `text_index`, as with
+        `data.pack_length`; padded: `[2, B, L]` with L a bucket length, as with `data.buckets`.
+        """
+        from siamjax.data.tokenization import pack_sides, tokenize_sides
+
+        if self.pack_length:
+            batch = pack_sides(self.encoder.tokenizer, [anchors, positives],
+                               max_seq_length=self.max_seq_length, row_length=self.pack_length)
+        else:
+            batch = tokenize_sides(self.encoder.tokenizer, [anchors, positives],
+                                   max_seq_length=self.max_seq_length, buckets=self.buckets)
         return jax.device_put(batch)
 
     def compile_for(self, batch: dict) -> None:
@@ -204,46 +213,6 @@ class JaxTrainer:
         jax.block_until_ready(self.state)
 
 
-class PackedShapeProjection(JaxTrainer):
-    """A *projection*, not a trainer: the siamjax step on rows of packed sentences.
-
-    Sequence packing (several sentences per 128-token row, block-diagonal attention, positions
-    restarting per sentence, per-sentence pooling) is not implemented in the encoder yet. This
-    runs the current step on the shapes packing would produce (first-fit-decreasing rows of
-    `row_len` (default max_seq_length) tokens holding the batch's real token ids), so its time is what packing would
-    cost in compute (dense attention costs the same whatever the mask). Its loss is meaningless.
-    """
-
-    def __init__(self, *args, row_len: int | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.row_len = row_len or self.max_seq_length
-
-    def prepare(self, anchors: list[str], positives: list[str]) -> dict:
-        """`[2, R, row_len]` rows of packed sentences (R = rows the fuller side needs)."""
-        sides = [pack_rows(self.encoder.token_ids(texts), self.row_len) for texts in (anchors, positives)]
-        rows = max(len(side) for side in sides)
-        ids = np.zeros((2, rows, self.row_len), np.int32)
-        mask = np.zeros_like(ids)
-        for s, side in enumerate(sides):
-            for r, row in enumerate(side):
-                ids[s, r, :len(row)], mask[s, r, :len(row)] = row, 1
-        mask[:, :, 0] = 1  # rows one side does not need still attend to one token
-        return jax.device_put({"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
-
-
-def pack_rows(ids: list[list[int]], row_len: int) -> list[list[int]]:
-    """First-fit-decreasing packing of token sequences into rows of at most `row_len` tokens."""
-    rows: list[list[int]] = []
-    for seq in sorted(ids, key=len, reverse=True):
-        for row in rows:
-            if len(row) + len(seq) <= row_len:
-                row.extend(seq)
-                break
-        else:
-            rows.append(list(seq))
-    return rows
-
-
 # ----------------------------------------------------------------------------- benchmark
 def pair_batches(s1: list[str], s2: list[str], batch_size: int, count: int, seed: int = 0):
     """`count` (anchors, positives) batches from the pairs, shuffled once, cycled if needed."""
@@ -264,20 +233,20 @@ def padded_tokens(batch) -> tuple[int, int]:
     sides = batch if isinstance(batch, list) else [batch]
     shape = lambda x: tuple(x.shape)  # noqa: E731
     total = sum(int(np.prod(shape(side["input_ids"]))) for side in sides)
-    real = sum(int(np.asarray(side["attention_mask"]).sum()) for side in sides)
+    real = sum(int((np.asarray(side["attention_mask"]) > 0).sum()) for side in sides)
     return total, real
 
 
 def bench_batch_size(model_dir, s1, s2, *, batch_size, warmup, steps, rounds, max_seq_length,
-                     buckets=None, project_packing=False, seed=0, log=print) -> dict:
+                     buckets=None, pack_length=0, padded=False, seed=0, log=print) -> dict:
     """Train both libraries on identical batches; pairs/s for each, interleaved in `rounds` chunks."""
     if steps < rounds or warmup < 1:
         raise ValueError(f"need steps ({steps}) >= rounds ({rounds}) and warmup >= 1 (got {warmup})")
     texts = pair_batches(s1, s2, batch_size, warmup + steps, seed)
     runners = {"torch": TorchTrainer(model_dir, max_seq_length, seed),
-               "jax": JaxTrainer(model_dir, max_seq_length, seed, buckets)}
-    if project_packing:
-        runners["jax_packed_projection"] = PackedShapeProjection(model_dir, max_seq_length, seed)
+               "jax": JaxTrainer(model_dir, max_seq_length, seed, buckets, pack_length=pack_length)}
+    if padded and pack_length:
+        runners["jax_padded"] = JaxTrainer(model_dir, max_seq_length, seed, buckets)
     batches = {name: [r.prepare(a, p) for a, p in texts] for name, r in runners.items()}
     for name, runner in runners.items():
         if name != "torch":
@@ -303,7 +272,8 @@ def bench_batch_size(model_dir, s1, s2, *, batch_size, warmup, steps, rounds, ma
     pairs = steps * batch_size
     timed = slice(warmup, warmup + steps)
     result = {"batch_size": batch_size, "steps": steps, "warmup": warmup, "rounds": rounds,
-              "round_seconds": times, "jax_buckets": sorted(k[2] for k in runners["jax"].compiled)}
+              "round_seconds": times, "jax_pack_length": pack_length,
+              "jax_shapes": sorted(k[1:] for k in runners["jax"].compiled)}
     result["real_tokens_per_pair"] = sum(padded_tokens(b)[1] for b in batches["torch"][timed]) / pairs
     for name in names:
         result[f"{name}_pairs_per_s"] = pairs / sum(times[name])
@@ -329,8 +299,11 @@ def main(argv=None) -> int:
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--buckets", type=int, nargs="+", default=list(QUICKSTART_BUCKETS),
                         help="siamjax pad lengths (default: configs/stsb_minilm.py's data.buckets)")
-    parser.add_argument("--project-packing", action="store_true",
-                        help="also time the siamjax step on packed-row shapes (a projection, see PackedShapeProjection)")
+    parser.add_argument("--pack-length", type=int, default=128,
+                        help="siamjax packs each side into rows of this many tokens (data.pack_length); "
+                             "0 pads to --buckets instead")
+    parser.add_argument("--padded", action="store_true",
+                        help="also time siamjax padding to --buckets (no packing) in the same run")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -350,7 +323,8 @@ def main(argv=None) -> int:
     for batch_size, n in zip(args.batch, steps):
         rows.append(bench_batch_size(args.model, s1, s2, batch_size=batch_size, warmup=args.warmup, steps=n,
                                      rounds=args.rounds, max_seq_length=args.max_seq_length,
-                                     buckets=tuple(args.buckets), project_packing=args.project_packing))
+                                     buckets=tuple(args.buckets), pack_length=args.pack_length,
+                                     padded=args.padded))
         env["load_avg_1m_end"] = os.getloadavg()[0]
         if args.json:  # after every batch size, so a run killed later (e.g. OOM) keeps what it measured
             pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -362,17 +336,16 @@ def main(argv=None) -> int:
 
 def results_table(rows: list[dict]) -> str:
     """Markdown table of the results (the form RESULTS.md quotes)."""
-    packed = all("jax_packed_projection_pairs_per_s" in r for r in rows)
+    padded = all("jax_padded_pairs_per_s" in r for r in rows)
     head = ("| batch | sentence-transformers pairs/s | siamjax pairs/s | ratio | siamjax compile s "
-            "| tokens/pair real / ST / siamjax |" + (" packed projection pairs/s (ratio) |" if packed else ""))
+            "| tokens/pair real / ST / siamjax |" + (" siamjax padded pairs/s (ratio) |" if padded else ""))
     lines = ["", head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         line = (f"| {r['batch_size']} | {r['torch_pairs_per_s']:.1f} | {r['jax_pairs_per_s']:.1f} | "
                 f"{r['ratio']:.2f}x | {r['jax_compile_s']:.1f} | {r['real_tokens_per_pair']:.1f} / "
                 f"{r['torch_tokens_per_pair']:.1f} / {r['jax_tokens_per_pair']:.1f} |")
-        if packed:
-            line += (f" {r['jax_packed_projection_pairs_per_s']:.1f} "
-                     f"({r['jax_packed_projection_ratio']:.2f}x) |")
+        if padded:
+            line += f" {r['jax_padded_pairs_per_s']:.1f} ({r['jax_padded_ratio']:.2f}x) |"
         lines.append(line)
     return "\n".join(lines)
 

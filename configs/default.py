@@ -43,6 +43,9 @@ def get_config(arg=None):
     c.data.no_duplicates = True  # never put one text twice in a global batch (false negatives)
     c.data.group_by_length = False  # batches of similar length: far less padding on CPU
     c.data.buckets = (32, 64, 128)  # padded lengths a batch may take (<= model.max_seq_length)
+    # Sequence packing: > 0 packs several texts into rows of this many tokens (>= max_seq_length)
+    # instead of padding each to a bucket; same embeddings, far fewer pad tokens. 0 = off.
+    c.data.pack_length = 0
     c.data.prefetch = 2  # batches prepared ahead by a background thread
 
     # ---------------------------------------------------------------- loss

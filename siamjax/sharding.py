@@ -66,13 +66,18 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
     )
 
 
+def batch_shard_count(mesh: Mesh) -> int:
+    """How many slices the batch is split into: the product of the mesh's batch axes."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
 def check_batch_divisible(batch_size: int, mesh: Mesh, *, field: str = "train.batch_size") -> None:
     """Fails early, naming the config field, when the global batch cannot be split evenly.
 
     Every device must get the same number of pairs, and every process the same number of
     rows to feed, or `make_array_from_process_local_data` would fail deep inside XLA.
     """
-    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    shards = batch_shard_count(mesh)
     if batch_size <= 0 or batch_size % shards:
         raise ValueError(
             f"config {field}={batch_size} is not divisible by the {shards} batch shards of the "

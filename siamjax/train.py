@@ -273,6 +273,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             [train_set], encoder.tokenizer, global_batch_size=t.batch_size,
             max_seq_length=config.model.max_seq_length, seed=config.seed, shuffle=shuffle,
             no_duplicates=d.no_duplicates, buckets=tuple(d.buckets), prefetch=d.prefetch,
+            pack_length=d.pack_length,
+            num_shards=sharding_lib.batch_shard_count(mesh) // jax.process_count(),
         )
         if restored is not None:
             iterator.set_state(restored[2])
@@ -284,7 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         step_fn = ts.make_train_step(encoder.encode_fn, parts["loss_fn"], parts["optimizer"],
                                      schedule=parts["schedule"], dropout=t.dropout,
                                      value_and_grad_fn=value_and_grad_fn)
-        example = {k: np.zeros((1, 1, 1), np.int32) for k in ts.TOKEN_KEYS}
+        example = {k: np.zeros((1, 1, 1), np.int32) for k in ts.TOKEN_KEYS + ("text_index",) * bool(d.pack_length)}
         if train_set.label_kind is not None:
             example["labels"] = np.zeros((1,), np.float32)
         compiled = ts.compile_train_step(step_fn, parts["shardings"], example, mesh)

@@ -92,11 +92,11 @@ def create_train_state(
 
 
 def split_sides(batch: dict) -> dict:
-    """The token arrays of a `[S, B, L]` batch (labels and any extras left out)."""
+    """The encoder inputs of a `[S, B, L]` batch, or of a packed one (+ `text_index`); no labels."""
     missing = [k for k in ("input_ids", "attention_mask") if k not in batch]
     if missing:
         raise KeyError(f"training batch lacks {missing}; it has {sorted(batch)}")
-    return {k: batch[k] for k in TOKEN_KEYS if k in batch}
+    return {k: batch[k] for k in TOKEN_KEYS + ("text_index",) if k in batch}
 
 
 def make_embed_fn(encode_fn: EncodeFn):

@@ -57,24 +57,20 @@ def test_pair_batches_cycle_in_a_fixed_order():
     assert batches == train_throughput.pair_batches(s1, s2, batch_size=4, count=3, seed=1)
 
 
-def test_pack_rows_first_fit_decreasing():
-    rows = train_throughput.pack_rows([[1] * 5, [2] * 3, [3] * 4, [4] * 2, [5] * 6], row_len=8)
-    assert sorted(len(r) for r in rows) == [4, 8, 8]  # 6+2, 5+3, 4
-    assert sorted(t for r in rows for t in r) == sorted([1] * 5 + [2] * 3 + [3] * 4 + [4] * 2 + [5] * 6)
-
-
 def test_train_throughput_core_runs_both_libraries(tiny_dir, stsb_test):
     s1, s2, _ = stsb_test
     row = train_throughput.bench_batch_size(tiny_dir, s1, s2, batch_size=4, warmup=1, steps=2, rounds=2,
-                                            max_seq_length=32, buckets=(16, 32), project_packing=True,
+                                            max_seq_length=32, buckets=(16, 32), pack_length=32, padded=True,
                                             log=lambda *_: None)
-    assert row["torch_pairs_per_s"] > 0 and row["jax_pairs_per_s"] > 0
-    assert row["jax_packed_projection_pairs_per_s"] > 0
+    assert row["torch_pairs_per_s"] > 0 and row["jax_pairs_per_s"] > 0 and row["jax_padded_pairs_per_s"] > 0
     assert row["ratio"] == pytest.approx(row["jax_pairs_per_s"] / row["torch_pairs_per_s"])
-    assert row["jax_compile_s"] > 0 and set(row["jax_buckets"]) <= {16, 32}
-    # padding accounting: nobody computes on fewer tokens than are real
+    assert row["jax_compile_s"] > 0 and all(shape[-1] == 32 for shape in row["jax_shapes"])
+    # padding accounting: nobody computes on fewer tokens than are real; packing computes on fewest
     real = row["real_tokens_per_pair"]
-    assert real <= min(row[f"{k}_tokens_per_pair"] for k in ("torch", "jax", "jax_packed_projection"))
+    assert real <= min(row[f"{k}_tokens_per_pair"] for k in ("torch", "jax", "jax_padded"))
+    assert row["jax_tokens_per_pair"] < row["jax_padded_tokens_per_pair"]
+    # packed and padded siamjax train on the same texts: same loss up to dropout
+    assert abs(row["jax_mean_loss"] - row["jax_padded_mean_loss"]) < 0.5
     # same loss on the same data: both start near log(batch) for a random encoder
     assert np.isfinite(row["torch_mean_loss"]) and np.isfinite(row["jax_mean_loss"])
     assert abs(row["torch_mean_loss"] - row["jax_mean_loss"]) < 0.5
@@ -134,8 +130,8 @@ def test_cpu_peak_is_measured():
 def test_plot_renders_both_charts(tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib is in the `bench` extra, not `dev`")
     train = {"environment": {}, "results": [{"batch_size": 32, "ratio": 1.7, "torch_pairs_per_s": 10.0,
-                                             "jax_pairs_per_s": 17.0, "jax_packed_projection_ratio": 2.0,
-                                             "jax_packed_projection_pairs_per_s": 20.0}]}
+                                             "jax_pairs_per_s": 17.0, "jax_padded_ratio": 0.6,
+                                             "jax_padded_pairs_per_s": 6.0}]}
     encode = {"environment": {}, "results": [{"batch_size": 64, "ratio": 1.2, "torch_sentences_per_s": 100.0,
                                               "jax_sentences_per_s": 120.0}]}
     mfu_run = {"environment": {"device": "cpu: cpu"},

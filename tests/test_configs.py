@@ -103,6 +103,9 @@ def test_config_file_errors(tmp_path):
     (["--config.model.name_or_path=/no/model"], r"model.name_or_path='/no/model': no such folder"),
     (["--config.model.dtype=float16"], r"model.dtype='float16'"),
     (["--config.train.grad_cache_chunk=5"], r"grad_cache_chunk=5 must divide train.batch_size=32"),
+    (["--config.data.pack_length=64"], r"data.pack_length=64: must be 0 \(off\) or >= model.max_seq_length=128"),
+    (["--config.data.pack_length=128", "--config.train.grad_cache_chunk=8"],
+     r"data.pack_length=128 with train.grad_cache_chunk=8: GradCache"),
 ])
 def test_validation_errors(overrides, match):
     config = cfg("stsb_minilm.py", "--config.mesh.num_devices=1", *overrides) \

@@ -162,6 +162,22 @@ def test_one_device_and_eight_devices_give_the_same_loss_curve(tiny, tmp_path):
     assert evals["eight"] == pytest.approx(evals["one"], abs=1e-3)
 
 
+def test_packed_training_on_eight_devices_matches_padded_on_one(tiny, tmp_path):
+    """data.pack_length on a 2 x 4 mesh trains exactly like padding on 1 device (dropout off)."""
+    config, _ = tiny
+    curves = {}
+    for name, overrides in {"padded": ["--config.mesh.num_devices=1"],
+                            "packed": ["--config.mesh.data=2", "--config.mesh.fsdp=4",
+                                       "--config.data.pack_length=48"]}.items():
+        c = load_config(str(config), ["--config.train.num_steps=6", "--config.checkpoint.every_steps=100",
+                                      "--config.train.dropout=false", *overrides])
+        train.train_and_evaluate(c, tmp_path / name)
+        curves[name] = per_step(tmp_path / name, "loss")
+    assert sorted(curves["packed"]) == list(range(1, 7))
+    np.testing.assert_allclose([curves["packed"][s] for s in range(1, 7)],
+                               [curves["padded"][s] for s in range(1, 7)], atol=2e-5, rtol=0)
+
+
 @pytest.fixture(scope="module")
 def evaluated_run(tiny, tmp_path_factory):
     """A finished tiny run with STS evaluation every 10 steps."""

@@ -178,6 +178,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_file(d.train, "data.train", required=True)
     _check_file(config.eval.sts, "eval.sts", required=False)
     need(all(b > 0 for b in d.buckets), f"data.buckets={d.buckets}: lengths must be positive")
+    need(d.pack_length == 0 or d.pack_length >= m.max_seq_length,
+         f"data.pack_length={d.pack_length}: must be 0 (off) or >= model.max_seq_length={m.max_seq_length}")
+    need(d.pack_length <= 0 or not t.grad_cache_chunk,
+         f"data.pack_length={d.pack_length} with train.grad_cache_chunk={t.grad_cache_chunk}: GradCache "
+         "splits the batch by rows, which packed rows do not allow; turn one of them off")
     need(config.loss.name in losses.LOSS_NAMES,
          f"loss.name={config.loss.name!r}: unknown; valid: {', '.join(losses.LOSS_NAMES)}")
     need(o.schedule in optim.SCHEDULES, f"optim.schedule={o.schedule!r}: use one of {optim.SCHEDULES}")

@@ -18,7 +18,9 @@ import jax
 import numpy as np
 
 from siamjax.data.sampler import GlobalBatchSampler
-from siamjax.data.tokenization import bucket_lengths, longest_tokenized, tokenize_sides
+from siamjax.data.tokenization import (bucket_lengths, longest_tokenized, pack_sides, token_lengths,
+                                       tokenize_sides)
+from siamjax.encoder import packing
 
 
 # Open iterators, closed before interpreter teardown (see TrainIterator.close).
@@ -61,36 +63,60 @@ class _LocalIndices(grain.IterDataset):
 
 
 class _Materialize:
-    """Read a local batch from its source and tokenise it into [S, B, L] int32 (+ labels [B])."""
+    """Read a local batch from its source and tokenise it into [S, B, L] int32 (+ labels [B]).
 
-    def __init__(self, sources, tokenizer, max_seq_length: int, buckets: tuple[int, ...]):
+    With `pack_length` > 0 each side is packed instead (`tokenization.pack_sides`): rows
+    `[S, n * r, pack_length]` plus `text_index [S, n, B / n]`, one packed shard per batch
+    device of this process (`num_shards`).
+    """
+
+    def __init__(self, sources, tokenizer, max_seq_length: int, buckets: tuple[int, ...],
+                 pack_length: int = 0, num_shards: int = 1):
         self._sources, self._tokenizer = sources, tokenizer
         self._max_seq_length, self._buckets = max_seq_length, buckets
+        self._pack_length, self._num_shards = pack_length, num_shards
 
     def __call__(self, element: tuple[int, list[int], list[int]]) -> dict[str, np.ndarray]:
         d, indices, others = element
         source = self._sources[d]
         examples = [source[i] for i in indices]
         sides = [[ex.texts[s] for ex in examples] for s in range(len(examples[0].texts))]
-        longest_elsewhere = 0
-        if others and len(self._buckets) > 1:  # every process must pick the same bucket
-            texts = [t for i in others for t in source.example_texts(i)]
-            longest_elsewhere = longest_tokenized(self._tokenizer, texts,
-                                                  max_seq_length=self._max_seq_length)
-        batch = tokenize_sides(self._tokenizer, sides, max_seq_length=self._max_seq_length,
-                               buckets=self._buckets, min_length=longest_elsewhere)
+        if self._pack_length:
+            batch = pack_sides(self._tokenizer, sides, max_seq_length=self._max_seq_length,
+                               row_length=self._pack_length, num_shards=self._num_shards,
+                               min_rows=self._rows_elsewhere(source, others, len(indices)))
+        else:
+            longest_elsewhere = 0
+            if others and len(self._buckets) > 1:  # every process must pick the same bucket
+                texts = [t for i in others for t in source.example_texts(i)]
+                longest_elsewhere = longest_tokenized(self._tokenizer, texts,
+                                                      max_seq_length=self._max_seq_length)
+            batch = tokenize_sides(self._tokenizer, sides, max_seq_length=self._max_seq_length,
+                                   buckets=self._buckets, min_length=longest_elsewhere)
         if source.label_kind is not None:
             dtype = np.float32 if source.label_kind == "score" else np.int32
             batch["labels"] = np.asarray([ex.label for ex in examples], dtype=dtype)
         return batch
+
+    def _rows_elsewhere(self, source, others: list[int], local: int) -> int:
+        """Packed rows the fullest shard of the other processes needs: every process must agree."""
+        if not others:
+            return 1
+        texts = [source.example_texts(i) for i in others]
+        shards = len(others) * self._num_shards // local
+        return max(packing.rows_needed(token_lengths(self._tokenizer, [t[s] for t in texts],
+                                                     max_seq_length=self._max_seq_length),
+                                       self._pack_length, shards)
+                   for s in range(len(texts[0])))
 
 
 class TrainIterator(grain.DatasetIterator):
     """Endless iterator of host-local batches with a checkpointable, JSON-able state.
 
     Each batch: int32 `input_ids`, `attention_mask`, `token_type_ids` of shape [S, B_local, L]
-    (L a bucket length) and `labels` [B_local] (float32 scores or int32 classes) when the
-    dataset has labels. `get_state()` is the state after the last batch returned.
+    (L a bucket length; packed: [S, rows, pack_length] plus `text_index`
+    [S, shards, B_local / shards]) and `labels` [B_local] (float32 scores or int32 classes)
+    when the dataset has labels. `get_state()` is the state after the last batch returned.
     """
 
     def __init__(self, parent: grain.DatasetIterator, sampler_view: GlobalBatchSampler):
@@ -141,6 +167,8 @@ def make_train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     buckets: Sequence[int] | None = None,
+    pack_length: int = 0,
+    num_shards: int = 1,
     prefetch: int = 2,
 ) -> TrainIterator:
     """Build the training iterator over one or several pair/triplet datasets.
@@ -155,6 +183,9 @@ def make_train_iterator(
     `process_index`/`process_count` default to `jax.process_index()`/`jax.process_count()`.
     With several processes each one also measures the token lengths of the other rows so
     all pick the same bucket length; `buckets=(max_seq_length,)` skips that work.
+    `pack_length` > 0 packs each side into rows of that many tokens instead of padding
+    (`siamjax.encoder.packing`), in `num_shards` shards per process (this process's batch
+    devices), so each device's rows hold exactly its own texts.
     """
     sources = _as_sources(datasets)
     process_index = jax.process_index() if process_index is None else process_index
@@ -173,7 +204,10 @@ def make_train_iterator(
 
     view = make_sampler()  # validates the settings now, and answers `epochs` questions
     ds = _LocalIndices(make_sampler, process_index, process_count)
-    ds = ds.map(_Materialize(sources, tokenizer, max_seq_length, buckets))
+    if pack_length and (global_batch_size // process_count) % num_shards:
+        raise ValueError(f"the {global_batch_size // process_count} pairs per process cannot be split "
+                         f"into {num_shards} packed shards; make the batch a multiple of the devices")
+    ds = ds.map(_Materialize(sources, tokenizer, max_seq_length, buckets, pack_length, num_shards))
     if prefetch > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
     iterator = TrainIterator(iter(ds), view)

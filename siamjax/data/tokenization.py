@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from siamjax.encoder import packing
+
 KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -78,3 +80,43 @@ def tokenize_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length:
     return {"input_ids": input_ids.reshape(shape),
             "attention_mask": attention_mask.reshape(shape),
             "token_type_ids": np.zeros(shape, dtype=np.int32)}
+
+
+def token_lengths(tokenizer, texts: Sequence[str], *, max_seq_length: int) -> list[int]:
+    """Token counts of `texts` after truncation (what packing needs from other processes' rows)."""
+    if not texts:
+        return []
+    encoded = tokenizer(list(texts), padding=False, truncation=True, max_length=max_seq_length,
+                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    return [len(ids) for ids in encoded]
+
+
+def pack_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length: int, row_length: int,
+               num_shards: int = 1, min_rows: int = 1) -> dict[str, np.ndarray]:
+    """Tokenise S lists of B texts and pack each side into rows: a packed `[S, ...]` batch.
+
+    Returns int32 `input_ids`, `attention_mask` (segment ids), `token_type_ids` `[S, n * r, L]`
+    and `text_index [S, n, B / n]` (`siamjax.encoder.packing`). Each of the `num_shards`
+    contiguous shards of a side (one per batch device of this process) is packed into its own
+    r rows; r is the same for every side and shard (the most any needs, at least `min_rows`,
+    rounded up by `packing.round_rows`) so the sides stack and the shards split evenly.
+    Why: short texts padded to a shared length waste most of the encoder's work.
+    """
+    if row_length < max_seq_length:
+        raise ValueError(f"data.pack_length {row_length} < max_seq_length {max_seq_length}: a "
+                         f"text of max_seq_length tokens would not fit in a row")
+    num_sides, batch = len(sides), len(sides[0])
+    if any(len(side) != batch for side in sides):
+        raise ValueError(f"all sides need the same batch size, got {[len(s) for s in sides]}")
+    if batch % num_shards:
+        raise ValueError(f"batch of {batch} pairs cannot be split into {num_shards} shards")
+    flat = [text for side in sides for text in side]
+    encoded = tokenizer(flat, padding=False, truncation=True, max_length=max_seq_length,
+                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    per_side = [encoded[s * batch:(s + 1) * batch] for s in range(num_sides)]
+    needed = max(packing.rows_needed([len(x) for x in ids], row_length, num_shards) for ids in per_side)
+    rows = packing.round_rows(max(needed, min_rows))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    packed = [packing.pack(ids, row_length=row_length, rows_per_shard=rows, num_shards=num_shards, pad_id=pad_id)
+              for ids in per_side]
+    return {key: np.stack([p[key] for p in packed]) for key in packed[0]}

@@ -5,7 +5,11 @@ families differ only in how position ids are formed (RoBERTa counts non-pad toke
 `pad_token_id + 1`) and in having a single token type. Both are flags on `BertConfig`, so a
 new BERT-like family is a config change, not a new module.
 
-Attention goes through `jax.nn.dot_product_attention` with the padding mask. With no
+Inputs may be packed: `attention_mask` holds segment ids (0 padding, k > 0 the k-th text of
+the row; an ordinary 0/1 mask is one text per row). Tokens attend only within their segment and
+position ids restart per segment, so a packed row computes exactly what separate padded rows
+would, without the padding. Attention goes through `jax.nn.dot_product_attention` with that
+block-diagonal mask. With no
 `implementation` argument jax 0.10 lowers it to plain XLA on every backend (the full score
 matrix is materialised); a cuDNN flash-attention path is future work for the GPU MFU target. Compute dtype (`dtype`) is separate from
 the parameter dtype (`param_dtype`): bf16 compute keeps float32 master weights, and LayerNorm
@@ -19,6 +23,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from siamjax.encoder.pooling import segment_positions
 
 _ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -95,7 +101,7 @@ class BertLayer(nnx.Module):
         self.dropout_rate = cfg.hidden_dropout_prob
         self.act_name = cfg.hidden_act
 
-    def __call__(self, x_BxLxD, mask_Bx1x1xL, rng=None):
+    def __call__(self, x_BxLxD, mask_Bx1xLxL, rng=None):
         b, l, d = x_BxLxD.shape
         split = lambda t: t.reshape(b, l, self.num_heads, d // self.num_heads)
         q_BxLxNxH = split(self.query(x_BxLxD))
@@ -103,7 +109,7 @@ class BertLayer(nnx.Module):
         v_BxLxNxH = split(self.value(x_BxLxD))
         # Attention-prob dropout is not applied: fused attention kernels have no dropout, and
         # hidden-state dropout below is what regularises fine-tuning in practice.
-        a_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_Bx1x1xL)
+        a_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_Bx1xLxL)
         rng_attn, rng_mlp = jax.random.split(rng) if rng is not None else (None, None)
         a_BxLxD = _dropout(self.attn_out(a_BxLxNxH.reshape(b, l, d)), self.dropout_rate, rng_attn)
         x_BxLxD = self.attn_norm(x_BxLxD + a_BxLxD)
@@ -131,31 +137,37 @@ class BertEncoder(nnx.Module):
         self.dtype = dtype
         self.remat = remat
 
-    def position_ids(self, input_ids_BxL):
-        """BERT: 0..L-1. RoBERTa: running count of non-pad tokens, offset by pad_token_id."""
+    def position_ids(self, segments_BxL):
+        """BERT: position within the text, 0..len-1. RoBERTa: that + pad_token_id + 1, pad tokens pad_token_id.
+
+        Counting within each segment is what `transformers` does for one text per row, and
+        makes packed rows restart their positions per text.
+        """
         cfg = self.config
+        pos_BxL = segment_positions(segments_BxL)
         if cfg.position_offset == 0:
-            return jnp.broadcast_to(jnp.arange(input_ids_BxL.shape[1]), input_ids_BxL.shape)
-        not_pad_BxL = (input_ids_BxL != cfg.pad_token_id).astype(jnp.int32)
-        return jnp.cumsum(not_pad_BxL, axis=1) * not_pad_BxL + cfg.pad_token_id
+            return pos_BxL
+        return jnp.where(segments_BxL > 0, pos_BxL + cfg.pad_token_id + 1, cfg.pad_token_id)
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, rng=None):
         cfg = self.config
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x_BxLxD = (self.word_embeddings(input_ids)
-                   + self.position_embeddings(self.position_ids(input_ids))
+                   + self.position_embeddings(self.position_ids(attention_mask))
                    + self.token_type_embeddings(token_type_ids))
         rngs = [None] * (cfg.num_hidden_layers + 1) if rng is None else list(
             jax.random.split(rng, cfg.num_hidden_layers + 1))
         x_BxLxD = _dropout(self.embed_norm(x_BxLxD), cfg.hidden_dropout_prob, rngs[0])
-        mask_Bx1x1xL = attention_mask.astype(bool)[:, None, None, :]
+        segments_BxL = attention_mask.astype(jnp.int32)
+        mask_Bx1xLxL = (segments_BxL[:, None, :, None] == segments_BxL[:, None, None, :]) & (
+            segments_BxL[:, None, None, :] > 0)
         forward = nnx.remat(_layer_forward) if self.remat else _layer_forward
         for i in range(cfg.num_hidden_layers):
-            x_BxLxD = forward(self.layers[str(i)], x_BxLxD, mask_Bx1x1xL, rngs[i + 1])
+            x_BxLxD = forward(self.layers[str(i)], x_BxLxD, mask_Bx1xLxL, rngs[i + 1])
         return x_BxLxD.astype(jnp.float32)
 
 
-def _layer_forward(layer: BertLayer, x_BxLxD, mask_Bx1x1xL, rng):
+def _layer_forward(layer: BertLayer, x_BxLxD, mask_Bx1xLxL, rng):
     """One block; a free function so `nnx.remat` can wrap it when rematerialising."""
-    return layer(x_BxLxD, mask_Bx1x1xL, rng)
+    return layer(x_BxLxD, mask_Bx1xLxL, rng)

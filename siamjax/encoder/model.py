@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from siamjax.encoder.bert import BertConfig, BertEncoder
+from siamjax.encoder.packing import num_slots, unpack
 from siamjax.encoder.pooling import DENSE_ACTIVATIONS, PoolingConfig, l2_normalize, pool
 
 
@@ -57,9 +58,13 @@ class SentenceModel(nnx.Module):
             param_dtype=param_dtype, rngs=rngs)
         self.spec = spec
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, rng=None):
-        h_BxLxD = self.encoder(input_ids, attention_mask, token_type_ids, rng=rng)
-        x_BxD = pool(h_BxLxD, attention_mask, self.spec.pooling)
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, text_index=None, rng=None):
+        h_RxLxD = self.encoder(input_ids, attention_mask, token_type_ids, rng=rng)
+        if text_index is None:  # one text per row
+            x_BxD = pool(h_RxLxD, attention_mask, self.spec.pooling)[:, 0]
+        else:
+            x_BxD = unpack(pool(h_RxLxD, attention_mask, self.spec.pooling, num_slots(h_RxLxD.shape[1])),
+                           text_index)
         if self.dense is not None:
             x_BxD = DENSE_ACTIVATIONS[self.spec.dense.activation_function](self.dense(x_BxD))
         return l2_normalize(x_BxD) if self.spec.normalize else x_BxD
@@ -79,12 +84,15 @@ def make_encode_fn(graphdef: nnx.GraphDef) -> EncodeFn:
     """The pure encoder: `encode_fn(params, batch, *, rng=None) -> [B, D]` float32.
 
     `batch` holds int arrays `input_ids`, `attention_mask` and optionally `token_type_ids`,
-    each `[B, L]`. With `rng` given, dropout is on (training mode).
+    each `[R, L]`, one text per row; or a packed batch (`siamjax.encoder.packing`) whose
+    `attention_mask` holds segment ids and whose `text_index [n, b]` says where each of the
+    B = n * b texts sits. With `rng` given, dropout is on (training mode).
     """
 
     def encode_fn(params, batch, *, rng=None):
         model = nnx.merge(graphdef, params)
-        return model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), rng=rng)
+        return model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                     text_index=batch.get("text_index"), rng=rng)
 
     return encode_fn
 

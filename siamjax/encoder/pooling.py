@@ -76,30 +76,55 @@ class PoolingConfig:
         return dim * len(self.modes)
 
 
-def pool(h_BxLxD, mask_BxL, config: PoolingConfig):
-    """Pool token states `[B, L, D]` with the 0/1 mask `[B, L]` into `[B, D * n_modes]`.
+def segment_positions(segments_RxL):
+    """Position of each token within its segment (run of equal ids along the row).
 
-    Assumes right padding (what siamjax's tokenisation produces). Masked means divide by
-    max(count, 1e-9) as sentence-transformers does, so an all-padding row pools to zeros.
+    Why: a packed row holds several texts back to back, and each text's position ids must
+    restart at 0, exactly as if it had its own row. For an unpacked row (ids 1...1 0...0)
+    this is 0..len-1 on the text, as BERT expects.
     """
-    m_BxLx1 = mask_BxL.astype(h_BxLxD.dtype)[..., None]
-    count_Bx1 = jnp.maximum(m_BxLx1.sum(axis=1), 1e-9)
+    l = segments_RxL.shape[-1]
+    index_L = jnp.arange(l, dtype=jnp.int32)
+    starts_RxL = jnp.concatenate(
+        [jnp.ones_like(segments_RxL[..., :1], bool), segments_RxL[..., 1:] != segments_RxL[..., :-1]], axis=-1)
+    start_RxL = jax.lax.cummax(jnp.where(starts_RxL, index_L, 0), axis=segments_RxL.ndim - 1)
+    return index_L - start_RxL
+
+
+def pool(h_RxLxD, segments_RxL, config: PoolingConfig, num_slots: int = 1):
+    """Pool token states `[R, L, D]` into `[R, K, D * n_modes]`, one vector per segment slot.
+
+    `segments_RxL` holds segment ids: 0 is padding, k in 1..K is the k-th text of the row
+    (`K = num_slots`). An ordinary padded batch is the case K = 1 with the 0/1 attention
+    mask as segment ids, so packed and padded batches share this one code path. Each mode
+    is a masked sum over the row (a one-hot `[R, L, K]` contraction, local to the row so it
+    shards with the rows). Masked means divide by max(count, 1e-9) as sentence-transformers
+    does, so an empty slot pools to zeros.
+    """
+    dtype = h_RxLxD.dtype
+    slots_K = jnp.arange(1, num_slots + 1, dtype=segments_RxL.dtype)
+    onehot_RxLxK = (segments_RxL[..., None] == slots_K).astype(dtype)
+    contract = lambda w_RxLxK: jnp.einsum("rlk,rld->rkd", w_RxLxK, h_RxLxD,
+                                          precision=jax.lax.Precision.HIGHEST)
+    count_RxKx1 = jnp.maximum(onehot_RxLxK.sum(axis=1), 1e-9)[..., None]
+    pos_RxL = segment_positions(segments_RxL)
     outputs = []
     for mode in config.modes:
         if mode == "cls":
-            outputs.append(h_BxLxD[:, 0])
+            outputs.append(contract(onehot_RxLxK * (pos_RxL == 0)[..., None]))
         elif mode == "max":
-            outputs.append(jnp.where(m_BxLx1 > 0, h_BxLxD, -1e9).max(axis=1))
+            masked_RxLxKxD = jnp.where(onehot_RxLxK[..., None] > 0, h_RxLxD[:, :, None, :], -1e9)
+            outputs.append(masked_RxLxKxD.max(axis=1))
         elif mode == "mean":
-            outputs.append((h_BxLxD * m_BxLx1).sum(axis=1) / count_Bx1)
+            outputs.append(contract(onehot_RxLxK) / count_RxKx1)
         elif mode == "mean_sqrt_len":
-            outputs.append((h_BxLxD * m_BxLx1).sum(axis=1) / jnp.sqrt(count_Bx1))
+            outputs.append(contract(onehot_RxLxK) / jnp.sqrt(count_RxKx1))
         elif mode == "weightedmean":
-            w_BxLx1 = jnp.arange(1, h_BxLxD.shape[1] + 1, dtype=h_BxLxD.dtype)[None, :, None] * m_BxLx1
-            outputs.append((h_BxLxD * w_BxLx1).sum(axis=1) / jnp.maximum(w_BxLx1.sum(axis=1), 1e-9))
+            w_RxLxK = onehot_RxLxK * (pos_RxL + 1).astype(dtype)[..., None]
+            outputs.append(contract(w_RxLxK) / jnp.maximum(w_RxLxK.sum(axis=1), 1e-9)[..., None])
         elif mode == "lasttoken":
-            last_B = jnp.maximum(mask_BxL.sum(axis=1) - 1, 0)
-            outputs.append(jnp.take_along_axis(h_BxLxD, last_B[:, None, None], axis=1)[:, 0])
+            nxt_RxL = jnp.concatenate([segments_RxL[..., 1:], jnp.zeros_like(segments_RxL[..., :1])], axis=-1)
+            outputs.append(contract(onehot_RxLxK * (nxt_RxL != segments_RxL)[..., None]))
     return jnp.concatenate(outputs, axis=-1)
 
 

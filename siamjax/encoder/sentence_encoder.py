@@ -1,9 +1,11 @@
 """`SentenceEncoder`: the user-facing model object (load, encode, compare, save).
 
 It owns one `(graphdef, params)` pair. `encode_fn` is the pure function the trainer jits and
-vmaps; `encode()` is the convenient host API: it tokenises once, sorts by length so batches
-carry little padding, pads each batch to one of a few bucket lengths (so XLA compiles a handful
-of shapes, not one per batch) and returns float32 numpy.
+vmaps; `encode()` is the convenient host API: it tokenises once, sorts by length, packs each
+batch of texts into rows (`siamjax.encoder.packing`: several texts per row, so the encoder
+computes on text rather than padding, with the same embeddings as one padded text per row),
+rounds rows and row lengths to a few sizes (so XLA compiles a handful of shapes, not one per
+batch) and returns float32 numpy.
 """
 from __future__ import annotations
 
@@ -16,13 +18,18 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from siamjax.encoder import hf_names, hub
+from siamjax.encoder import hf_names, hub, packing
 from siamjax.encoder.bert import BertConfig
 from siamjax.encoder.model import (DenseConfig, EncoderSpec, abstract_params, init_params,
                                    make_encode_fn)
 from siamjax.encoder.pooling import PoolingConfig
 
 _MIN_BUCKET = 16
+_MIN_PACK_ROW = 64
+# Encoding packs `batch_size * _TOKENS_PER_TEXT` tokens per call (a typical sentence is 10-20
+# tokens): with short texts a call holds more than batch_size of them, with long ones fewer, and
+# the memory per call stays bounded.
+_TOKENS_PER_TEXT = 16
 
 
 def bucket_length(longest: int, max_seq_length: int) -> int:
@@ -31,6 +38,15 @@ def bucket_length(longest: int, max_seq_length: int) -> int:
     while length < longest:
         length *= 2
     return min(length, max_seq_length)
+
+
+def packing_row_length(longest: int, max_seq_length: int) -> int:
+    """Row length for packed inference: the text's bucket, but at least `_MIN_PACK_ROW` tokens.
+
+    Why a floor: rows of 64 hold three or four typical sentences, so short texts pack densely;
+    longer rows would grow the (quadratic) attention cost for no packing gain.
+    """
+    return min(max(bucket_length(longest, max_seq_length), _MIN_PACK_ROW), max_seq_length)
 
 
 def _dtype(name: Any):
@@ -147,6 +163,21 @@ class SentenceEncoder:
         mask[len(ids):, 0] = 1  # filler rows attend to one token so no row is all padding
         return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
 
+    def pack(self, ids: Sequence[Sequence[int]], row_length: int | None = None, rows: int | None = None) -> dict:
+        """A packed batch (`siamjax.encoder.packing`) of the id lists: `[rows, row_length]` tokens.
+
+        `text_index` has one entry per slot of the rows (`rows * num_slots(row_length)`), the
+        first `len(ids)` naming the texts in order, so the output shape depends only on the
+        row shape. Defaults: `packing_row_length` of the longest text, the rounded rows needed.
+        """
+        if row_length is None:
+            row_length = packing_row_length(max((len(x) for x in ids), default=1), self.max_seq_length)
+        batch = packing.pack(ids, row_length=row_length, rows_per_shard=rows,
+                             pad_id=self.tokenizer.pad_token_id or 0)
+        width = batch["input_ids"].shape[0] * packing.num_slots(row_length)
+        batch["text_index"] = np.pad(batch["text_index"], ((0, 0), (0, width - len(ids))))
+        return batch
+
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict:
         """Token batch `[B, L]` (int32 numpy) padded to a bucket length."""
         ids = self.token_ids(texts, max_length)
@@ -154,6 +185,17 @@ class SentenceEncoder:
         return self.pad(ids, bucket_length(max((len(x) for x in ids), default=1), limit))
 
     # ----------------------------------------------------------------- encoding
+    def plan_calls(self, ids: Sequence[Sequence[int]], batch_size: int) -> list[tuple[int, int, list[list[int]]]]:
+        """How `encode` packs these id lists: `(row_length, rows, layout)` per encoder call.
+
+        Each call carries about `batch_size * _TOKENS_PER_TEXT` tokens (rows of
+        `packing_row_length` tokens), so `batch_size` keeps sentence-transformers' meaning,
+        roughly sentences per call, for typical sentences, and bounds memory for long ones.
+        """
+        return packing.plan_calls([len(x) for x in ids],
+                                  lambda n: packing_row_length(n, self.max_seq_length),
+                                  lambda row_length: max(1, batch_size * _TOKENS_PER_TEXT // row_length))
+
     def encode(self, sentences: Sequence[str] | str, batch_size: int = 64, normalize: bool | None = None,
                show_progress: bool = False, precision: str = "float32", calibration=None) -> np.ndarray:
         """Embeddings `[N, D]` (float32 numpy; quantised if `precision` is not float32).
@@ -166,13 +208,18 @@ class SentenceEncoder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         ids = self.token_ids(texts)
-        order = np.argsort([-len(x) for x in ids], kind="stable")
+        calls = self.plan_calls(ids, batch_size)
         out = np.zeros((len(texts), self.embedding_dim), np.float32)
         pending = None
-        starts = range(0, len(texts), batch_size)
-        for start in tqdm(starts, desc="encode", unit="batch", disable=not show_progress):
-            idx = order[start:start + batch_size]
-            batch = self.pad([ids[i] for i in idx], rows=batch_size)
+        for row_length, rows, layout in tqdm(calls, desc="encode", unit="batch", disable=not show_progress):
+            idx = [i for row in layout for i in row]
+            local, start = [], 0
+            for row in layout:
+                local.append(list(range(start, start + len(row))))
+                start += len(row)
+            batch = packing.fill_rows([ids[i] for i in idx], [local], row_length=row_length,
+                                      rows_per_shard=rows, pad_id=self.tokenizer.pad_token_id or 0)
+            batch["text_index"] = np.pad(batch["text_index"], ((0, 0), (0, rows * packing.num_slots(row_length) - len(idx))))
             emb = self._jit_encode(self.params, batch)  # dispatch before fetching the previous one
             if pending is not None:
                 out[pending[0]] = np.asarray(pending[1])[:len(pending[0])]

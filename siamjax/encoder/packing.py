@@ -1,0 +1,153 @@
+"""Sequence packing: several texts share one row, so the encoder computes on text, not padding.
+
+Why: sentence-embedding data is short (STS-b averages 14 tokens) and padding each text to the
+batch's longest (or to a bucket) makes the encoder spend most of its FLOPs on pad tokens. A
+packed batch lays the texts back to back in rows of `row_length` tokens (best-fit decreasing),
+marks each token with its segment id (1..k within the row, 0 for padding) in `attention_mask`,
+and records in `text_index` where each text's pooled vector lands. The encoder attends only
+within a segment, restarts position ids per segment and pools per segment
+(`siamjax.encoder.pooling`), so a packed text gets the same embedding as a padded one.
+
+Row counts are rounded up to a short ladder (1, 2, 3, 4, 6, 8, 12, 16, 24, ...) so jit sees a
+handful of shapes. For data-parallel training the texts are packed per shard: shard g's
+`b = B / n` texts go into its own `r` rows, so the rows and `text_index [n, b]` split over
+devices together and unpacking never crosses a device.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def num_slots(row_length: int) -> int:
+    """Most texts one row can hold: every tokenised text has >= 2 tokens ([CLS] ... [SEP])."""
+    return max(1, row_length // 2)
+
+
+def round_rows(rows: int) -> int:
+    """`rows` rounded up to 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (under 1.5x the rows; ~2 shapes per octave)."""
+    if rows <= 4:
+        return max(rows, 1)
+    power = 1 << (rows - 1).bit_length()  # the power of two >= rows
+    return power * 3 // 4 if rows <= power * 3 // 4 else power
+
+
+def fit_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
+    """Text indices per row, best-fit decreasing: longest first, each into the fullest row it fits.
+
+    A row holds at most `row_length` tokens and `num_slots(row_length)` texts. Rows are kept
+    in lists by free space, so placing N texts costs O(N * row_length), not O(N * rows).
+    """
+    slots = num_slots(row_length)
+    rows: list[list[int]] = []
+    by_free: list[list[int]] = [[] for _ in range(row_length + 1)]
+    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        n = lengths[i]
+        if n > row_length:
+            raise ValueError(f"text {i} has {n} tokens, more than the packing row length {row_length}; "
+                             f"truncate to max_seq_length <= row_length")
+        for free in range(n, row_length + 1):
+            if by_free[free]:
+                r = by_free[free].pop()
+                break
+        else:
+            r, free = len(rows), row_length
+            rows.append([])
+        rows[r].append(i)
+        if len(rows[r]) < slots:
+            by_free[free - n].append(r)
+    return rows
+
+
+def rows_needed(lengths: Sequence[int], row_length: int, num_shards: int = 1) -> int:
+    """Rows the fullest of `num_shards` contiguous shards needs (before `round_rows`)."""
+    if len(lengths) % num_shards:
+        raise ValueError(f"{len(lengths)} texts cannot be split into {num_shards} equal shards")
+    b = len(lengths) // num_shards
+    return max(max(len(fit_rows(lengths[g * b:(g + 1) * b], row_length)) for g in range(num_shards)), 1)
+
+
+def fill_rows(ids: Sequence[Sequence[int]], layouts: Sequence[Sequence[Sequence[int]]], *,
+              row_length: int, rows_per_shard: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """The packed arrays for `layouts[g]` = shard g's rows, each a list of indices into shard g's texts.
+
+    Shard g owns texts `g * b .. (g + 1) * b - 1` (b = len(ids) / number of shards) and rows
+    `g * rows_per_shard ..`; `text_index[g, j]` is text `g * b + j`'s flat slot in its shard.
+    """
+    num_shards = len(layouts)
+    b, slots = len(ids) // num_shards, num_slots(row_length)
+    total_rows = num_shards * rows_per_shard
+    input_ids = np.full((total_rows, row_length), pad_id, np.int32)
+    segments = np.zeros((total_rows, row_length), np.int32)
+    text_index = np.zeros((num_shards, b), np.int32)
+    for g, layout in enumerate(layouts):
+        if len(layout) > rows_per_shard:
+            raise ValueError(f"shard {g} needs {len(layout)} rows of {row_length} tokens, "
+                             f"but rows_per_shard is {rows_per_shard}")
+        for r, members in enumerate(layout):
+            row, offset = g * rows_per_shard + r, 0
+            for slot, j in enumerate(members):
+                seq = ids[g * b + j]
+                input_ids[row, offset:offset + len(seq)] = seq
+                segments[row, offset:offset + len(seq)] = slot + 1
+                offset += len(seq)
+                text_index[g, j] = r * slots + slot
+    return {"input_ids": input_ids, "attention_mask": segments,
+            "token_type_ids": np.zeros_like(input_ids), "text_index": text_index}
+
+
+def pack(ids: Sequence[Sequence[int]], *, row_length: int, rows_per_shard: int | None = None,
+         num_shards: int = 1, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Pack tokenised texts into `[num_shards * r, row_length]` rows (see `fill_rows`).
+
+    Returns int32 numpy `input_ids`, `attention_mask` (segment ids), `token_type_ids` (zeros)
+    `[n * r, L]` and `text_index [n, b]`. `r` defaults to the rounded rows the fullest shard
+    needs; pass it to give several sides or processes one shape.
+    """
+    if len(ids) % num_shards:
+        raise ValueError(f"{len(ids)} texts cannot be split into {num_shards} equal shards")
+    lengths = [len(x) for x in ids]
+    b = len(ids) // num_shards
+    layouts = [fit_rows(lengths[g * b:(g + 1) * b], row_length) for g in range(num_shards)]
+    if rows_per_shard is None:
+        rows_per_shard = round_rows(max(max(len(layout) for layout in layouts), 1))
+    return fill_rows(ids, layouts, row_length=row_length, rows_per_shard=rows_per_shard, pad_id=pad_id)
+
+
+def plan_calls(lengths: Sequence[int], row_length_for, rows_for) -> list[tuple[int, int, list[list[int]]]]:
+    """Pack a whole corpus, then cut its rows into encoder calls of a fixed token budget.
+
+    Texts are grouped by `row_length_for(length)` and each group is packed best-fit
+    decreasing as a whole (short texts fill the gaps the long ones leave). Each call is
+    `(row_length, rows, layout)`: up to `rows_for(row_length)` rows, each a list of text
+    indices. Why a fixed budget rather than a fixed text count: every full call at a row length
+    has the same shape, so a corpus compiles a handful of shapes, and only a group's last call
+    has spare rows (its row count is `round_rows` of what it uses).
+    """
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(row_length_for(n), []).append(i)
+    calls = []
+    for row_length in sorted(groups, reverse=True):
+        members = groups[row_length]
+        layout = [[members[j] for j in row] for row in fit_rows([lengths[i] for i in members], row_length)]
+        per_call = rows_for(row_length)
+        for start in range(0, len(layout), per_call):
+            chunk = layout[start:start + per_call]
+            calls.append((row_length, per_call if len(chunk) == per_call else round_rows(len(chunk)), chunk))
+    return calls
+
+
+def unpack(pooled_RxKxD, text_index_nxb):
+    """Per-text vectors `[n * b, D]` from per-slot vectors `[R, K, D]` (R = n * r rows).
+
+    The gather stays inside each shard's rows, so with rows and `text_index` split over the
+    same devices it needs no communication.
+    """
+    n, b = text_index_nxb.shape
+    r, k, d = pooled_RxKxD.shape
+    pooled_nxSxD = pooled_RxKxD.reshape(n, (r // n) * k, d)
+    out_nxbxD = jnp.take_along_axis(pooled_nxSxD, text_index_nxb[..., None], axis=1)
+    return out_nxbxD.reshape(n * b, d)

@@ -65,10 +65,10 @@ def test_train_throughput_core_runs_both_libraries(tiny_dir, stsb_test):
     assert row["torch_pairs_per_s"] > 0 and row["jax_pairs_per_s"] > 0 and row["jax_padded_pairs_per_s"] > 0
     assert row["ratio"] == pytest.approx(row["jax_pairs_per_s"] / row["torch_pairs_per_s"])
     assert row["jax_compile_s"] > 0 and all(shape[-1] == 32 for shape in row["jax_shapes"])
-    # padding accounting: nobody computes on fewer tokens than are real; packing computes on fewest
+    # padding accounting: nobody computes on fewer tokens than are real; packing never on more
     real = row["real_tokens_per_pair"]
     assert real <= min(row[f"{k}_tokens_per_pair"] for k in ("torch", "jax", "jax_padded"))
-    assert row["jax_tokens_per_pair"] < row["jax_padded_tokens_per_pair"]
+    assert row["jax_tokens_per_pair"] <= row["jax_padded_tokens_per_pair"]
     # packed and padded siamjax train on the same texts: same loss up to dropout
     assert abs(row["jax_mean_loss"] - row["jax_padded_mean_loss"]) < 0.5
     # same loss on the same data: both start near log(batch) for a random encoder

@@ -51,6 +51,7 @@ def test_stsb_quickstart_config():
     assert pathlib.Path(c.model.name_or_path).is_dir() or c.model.name_or_path.endswith("all-MiniLM-L6-v2")
     assert pathlib.Path(c.data.train.path).name == "sts-train.csv"
     assert dict(c.data.train.columns) == {"sentence1": 5, "sentence2": 6, "score": 4}
+    assert c.data.pack_length == c.model.max_seq_length == 128  # packed batches: the fast CPU path
 
 
 def test_overrides_are_typed():

@@ -269,3 +269,15 @@ def test_a_dead_process_stops_the_others(tiny, tmp_path):
     assert procs[0].returncode != 0, out[-3000:]
     assert elapsed < 60, f"the survivor took {elapsed:.0f}s to stop"
     assert "JAX distributed service detected fatal errors" in out, out[-3000:]
+
+
+def test_packed_two_process_run_matches_padded_one_process(runs, tiny, tmp_path):
+    """data.pack_length on 2 processes x 4 devices (each process packs its own shards, all agree
+    on the row count) trains exactly like the padded 1 x 8 run."""
+    config, _ = tiny
+    workdir = tmp_path / "packed"
+    finish(start(*LAYOUTS["2x4"], config, workdir, "--config.mesh.fsdp=8", "--config.data.pack_length=16"))
+    padded, packed = losses(runs["1x8"]), losses(workdir)
+    assert sorted(packed) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([packed[s] for s in padded], [padded[s] for s in padded], atol=2e-5, rtol=0)
+    assert_params_close(final_params(workdir), final_params(runs["1x8"]), atol=5e-5)

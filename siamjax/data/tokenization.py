@@ -1,9 +1,10 @@
-"""Tokenise the S sides of a batch with a HF fast tokenizer and pad to a bucket length.
+"""Tokenise the S sides of a batch with a HF fast tokenizer, then pad to a bucket length or pack.
 
 Why buckets: jit compiles once per input shape, so padding every batch to its own longest
 sequence would compile on nearly every step; padding to the smallest of a few fixed lengths
-(32, 64, 128, ... max_seq_length) bounds the number of compilations while wasting little
-compute on short batches.
+(32, 64, 128, ... max_seq_length) bounds the number of compilations. Packing
+(`pack_sides`, `data.pack_length`) goes further: texts share fixed-length rows, so short
+texts cost their own tokens only and the row count takes a few rounded values.
 """
 from __future__ import annotations
 

@@ -140,6 +140,25 @@ def plan_calls(lengths: Sequence[int], row_length_for, rows_for) -> list[tuple[i
     return calls
 
 
+def call_batch(ids: Sequence[Sequence[int]], layout: Sequence[Sequence[int]], *, row_length: int, rows: int,
+               pad_id: int = 0) -> tuple[list[int], dict[str, np.ndarray]]:
+    """One call of `plan_calls`: (text indices in output order, its packed batch).
+
+    `text_index [1, rows * num_slots(row_length)]` has an entry for every slot (the first
+    ones name the texts, the rest repeat slot 0), so the output shape, like the input shape,
+    depends only on the row shape and every full call reuses one compiled function.
+    """
+    order = [i for row in layout for i in row]
+    local, start = [], 0
+    for row in layout:
+        local.append(list(range(start, start + len(row))))
+        start += len(row)
+    batch = fill_rows([ids[i] for i in order], [local], row_length=row_length, rows_per_shard=rows, pad_id=pad_id)
+    width = rows * num_slots(row_length)
+    batch["text_index"] = np.pad(batch["text_index"], ((0, 0), (0, width - len(order))))
+    return order, batch
+
+
 def unpack(pooled_RxKxD, text_index_nxb):
     """Per-text vectors `[n * b, D]` from per-slot vectors `[R, K, D]` (R = n * r rows).
 

@@ -166,21 +166,6 @@ class SentenceEncoder:
         mask[len(ids):, 0] = 1  # filler rows attend to one token so no row is all padding
         return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
 
-    def pack(self, ids: Sequence[Sequence[int]], row_length: int | None = None, rows: int | None = None) -> dict:
-        """A packed batch (`siamjax.encoder.packing`) of the id lists: `[rows, row_length]` tokens.
-
-        `text_index` has one entry per slot of the rows (`rows * num_slots(row_length)`), the
-        first `len(ids)` naming the texts in order, so the output shape depends only on the
-        row shape. Defaults: `packing_row_length` of the longest text, the rounded rows needed.
-        """
-        if row_length is None:
-            row_length = packing_row_length(max((len(x) for x in ids), default=1), self.max_seq_length)
-        batch = packing.pack(ids, row_length=row_length, rows_per_shard=rows,
-                             pad_id=self.tokenizer.pad_token_id or 0)
-        width = batch["input_ids"].shape[0] * packing.num_slots(row_length)
-        batch["text_index"] = np.pad(batch["text_index"], ((0, 0), (0, width - len(ids))))
-        return batch
-
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict:
         """Token batch `[B, L]` (int32 numpy) padded to a bucket length."""
         ids = self.token_ids(texts, max_length)
@@ -219,14 +204,8 @@ class SentenceEncoder:
         out = np.zeros((len(texts), self.embedding_dim), np.float32)
         pending = None
         for row_length, rows, layout in tqdm(calls, desc="encode", unit="batch", disable=not show_progress):
-            idx = [i for row in layout for i in row]
-            local, start = [], 0
-            for row in layout:
-                local.append(list(range(start, start + len(row))))
-                start += len(row)
-            batch = packing.fill_rows([ids[i] for i in idx], [local], row_length=row_length,
-                                      rows_per_shard=rows, pad_id=self.tokenizer.pad_token_id or 0)
-            batch["text_index"] = np.pad(batch["text_index"], ((0, 0), (0, rows * packing.num_slots(row_length) - len(idx))))
+            idx, batch = packing.call_batch(ids, layout, row_length=row_length, rows=rows,
+                                            pad_id=self.tokenizer.pad_token_id or 0)
             emb = self._jit_encode(self.params, batch)  # dispatch before fetching the previous one
             if pending is not None:
                 out[pending[0]] = np.asarray(pending[1])[:len(pending[0])]

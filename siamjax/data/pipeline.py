@@ -18,8 +18,7 @@ import jax
 import numpy as np
 
 from siamjax.data.sampler import GlobalBatchSampler
-from siamjax.data.tokenization import (bucket_lengths, longest_tokenized, pack_sides, token_lengths,
-                                       tokenize_sides)
+from siamjax.data.tokenization import bucket_lengths, pack_sides, token_lengths, tokenize_sides
 from siamjax.encoder import packing
 
 
@@ -89,8 +88,7 @@ class _Materialize:
             longest_elsewhere = 0
             if others and len(self._buckets) > 1:  # every process must pick the same bucket
                 texts = [t for i in others for t in source.example_texts(i)]
-                longest_elsewhere = longest_tokenized(self._tokenizer, texts,
-                                                      max_seq_length=self._max_seq_length)
+                longest_elsewhere = max(token_lengths(self._tokenizer, texts, max_seq_length=self._max_seq_length))
             batch = tokenize_sides(self._tokenizer, sides, max_seq_length=self._max_seq_length,
                                    buckets=self._buckets, min_length=longest_elsewhere)
         if source.label_kind is not None:
@@ -104,10 +102,9 @@ class _Materialize:
             return 1
         texts = [source.example_texts(i) for i in others]
         shards = len(others) * self._num_shards // local
-        return max(packing.rows_needed(token_lengths(self._tokenizer, [t[s] for t in texts],
-                                                     max_seq_length=self._max_seq_length),
-                                       self._pack_length, shards)
-                   for s in range(len(texts[0])))
+        return max(packing.rows_needed(packing.shard_layouts(
+            token_lengths(self._tokenizer, [t[s] for t in texts], max_seq_length=self._max_seq_length),
+            self._pack_length, shards)) for s in range(len(texts[0])))
 
 
 class TrainIterator(grain.DatasetIterator):

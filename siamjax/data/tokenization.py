@@ -37,17 +37,34 @@ def pick_bucket(length: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"sequence length {length} exceeds the largest bucket {max(buckets)}")
 
 
-def longest_tokenized(tokenizer, texts: Sequence[str], *, max_seq_length: int) -> int:
-    """The longest token count among `texts` after truncation (0 for no texts).
-
-    Why: on several processes every host must pad to the same bucket, so each host
-    measures the rows of the global batch that other hosts tokenise.
-    """
+def token_ids(tokenizer, texts: Sequence[str], *, max_seq_length: int) -> list[list[int]]:
+    """Unpadded token ids of `texts`, truncated at `max_seq_length` (special tokens included)."""
     if not texts:
-        return 0
-    encoded = tokenizer(list(texts), padding=False, truncation=True, max_length=max_seq_length,
-                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    return max(len(ids) for ids in encoded)
+        return []
+    return tokenizer(list(texts), padding=False, truncation=True, max_length=max_seq_length,
+                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+
+def token_lengths(tokenizer, texts: Sequence[str], *, max_seq_length: int) -> list[int]:
+    """Token counts of `texts` after truncation.
+
+    Why: on several processes every host must pad to the same bucket (or pack into the same
+    number of rows), so each host measures the rows of the global batch other hosts tokenise.
+    """
+    return [len(ids) for ids in token_ids(tokenizer, texts, max_seq_length=max_seq_length)]
+
+
+def _side_ids(tokenizer, sides: Sequence[Sequence[str]], max_seq_length: int) -> list[list[list[int]]]:
+    """Token ids per side; all sides must hold the same number of texts."""
+    batch = len(sides[0])
+    if any(len(side) != batch for side in sides):
+        raise ValueError(f"all sides need the same batch size, got {[len(s) for s in sides]}")
+    flat = token_ids(tokenizer, [text for side in sides for text in side], max_seq_length=max_seq_length)
+    return [flat[s * batch:(s + 1) * batch] for s in range(len(sides))]
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def tokenize_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length: int,
@@ -63,16 +80,10 @@ def tokenize_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length:
     buckets = tuple(sorted(buckets)) if buckets else bucket_lengths(max_seq_length)
     if max(buckets) < max_seq_length:
         raise ValueError(f"largest bucket {max(buckets)} < max_seq_length {max_seq_length}")
+    encoded = [ids for side in _side_ids(tokenizer, sides, max_seq_length) for ids in side]
     num_sides, batch = len(sides), len(sides[0])
-    if any(len(side) != batch for side in sides):
-        raise ValueError(f"all sides need the same batch size, got {[len(s) for s in sides]}")
-    flat = [text for side in sides for text in side]
-    encoded = tokenizer(flat, padding=False, truncation=True, max_length=max_seq_length,
-                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    longest = max(max(len(ids) for ids in encoded), min_length)
-    length = pick_bucket(longest, buckets)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = np.full((num_sides * batch, length), pad_id, dtype=np.int32)
+    length = pick_bucket(max(max(len(ids) for ids in encoded), min_length), buckets)
+    input_ids = np.full((num_sides * batch, length), _pad_id(tokenizer), dtype=np.int32)
     attention_mask = np.zeros((num_sides * batch, length), dtype=np.int32)
     for row, ids in enumerate(encoded):
         input_ids[row, : len(ids)] = ids
@@ -81,15 +92,6 @@ def tokenize_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length:
     return {"input_ids": input_ids.reshape(shape),
             "attention_mask": attention_mask.reshape(shape),
             "token_type_ids": np.zeros(shape, dtype=np.int32)}
-
-
-def token_lengths(tokenizer, texts: Sequence[str], *, max_seq_length: int) -> list[int]:
-    """Token counts of `texts` after truncation (what packing needs from other processes' rows)."""
-    if not texts:
-        return []
-    encoded = tokenizer(list(texts), padding=False, truncation=True, max_length=max_seq_length,
-                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    return [len(ids) for ids in encoded]
 
 
 def pack_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length: int, row_length: int,
@@ -106,18 +108,11 @@ def pack_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length: int
     if row_length < max_seq_length:
         raise ValueError(f"data.pack_length {row_length} < max_seq_length {max_seq_length}: a "
                          f"text of max_seq_length tokens would not fit in a row")
-    num_sides, batch = len(sides), len(sides[0])
-    if any(len(side) != batch for side in sides):
-        raise ValueError(f"all sides need the same batch size, got {[len(s) for s in sides]}")
-    if batch % num_shards:
-        raise ValueError(f"batch of {batch} pairs cannot be split into {num_shards} shards")
-    flat = [text for side in sides for text in side]
-    encoded = tokenizer(flat, padding=False, truncation=True, max_length=max_seq_length,
-                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    per_side = [encoded[s * batch:(s + 1) * batch] for s in range(num_sides)]
-    needed = max(packing.rows_needed([len(x) for x in ids], row_length, num_shards) for ids in per_side)
-    rows = packing.round_rows(max(needed, min_rows))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    packed = [packing.pack(ids, row_length=row_length, rows_per_shard=rows, num_shards=num_shards, pad_id=pad_id)
-              for ids in per_side]
+    if len(sides[0]) % num_shards:
+        raise ValueError(f"batch of {len(sides[0])} pairs cannot be split into {num_shards} shards")
+    per_side = _side_ids(tokenizer, sides, max_seq_length)
+    layouts = [packing.shard_layouts([len(x) for x in ids], row_length, num_shards) for ids in per_side]
+    rows = packing.round_rows(max(max(packing.rows_needed(side) for side in layouts), min_rows))
+    packed = [packing.fill_rows(ids, side, row_length=row_length, rows_per_shard=rows, pad_id=_pad_id(tokenizer))
+              for ids, side in zip(per_side, layouts)]
     return {key: np.stack([p[key] for p in packed]) for key in packed[0]}

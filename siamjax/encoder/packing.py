@@ -61,12 +61,17 @@ def fit_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
     return rows
 
 
-def rows_needed(lengths: Sequence[int], row_length: int, num_shards: int = 1) -> int:
-    """Rows the fullest of `num_shards` contiguous shards needs (before `round_rows`)."""
+def shard_layouts(lengths: Sequence[int], row_length: int, num_shards: int = 1) -> list[list[list[int]]]:
+    """`fit_rows` of each of `num_shards` contiguous, equal shards (indices local to the shard)."""
     if len(lengths) % num_shards:
         raise ValueError(f"{len(lengths)} texts cannot be split into {num_shards} equal shards")
     b = len(lengths) // num_shards
-    return max(max(len(fit_rows(lengths[g * b:(g + 1) * b], row_length)) for g in range(num_shards)), 1)
+    return [fit_rows(lengths[g * b:(g + 1) * b], row_length) for g in range(num_shards)]
+
+
+def rows_needed(layouts: Sequence[Sequence[Sequence[int]]]) -> int:
+    """Rows the fullest shard of `shard_layouts` needs (before `round_rows`; at least 1)."""
+    return max(max((len(layout) for layout in layouts), default=1), 1)
 
 
 def fill_rows(ids: Sequence[Sequence[int]], layouts: Sequence[Sequence[Sequence[int]]], *,
@@ -98,22 +103,16 @@ def fill_rows(ids: Sequence[Sequence[int]], layouts: Sequence[Sequence[Sequence[
             "token_type_ids": np.zeros_like(input_ids), "text_index": text_index}
 
 
-def pack(ids: Sequence[Sequence[int]], *, row_length: int, rows_per_shard: int | None = None,
-         num_shards: int = 1, pad_id: int = 0) -> dict[str, np.ndarray]:
+def pack(ids: Sequence[Sequence[int]], *, row_length: int, num_shards: int = 1,
+         pad_id: int = 0) -> dict[str, np.ndarray]:
     """Pack tokenised texts into `[num_shards * r, row_length]` rows (see `fill_rows`).
 
     Returns int32 numpy `input_ids`, `attention_mask` (segment ids), `token_type_ids` (zeros)
-    `[n * r, L]` and `text_index [n, b]`. `r` defaults to the rounded rows the fullest shard
-    needs; pass it to give several sides or processes one shape.
+    `[n * r, L]` and `text_index [n, b]`; `r` is the rounded rows the fullest shard needs.
     """
-    if len(ids) % num_shards:
-        raise ValueError(f"{len(ids)} texts cannot be split into {num_shards} equal shards")
-    lengths = [len(x) for x in ids]
-    b = len(ids) // num_shards
-    layouts = [fit_rows(lengths[g * b:(g + 1) * b], row_length) for g in range(num_shards)]
-    if rows_per_shard is None:
-        rows_per_shard = round_rows(max(max(len(layout) for layout in layouts), 1))
-    return fill_rows(ids, layouts, row_length=row_length, rows_per_shard=rows_per_shard, pad_id=pad_id)
+    layouts = shard_layouts([len(x) for x in ids], row_length, num_shards)
+    return fill_rows(ids, layouts, row_length=row_length, rows_per_shard=round_rows(rows_needed(layouts)),
+                     pad_id=pad_id)
 
 
 def plan_calls(lengths: Sequence[int], row_length_for, rows_for) -> list[tuple[int, int, list[list[int]]]]:

@@ -102,8 +102,7 @@ def _jsonl_rows(data: bytes, parser: RowParser, refs: list) -> list:
             parser.reject(line_no, f"missing column(s) {missing}")
             continue
         values = [record[r] for r in refs]
-        label = values[len(parser.sides)] if parser.label_role else None
-        parsed = parser.parse(line_no, values[: len(parser.sides)], label)
+        parsed = parser.parse_columns(line_no, values)
         if parsed is not None:
             rows.append(parsed)
     return rows
@@ -141,8 +140,7 @@ def _delimited_rows(data: bytes, parser: RowParser, refs: list, fmt: str,
             parser.reject(start, f"missing column(s) {need}: row has {len(fields)} field(s)")
             continue
         values = [fields[i] for i in indices]
-        label = values[len(parser.sides)] if parser.label_role else None
-        parsed = parser.parse(start, values[: len(parser.sides)], label)
+        parsed = parser.parse_columns(start, values)
         if parsed is not None:
             rows.append(parsed)
     return rows

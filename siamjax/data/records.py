@@ -176,6 +176,11 @@ class RowParser:
             return None
         return clean, value
 
+    def parse_columns(self, line: int, values: Sequence[Any]):
+        """`parse` for one row's selected columns: the side texts, then the label if any."""
+        label = values[len(self.sides)] if self.label_role else None
+        return self.parse(line, values[: len(self.sides)], label)
+
     def _text(self, side: str, value: Any) -> str:
         if value is None:
             raise ValueError(f"column {side!r} is missing or null")

@@ -10,6 +10,8 @@ from jax.sharding import AxisType
 from siamjax import contrastive as C
 from siamjax.losses import get_loss
 
+from numeric_fixtures import numeric_grad
+
 AXES = ("data", "fsdp")
 
 
@@ -68,17 +70,6 @@ def np_sigmoid(emb, scale=10.0, bias=-10.0):
     z = -np.ones_like(logits)
     z[np.arange(a.shape[0]), np.arange(a.shape[0])] = 1.0
     return -np.sum(-np.logaddexp(0.0, -z * logits)) / a.shape[0]
-
-
-def numeric_grad(f, x, eps=1e-6):
-    x = np.asarray(x, np.float64)
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        up, dn = x.copy(), x.copy()
-        up[idx] += eps
-        dn[idx] -= eps
-        g[idx] = (f(up) - f(dn)) / (2 * eps)
-    return g
 
 
 def rand_emb(s, b, d, seed=0):

@@ -11,18 +11,9 @@ from siamjax import pair_losses as PL
 from siamjax import triplet_losses as TL
 from siamjax.losses import get_loss
 
+from numeric_fixtures import numeric_grad
+
 RNG = np.random.default_rng(0)
-
-
-def numeric_grad(f, x, eps=1e-6):
-    x = np.asarray(x, np.float64)
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        up, dn = x.copy(), x.copy()
-        up[idx] += eps
-        dn[idx] -= eps
-        g[idx] = (f(up) - f(dn)) / (2 * eps)
-    return g
 
 
 def cos_rows(u, v):

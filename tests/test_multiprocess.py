@@ -25,46 +25,15 @@ from siamjax import train
 from siamjax.encoder import SentenceEncoder
 from siamjax.run_metrics import read_jsonl
 
+from config_fixtures import WORDS, write_tiny_config
+
 pytestmark = pytest.mark.slow  # end-to-end subprocess runs (still run in CI)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "local_multiprocess.sh"
-WORDS = ("cat dog fish bird tree car road house blue red green small big fast slow happy sad old new "
-         "river hill lamp book door").split()
 STEPS, HALF = 4, 2
 LAYOUTS = {"1x8": (1, 8), "2x4": (2, 4)}  # processes x devices per process
 RUN_TIMEOUT_S = 300
-
-# MNRL with the sharded loss and no dropout: the step is a deterministic function of the global
-# batch, so any process/device layout must reproduce it. A constant learning rate lets a run of
-# HALF steps be resumed to STEPS and match an uninterrupted STEPS-step run.
-TINY_CONFIG = '''
-import runpy
-def get_config(arg=None):
-    c = runpy.run_path({default!r})["get_config"]()
-    c.model.init.tokenizer = {tokenizer!r}
-    c.model.init.hidden_size = 32
-    c.model.init.num_hidden_layers = 2
-    c.model.init.num_attention_heads = 2
-    c.model.init.intermediate_size = 64
-    c.model.init.max_position_embeddings = 64
-    c.model.max_seq_length = 16
-    c.data.train.path = {train!r}
-    c.data.buckets = (16,)
-    c.loss.name = "mnrl"
-    c.loss.sharded = True
-    c.optim.lr = 1e-3
-    c.optim.schedule = "constant"
-    c.optim.warmup_steps = 0
-    c.train.dropout = False
-    c.train.batch_size = 16
-    c.train.num_steps = {steps}
-    c.train.log_every_steps = 1
-    c.train.progress_bar = False
-    c.checkpoint.every_steps = {half}
-    c.mesh.fsdp_min_size = 256
-    return c
-'''
 
 
 def write_pairs(path, n, seed):
@@ -141,9 +110,22 @@ def tiny(tmp_path_factory, minilm_dir):
     root = tmp_path_factory.mktemp("mp")
     train_file = write_pairs(root / "train.jsonl", 128, seed=0)
     write_sts(root / "dev.jsonl", 24, seed=1)
-    config = root / "tiny.py"
-    config.write_text(TINY_CONFIG.format(default=str(REPO / "configs" / "default.py"), tokenizer=str(minilm_dir),
-                                         train=str(train_file), steps=STEPS, half=HALF))
+    # MNRL with the sharded loss and no dropout: the step is a deterministic function of the
+    # global batch, so any process/device layout must reproduce it. A constant learning rate
+    # lets a run of HALF steps be resumed to STEPS and match an uninterrupted STEPS-step run.
+    config = write_tiny_config(root / "tiny.py", tokenizer=minilm_dir, fields={
+        "model.max_seq_length": 16,
+        "data.train.path": str(train_file),
+        "data.buckets": (16,),
+        "loss.name": "mnrl",
+        "loss.sharded": True,
+        "optim.lr": 1e-3,
+        "optim.schedule": "constant",
+        "optim.warmup_steps": 0,
+        "train.dropout": False,
+        "train.num_steps": STEPS,
+        "checkpoint.every_steps": HALF,
+    })
     return config, root
 
 

@@ -22,34 +22,9 @@ from siamjax.cli.train_cmd import load_config
 from siamjax.run_metrics import MetricWriter, read_jsonl
 from siamjax.train_setup import length_grouped
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-WORDS = ("cat dog fish bird tree car road house blue red green small big fast slow happy sad old new "
-         "river hill lamp book door").split()
+from config_fixtures import WORDS, write_tiny_config
 
-TINY_CONFIG = '''
-import runpy
-def get_config(arg=None):
-    c = runpy.run_path({default!r})["get_config"]()
-    c.model.init.tokenizer = {tokenizer!r}
-    c.model.init.hidden_size = 32
-    c.model.init.num_hidden_layers = 2
-    c.model.init.num_attention_heads = 2
-    c.model.init.intermediate_size = 64
-    c.model.init.max_position_embeddings = 64
-    c.model.max_seq_length = 32
-    c.data.train.path = {train!r}
-    c.data.train.columns = (("s1", "s1"), ("s2", "s2"), ("score", "score"))
-    c.data.buckets = (16, 32)
-    c.loss.name = "cosent"
-    c.optim.lr = 1e-3
-    c.train.batch_size = 16
-    c.train.num_steps = 40
-    c.train.log_every_steps = 1
-    c.train.progress_bar = False
-    c.checkpoint.every_steps = 10
-    c.mesh.fsdp_min_size = 256
-    return c
-'''
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def write_pairs(path, n, seed, bad_line=None):
@@ -70,9 +45,16 @@ def tiny(tmp_path_factory, minilm_dir):
     root = tmp_path_factory.mktemp("tiny")
     train_file = write_pairs(root / "train.jsonl", 96, seed=0)
     write_pairs(root / "dev.jsonl", 48, seed=1)
-    config = root / "tiny.py"
-    config.write_text(TINY_CONFIG.format(default=str(REPO / "configs" / "default.py"),
-                                         tokenizer=str(minilm_dir), train=str(train_file)))
+    config = write_tiny_config(root / "tiny.py", tokenizer=minilm_dir, fields={
+        "model.max_seq_length": 32,
+        "data.train.path": str(train_file),
+        "data.train.columns": (("s1", "s1"), ("s2", "s2"), ("score", "score")),
+        "data.buckets": (16, 32),
+        "loss.name": "cosent",
+        "optim.lr": 1e-3,
+        "train.num_steps": 40,
+        "checkpoint.every_steps": 10,
+    })
     return config, root
 
 

@@ -40,14 +40,6 @@ def random_ids(n, seed=0, low=2, high=32):
     return [list(rng.integers(5, VOCAB, size=int(k))) for k in rng.integers(low, high + 1, size=n)]
 
 
-def padded(ids, length=32, pad_id=0):
-    input_ids = np.full((len(ids), length), pad_id, np.int32)
-    mask = np.zeros((len(ids), length), np.int32)
-    for i, seq in enumerate(ids):
-        input_ids[i, :len(seq)], mask[i, :len(seq)] = seq, 1
-    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
-
-
 # ------------------------------------------------------------------ layout
 
 @pytest.mark.parametrize("row_length", [8, 16, 33])
@@ -108,7 +100,7 @@ def test_packed_embeddings_and_gradients_equal_padded(tokenizer, roberta, num_sh
     enc = tiny(tokenizer, roberta=roberta, pooling=POOLING_MODES, dense_dim=24, normalize=True)
     pad_id = 1 if roberta else 0
     ids = random_ids(24, seed=2)
-    ref_batch, packed_batch = padded(ids, pad_id=pad_id), packing.pack(ids, row_length=48, num_shards=num_shards,
+    ref_batch, packed_batch = packing.pad_rows(ids, 32, pad_id), packing.pack(ids, row_length=48, num_shards=num_shards,
                                                                       pad_id=pad_id)
     assert packed_batch["input_ids"].size < ref_batch["input_ids"].size
     w = jax.random.normal(jax.random.key(0), (24, 24))

@@ -81,17 +81,9 @@ def tokenize_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length:
     if max(buckets) < max_seq_length:
         raise ValueError(f"largest bucket {max(buckets)} < max_seq_length {max_seq_length}")
     encoded = [ids for side in _side_ids(tokenizer, sides, max_seq_length) for ids in side]
-    num_sides, batch = len(sides), len(sides[0])
     length = pick_bucket(max(max(len(ids) for ids in encoded), min_length), buckets)
-    input_ids = np.full((num_sides * batch, length), _pad_id(tokenizer), dtype=np.int32)
-    attention_mask = np.zeros((num_sides * batch, length), dtype=np.int32)
-    for row, ids in enumerate(encoded):
-        input_ids[row, : len(ids)] = ids
-        attention_mask[row, : len(ids)] = 1
-    shape = (num_sides, batch, length)
-    return {"input_ids": input_ids.reshape(shape),
-            "attention_mask": attention_mask.reshape(shape),
-            "token_type_ids": np.zeros(shape, dtype=np.int32)}
+    padded = packing.pad_rows(encoded, length, _pad_id(tokenizer))
+    return {key: value.reshape(len(sides), len(sides[0]), length) for key, value in padded.items()}
 
 
 def pack_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length: int, row_length: int,

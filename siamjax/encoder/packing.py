@@ -34,6 +34,20 @@ def round_rows(rows: int) -> int:
     return power * 3 // 4 if rows <= power * 3 // 4 else power
 
 
+def pad_rows(ids: Sequence[Sequence[int]], row_length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """The unpacked layout: one text per row, right-padded to `row_length` (longer texts cut).
+
+    int32 `input_ids`, `attention_mask` (0/1: the one-segment case) and `token_type_ids` `[N, L]`.
+    """
+    input_ids = np.full((len(ids), row_length), pad_id, np.int32)
+    mask = np.zeros((len(ids), row_length), np.int32)
+    for i, seq in enumerate(ids):
+        seq = seq[:row_length]
+        input_ids[i, :len(seq)] = seq
+        mask[i, :len(seq)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+
+
 def fit_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
     """Text indices per row, best-fit decreasing: longest first, each into the fullest row it fits.
 

@@ -152,19 +152,10 @@ class SentenceEncoder:
                              return_attention_mask=False, return_token_type_ids=False)
         return out["input_ids"]
 
-    def pad(self, ids: Sequence[Sequence[int]], length: int | None = None, rows: int | None = None) -> dict:
-        """Right-pad id lists into int32 arrays `[rows, length]` (rows beyond the data are filler)."""
+    def pad(self, ids: Sequence[Sequence[int]], length: int | None = None) -> dict:
+        """Right-pad id lists into int32 arrays `[len(ids), length]` (default: a bucket length)."""
         length = length or bucket_length(max((len(x) for x in ids), default=1), self.max_seq_length)
-        rows = rows or len(ids)
-        pad_id = self.tokenizer.pad_token_id or 0
-        input_ids = np.full((rows, length), pad_id, np.int32)
-        mask = np.zeros((rows, length), np.int32)
-        for i, seq in enumerate(ids):
-            seq = seq[:length]
-            input_ids[i, :len(seq)] = seq
-            mask[i, :len(seq)] = 1
-        mask[len(ids):, 0] = 1  # filler rows attend to one token so no row is all padding
-        return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+        return packing.pad_rows(ids, length, self.tokenizer.pad_token_id or 0)
 
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict:
         """Token batch `[B, L]` (int32 numpy) padded to a bucket length."""

@@ -13,28 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from siamjax.encoder import packing
+from siamjax.encoder.packing import bucket_lengths, pick_bucket  # noqa: F401  (re-exported)
 
 KEYS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def bucket_lengths(max_seq_length: int, min_length: int = 32) -> tuple[int, ...]:
-    """Powers of two from `min_length` below `max_seq_length`, then `max_seq_length` itself."""
-    if max_seq_length < 2:
-        raise ValueError(f"max_seq_length must be >= 2 (room for [CLS] and [SEP]), "
-                         f"got {max_seq_length}")
-    buckets, length = [], min_length
-    while length < max_seq_length:
-        buckets.append(length)
-        length *= 2
-    return tuple(buckets) + (max_seq_length,)
-
-
-def pick_bucket(length: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= length (sequences are already truncated to the largest)."""
-    for bucket in buckets:
-        if bucket >= length:
-            return bucket
-    raise ValueError(f"sequence length {length} exceeds the largest bucket {max(buckets)}")
 
 
 def token_ids(tokenizer, texts: Sequence[str], *, max_seq_length: int) -> list[list[int]]:

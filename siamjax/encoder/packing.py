@@ -21,6 +21,29 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def bucket_lengths(max_seq_length: int, min_length: int = 32) -> tuple[int, ...]:
+    """Powers of two from `min_length` below `max_seq_length`, then `max_seq_length` itself.
+
+    Why buckets: jit compiles once per shape, so padded rows take one of a few lengths.
+    """
+    if max_seq_length < 2:
+        raise ValueError(f"max_seq_length must be >= 2 (room for [CLS] and [SEP]), "
+                         f"got {max_seq_length}")
+    buckets, length = [], min_length
+    while length < max_seq_length:
+        buckets.append(length)
+        length *= 2
+    return tuple(buckets) + (max_seq_length,)
+
+
+def pick_bucket(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= length (sequences are already truncated to the largest)."""
+    for bucket in buckets:
+        if bucket >= length:
+            return bucket
+    raise ValueError(f"sequence length {length} exceeds the largest bucket {max(buckets)}")
+
+
 def num_slots(row_length: int) -> int:
     """Most texts one row can hold: every tokenised text has >= 2 tokens ([CLS] ... [SEP])."""
     return max(1, row_length // 2)

@@ -37,10 +37,7 @@ _CPU_MAX_TOKENS_PER_CALL = 2048
 
 def bucket_length(longest: int, max_seq_length: int) -> int:
     """Smallest of {16, 32, 64, ...} that fits `longest`, capped at `max_seq_length`."""
-    length = _MIN_BUCKET
-    while length < longest:
-        length *= 2
-    return min(length, max_seq_length)
+    return packing.pick_bucket(min(longest, max_seq_length), packing.bucket_lengths(max_seq_length, _MIN_BUCKET))
 
 
 def packing_row_length(longest: int, max_seq_length: int) -> int:

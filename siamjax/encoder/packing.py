@@ -1,4 +1,6 @@
-"""Sequence packing: several texts share one row, so the encoder computes on text, not padding.
+"""Row layouts of token batches: padded (one text per row, bucket lengths) and packed.
+
+Sequence packing: several texts share one row, so the encoder computes on text, not padding.
 
 Why: sentence-embedding data is short (STS-b averages 14 tokens) and padding each text to the
 batch's longest (or to a bucket) makes the encoder spend most of its FLOPs on pad tokens. A

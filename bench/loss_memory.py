@@ -32,7 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.sharding import AxisType  # noqa: E402
 
-from siamjax.gradcache import grad_cache_value_and_grad  # noqa: E402
+from siamjax.losses.gradcache import grad_cache_value_and_grad  # noqa: E402
 from siamjax.losses import get_loss  # noqa: E402
 
 MIB = 2 ** 20

@@ -1,7 +1,7 @@
 """Model FLOPs utilisation (MFU) of the siamjax train step, BERT-base and MiniLM sized, seq 128.
 
 Why: throughput ratios against PyTorch say nothing about how close to the hardware we are; MFU
-does. This times the real `siamjax.train_step` (pairs `[2, B, 128]` with no padding, MNRL,
+does. This times the real `siamjax.train.step` (pairs `[2, B, 128]` with no padding, MNRL,
 AdamW, donated state) for random-init encoders and divides analytically counted model FLOPs by
 the measured step time and by the device's peak.
 
@@ -43,7 +43,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without `pip install -e .`
 
-from siamjax.encoder.bert import BertConfig
+from siamjax import losses, parallel  # noqa: E402
+from siamjax.encoder.bert import BertConfig  # noqa: E402
+from siamjax.encoder.model import EncoderSpec, init_params, make_encode_fn  # noqa: E402
+from siamjax.train import optim, state as train_state, step as train_step  # noqa: E402
 
 MODELS = {
     "bert-base": BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -103,21 +106,18 @@ def measured_matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
 
 def build_step(cfg: BertConfig, batch: int, seq_len: int, dtype: str, remat: bool, seed: int = 0):
     """(compiled step, state, batch, compile seconds, XLA's FLOP count) for a random-init encoder."""
-    from siamjax import losses, optim, sharding, train_step as ts
-    from siamjax.encoder.model import EncoderSpec, init_params, make_encode_fn
-
     graphdef, params = init_params(EncoderSpec(bert=cfg), seed=seed, dtype=jnp.dtype(dtype), remat=remat)
-    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
     optimizer = optim.make_optimizer(1e-5)
-    state, shardings = ts.create_train_state({"encoder": params, "loss": {}}, optimizer,
-                                             jax.random.key_data(jax.random.key(seed)), mesh, 2**20)
-    step = ts.make_train_step(make_encode_fn(graphdef), losses.get_loss("mnrl"), optimizer)
+    state, shardings = train_state.create_train_state({"encoder": params, "loss": {}}, optimizer,
+                                                      jax.random.key_data(jax.random.key(seed)), mesh, 2**20)
+    step = train_step.make_train_step(make_encode_fn(graphdef), losses.get_loss("mnrl"), optimizer)
     rng = np.random.default_rng(seed)
     ids = rng.integers(1000, cfg.vocab_size, (2, batch, seq_len), dtype=np.int32)
     tokens = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     tokens = jax.device_put(tokens)
     start = time.perf_counter()
-    compiled = ts.compile_train_step(step, shardings, tokens, mesh).lower(state, tokens).compile()
+    compiled = train_step.compile_train_step(step, shardings, tokens, mesh).lower(state, tokens).compile()
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

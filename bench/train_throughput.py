@@ -13,7 +13,7 @@ one of `--buckets`, by default the CPU quickstart's 16/32/48/64/128), so the tim
 training. Warm-up steps are excluded; siamjax compiles every batch shape ahead of time and
 reports that compile time separately. The timed steps are split into `--rounds` chunks and
 the libraries alternate chunk by chunk (the first to run rotates too), so on a shared machine
-all see the same background load. siamjax runs the real `siamjax.train_step` (TrainState, jit
+all see the same background load. siamjax runs the real `siamjax.train.step` (TrainState, jit
 with shardings, donated state) and fetches its losses only after the clock stops. Tokens per
 pair (real, and as computed on by each library) are reported because on a CPU the step time
 is proportional to them. `--padded` adds the padded siamjax step as a third runner.
@@ -24,7 +24,6 @@ is proportional to them. `--padded` adds the padded siamjax step as a third runn
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -46,6 +45,11 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without `pip install -e .`
+from siamjax import SentenceEncoder, losses, parallel  # noqa: E402  (after the sys.path entry)
+from siamjax.data import read_stsb_split  # noqa: E402
+from siamjax.data.tokenization import pack_sides, tokenize_sides  # noqa: E402
+from siamjax.train import optim, state as train_state, step as train_step  # noqa: E402
+
 STSB_DIR = REPO.parent / "shared" / "data" / "stsbenchmark"
 LR, EPS, WEIGHT_DECAY, CLIP, SCALE = 2e-5, 1e-6, 0.01, 1.0, 20.0
 QUICKSTART_BUCKETS = (16, 32, 48, 64, 128)  # data.buckets of configs/stsb_minilm.py
@@ -53,19 +57,9 @@ QUICKSTART_BUCKETS = (16, 32, 48, 64, 128)  # data.buckets of configs/stsb_minil
 
 # ----------------------------------------------------------------------------- shared helpers
 def read_stsb(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]:
-    """(sentences1, sentences2, scores) of an STS-b csv (tab-separated, unquoted)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: STS-b file not found (expected ../shared/data/stsbenchmark)")
-    s1, s2, scores = [], [], []
-    with open(path, encoding="utf-8") as f:
-        for line_no, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            if len(row) < 7:
-                raise ValueError(f"{path}:{line_no}: expected >= 7 tab-separated columns, got {len(row)}")
-            scores.append(float(row[4]))
-            s1.append(row[5])
-            s2.append(row[6])
-    return s1, s2, np.asarray(scores, np.float32)
+    """(sentences1, sentences2, scores 0-5) of an STS-b split, read by siamjax's one data reader."""
+    data = read_stsb_split(path, normalize_scores=False)
+    return data.texts[0], data.texts[1], data.labels
 
 
 def environment() -> dict:
@@ -153,27 +147,22 @@ class TorchTrainer:
 # ----------------------------------------------------------------------------- siamjax
 def mnrl_loss_fn(scale: float = SCALE):
     """The registry's MNRL LossFn (InfoNCE over in-batch negatives, cosine, `scale`)."""
-    from siamjax import losses
-
     return losses.get_loss("mnrl", scale=scale, similarity="cosine")
 
 
 class JaxTrainer:
-    """SentenceEncoder + siamjax.train_step (AdamW via siamjax.optim), one device, donated state."""
+    """SentenceEncoder + siamjax.train.step (AdamW via siamjax.train.optim), one device, donated state."""
 
     def __init__(self, model_dir: str, max_seq_length: int, seed: int = 0,
                  buckets: tuple[int, ...] | None = None, encoder=None, pack_length: int = 0):
-        from siamjax import SentenceEncoder, optim, sharding, train_step as ts
-
         self.encoder = encoder or SentenceEncoder.from_pretrained(model_dir, max_seq_length=max_seq_length)
         self.max_seq_length, self.buckets, self.pack_length = max_seq_length, buckets, pack_length
-        self.mesh = sharding.make_mesh(devices=jax.devices()[:1])
+        self.mesh = parallel.make_mesh(devices=jax.devices()[:1])
         self.optimizer = optim.make_optimizer(LR, weight_decay=WEIGHT_DECAY, eps=EPS, clip_norm=CLIP)
         params = {"encoder": self.encoder.params, "loss": {}}
-        self.state, self.shardings = ts.create_train_state(
+        self.state, self.shardings = train_state.create_train_state(
             params, self.optimizer, jax.random.key_data(jax.random.key(seed)), self.mesh, fsdp_min_size=2**20)
-        self._ts = ts
-        self.step_fn = ts.make_train_step(self.encoder.encode_fn, mnrl_loss_fn(), self.optimizer)
+        self.step_fn = train_step.make_train_step(self.encoder.encode_fn, mnrl_loss_fn(), self.optimizer)
         self.compiled: dict[tuple, object] = {}
         self.compile_seconds = 0.0
 
@@ -183,8 +172,6 @@ class JaxTrainer:
         Packed (`pack_length` > 0): `[2, R, pack_length]` rows + `text_index`, as with
         `data.pack_length`; padded: `[2, B, L]` with L a bucket length, as with `data.buckets`.
         """
-        from siamjax.data.tokenization import pack_sides, tokenize_sides
-
         if self.pack_length:
             batch = pack_sides(self.encoder.tokenizer, [anchors, positives],
                                max_seq_length=self.max_seq_length, row_length=self.pack_length)
@@ -199,7 +186,7 @@ class JaxTrainer:
         if key in self.compiled:
             return
         start = time.perf_counter()
-        jitted = self._ts.compile_train_step(self.step_fn, self.shardings, batch, self.mesh)
+        jitted = train_step.compile_train_step(self.step_fn, self.shardings, batch, self.mesh)
         self.compiled[key] = jitted.lower(self.state, batch).compile()
         self.compile_seconds += time.perf_counter() - start
 

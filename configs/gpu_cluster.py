@@ -8,8 +8,7 @@ detects SLURM/JobSet). Parameters are sharded over the 8 GPUs of a node (fsdp=8,
 replicated across nodes (data axis), bf16 compute with float32 master weights, per-layer
 remat, and GradCache so a 16k-pair contrastive batch fits in 80 GB.
 """
-import pathlib
-import runpy
+from configs import nli_mnrl
 
 GPUS_PER_NODE = 8
 
@@ -19,7 +18,7 @@ def get_config(arg="1"):
     nodes = int(arg or 1)
     if nodes < 1:
         raise ValueError(f"gpu_cluster.py: node count must be >= 1, got {arg!r}")
-    c = runpy.run_path(str(pathlib.Path(__file__).with_name("nli_mnrl.py")))["get_config"]()
+    c = nli_mnrl.get_config()
     c.model.name_or_path = "bert-base-uncased"
     c.model.dtype = "bfloat16"
     c.model.remat = True

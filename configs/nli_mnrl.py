@@ -11,14 +11,13 @@ nli_symmetric the hypotheses serve as anchors too, as in the ST script. Batches 
 text twice (ST's NoDuplicatesDataLoader): in-batch negatives are then true negatives.
 Model selection on STS-b dev (tfds `stsb` builder, validation split).
 """
-import pathlib
-import runpy
+from siamjax.train.config import default_config
 
 
 def get_config(arg=None):
     """The NLI/MNRL config; `arg` is unused."""
     del arg
-    c = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))["get_config"]()
+    c = default_config()
     c.model.name_or_path = "bert-base-uncased"  # a plain HF model gets mean pooling
     c.model.max_seq_length = 75
 

@@ -13,7 +13,8 @@ warmup then linear decay, dropout on), with length-grouped, packed batches so th
 cores finish well inside 10 minutes.
 """
 import pathlib
-import runpy
+
+from siamjax.train.config import default_config
 
 STSB_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsbenchmark"
 
@@ -41,7 +42,7 @@ def _stsb_file(c, split: str):
 def get_config(arg=None):
     """The quickstart config; `arg` is unused."""
     del arg
-    c = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))["get_config"]()
+    c = default_config()
     c.model.name_or_path = _minilm()
     c.model.max_seq_length = 128
 

@@ -11,8 +11,7 @@ The workdir must be a folder every host sees (the bucket mounted with gcsfuse, o
 BERT-large-sized encoder fits with room for a 64k-pair contrastive batch; GradCache keeps
 activation memory at one chunk. Base: the NLI/MNRL recipe (configs/nli_mnrl.py).
 """
-import pathlib
-import runpy
+from configs import nli_mnrl
 
 # slice -> (fsdp axis size, global batch); the data axis takes the remaining chips
 # (v4-8: 4 chips, v4-64: 32 chips, v5e-256: 256 chips).
@@ -25,7 +24,7 @@ def get_config(arg="v4-64"):
     if arg not in SLICES:
         raise ValueError(f"tpu_pod.py: unknown slice {arg!r}; choose one of {sorted(SLICES)}")
     fsdp, batch = SLICES[arg]
-    c = runpy.run_path(str(pathlib.Path(__file__).with_name("nli_mnrl.py")))["get_config"]()
+    c = nli_mnrl.get_config()
     c.model.name_or_path = "bert-large-uncased"
     c.model.dtype = "bfloat16"
     c.model.remat = True

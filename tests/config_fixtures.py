@@ -1,7 +1,8 @@
-"""The tiny training config the end-to-end tests share: one template, per-test fields on top."""
+"""The tiny training config the end-to-end tests share (one template, per-test fields on top),
+and reading what a run wrote."""
+import json
 import pathlib
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
 # Random-word vocabulary of the tests' synthetic pair files.
 WORDS = ("cat dog fish bird tree car road house blue red green small big fast slow happy sad old new "
          "river hill lamp book door").split()
@@ -25,6 +26,11 @@ def write_tiny_config(path: pathlib.Path, *, tokenizer, fields: dict) -> pathlib
     (dotted config name -> value, written as Python literals)."""
     settings = {"model.init.tokenizer": str(tokenizer), **TINY_FIELDS, **fields}
     body = "".join(f"    c.{name} = {value!r}\n" for name, value in settings.items())
-    path.write_text("import runpy\n\n\ndef get_config(arg=None):\n"
-                    f"    c = runpy.run_path({str(DEFAULT_CONFIG)!r})['get_config']()\n{body}    return c\n")
+    path.write_text("from siamjax.train.config import default_config\n\n\ndef get_config(arg=None):\n"
+                    f"    c = default_config()\n{body}    return c\n")
     return path
+
+
+def read_jsonl(path) -> list[dict]:
+    """All records of a metrics.jsonl file."""
+    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]

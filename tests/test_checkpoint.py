@@ -8,21 +8,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from siamjax import checkpoint as ckpt
-from siamjax import optim, sharding
-from siamjax import train_step as ts
+from siamjax.train import checkpoint as ckpt
+from siamjax import parallel
+from siamjax.train import optim
+from siamjax.train import state as train_state
 
 
 @pytest.fixture()
 def setup():
     """A sharded TrainState on a 2 x 4 mesh and its abstract target."""
-    mesh = sharding.make_mesh(2, 4)
+    mesh = parallel.make_mesh(2, 4)
     params = {"encoder": {"dense": {"kernel": jnp.arange(64 * 32, dtype=jnp.float32).reshape(64, 32) / 1e3,
                                     "bias": jnp.zeros(32)}},
               "loss": {"log_scale": jnp.float32(3.0)}}
     optimizer = optim.make_optimizer(1e-3)
-    state, _ = ts.create_train_state(params, optimizer, jax.random.PRNGKey(0), mesh, 64)
-    abstract, _ = ts.state_shardings(params, optimizer, mesh, 64)
+    state, _ = train_state.create_train_state(params, optimizer, jax.random.PRNGKey(0), mesh, 64)
+    abstract, _ = train_state.state_shardings(params, optimizer, mesh, 64)
     return state, abstract
 
 
@@ -164,9 +165,9 @@ def test_checkpoint_of_another_config_is_reported_not_quarantined(tmp_path, setu
     """A changed model/loss/optimizer is a config problem: clear error, files left in place."""
     state, _ = setup
     save_steps(tmp_path / "ck", state, [1, 2])
-    mesh = sharding.make_mesh(2, 4)
+    mesh = parallel.make_mesh(2, 4)
     other = {"encoder": {"dense": {"kernel": jnp.zeros((64, 16)), "bias": jnp.zeros(16)}}, "loss": {}}
-    abstract, _ = ts.state_shardings(other, optim.make_optimizer(1e-3), mesh, 64)
+    abstract, _ = train_state.state_shardings(other, optim.make_optimizer(1e-3), mesh, 64)
     manager = ckpt.make_manager(tmp_path / "ck", save_interval_steps=1)
     with pytest.raises(ckpt.CheckpointError, match=r"written for a different model.*unexpected \[.*"
                                                     r"'params.loss.log_scale'\]; reshaped \['opt_state"):

@@ -135,7 +135,7 @@ def test_console_entry_point_help():
     "argv,match",
     [
         (["eval", "sts", "--data", "{missing}"], r"missing\.csv: no such file"),
-        (["eval", "sts", "--data", "{bad_sts}"], r"bad\.csv:2: STS-b rows need at least 7"),
+        (["eval", "sts", "--data", "{bad_sts}"], r"bad\.csv:2: no column 6 for sentence2"),
         (["eval", "sts", "--data", "{pairs}", "--columns", "score=gold"], r"no column 'gold' for score"),
         (["eval", "binary", "--data", "{pairs}"], r"no column 'label'"),
         (["eval", "retrieval", "--data", "{tmp}"], r"qrels/test\.tsv: no such file"),
@@ -143,15 +143,14 @@ def test_console_entry_point_help():
         (["encode", "--input", "{blank}", "--output", "{tmp}/e.npy"], r"blank\.txt:2: empty line"),
         (["encode", "--input", "{corpus}", "--output", "{tmp}/e.txt"], "must end in .npy"),
         (["encode", "--input", "{bad_jsonl}", "--output", "{tmp}/e.npy"], r"c\.jsonl:1: invalid JSON"),
-        (["encode", "--input", "{latin1}", "--output", "{tmp}/e.npy"], r"latin1\.txt: not UTF-8 text"),
+        (["encode", "--input", "{latin1}", "--output", "{tmp}/e.npy"], r"latin1\.txt:1: not valid UTF-8"),
         (["encode", "--input", "{corpus}", "--output", "{tmp}/e.npy", "--calibration", "{corpus}"], "not a readable .npy"),
         (["search", "--corpus", "{corpus}", "--queries", "{missing}"], r"missing\.csv: no such file"),
-        (["search", "--corpus", "{corpus}", "--query", "x", "--top-k", "0"], "--top-k must be >= 1"),
         (["search", "--corpus", "{corpus}", "--query", "x", "--corpus-embeddings", "{short_npy}"],
          r"shape \(2, 32\) does not match the 9 texts"),
     ],
 )
-def test_bad_inputs_exit_1_with_message(capsys, tiny_dir, files, tmp_path, argv, match):
+def test_bad_inputs_exit_2_with_one_line(capsys, tiny_dir, files, tmp_path, argv, match):
     paths = {
         "missing": str(tmp_path / "missing.csv"), "tmp": str(tmp_path),
         "bad_sts": files("bad.csv", "a\tb\tc\td\t1.0\tx\ty\na\tb\tc\td\t2.0\tx\n"),
@@ -166,18 +165,22 @@ def test_bad_inputs_exit_1_with_message(capsys, tiny_dir, files, tmp_path, argv,
     argv = [a.format(**paths) for a in argv]
     code, out, err = run_cli(capsys, *argv[:1], *([argv[1]] if argv[0] == "eval" else []), "--model", tiny_dir,
                              *argv[2 if argv[0] == "eval" else 1:])
-    assert code == 1, (out, err)
+    assert code == 2, (out, err)
     assert re.search(match, err), err
-    assert err.startswith("siamjax ") and "Traceback" not in err
+    assert err.startswith("siamjax ") and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_missing_model_and_usage_errors(capsys, files, tmp_path):
     data = files("p.csv", "sentence1,sentence2,score\na,b,1\nc,d,2\n")
     code, _, err = run_cli(capsys, "eval", "sts", "--model", tmp_path / "no_model", "--data", data)
-    assert code == 1 and "no_model" in err and "does not exist" in err
+    assert code == 2 and "no_model" in err and "does not exist" in err
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "sts", "--model", "m", "--data", data, "--columns", "score"])
     assert exit_info.value.code == 2 and "FIELD=COLUMN" in capsys.readouterr().err
+    for flag in ("--top-k", "--batch-size"):  # numeric flags are checked by argparse: usage error, exit 2
+        with pytest.raises(SystemExit) as exit_info:
+            main(["search", "--model", "m", "--corpus", data, "--query", "x", flag, "0"])
+        assert exit_info.value.code == 2 and f"{flag}: must be >= 1, got 0" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- encode

@@ -6,7 +6,8 @@ import time
 import pytest
 
 from siamjax.cli import main as cli_main
-from siamjax.cli.train_cmd import ConfigError, apply_overrides, flat_fields, load_config, validate_config
+from siamjax.train.config import ConfigError, validate as validate_config
+from siamjax.train.config_file import apply_overrides, flat_fields, load_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 PRESETS = ["stsb_minilm.py", "nli_mnrl.py", "tpu_pod.py", "tpu_pod.py:v4-8", "tpu_pod.py:v5e-256",

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from siamjax.data import (GlobalBatchSampler, PairDataset, bucket_lengths, make_train_iterator,
-                          read_stsb_split, to_global_array, tokenize_sides)
-from siamjax.data.tokenization import pick_bucket
+from siamjax.data import (GlobalBatchSampler, PairDataset, make_train_iterator,
+                          read_stsb_split, tokenize_sides)
+from siamjax.parallel import to_global_array
+from siamjax.encoder.rows import bucket_lengths, pick_bucket
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +173,7 @@ def test_processes_get_disjoint_slices_of_the_same_global_batch(tokenizer, stsb_
                                               batch[key][:, 8 * p: 8 * p + 8])
     lengths = {b["input_ids"].shape[-1] for b in whole}
     assert len(lengths) > 1  # buckets do vary between batches here, so the check has teeth
-    with pytest.raises(ValueError, match="must be divisible by the process count 3"):
+    with pytest.raises(ValueError, match="global_batch_size=16 is not divisible by the 3 processes"):
         make_train_iterator(stsb_dev, tokenizer, process_index=0, process_count=3, **kwargs)
 
 
@@ -255,12 +256,7 @@ def test_to_global_array_shards_the_batch_dimension(tokenizer, stsb_dev):
         np.testing.assert_array_equal(np.asarray(batch[key]), value)
         assert batch[key].dtype == value.dtype
     assert batch["input_ids"].addressable_shards[0].data.shape[1] == 2  # 16 rows / 8 devices
-    mesh2 = jax.make_mesh((2, 4), ("data", "tensor"))  # fsdp absent, tensor replicates
-    batch2 = to_global_array(local, mesh2)
-    assert batch2["attention_mask"].sharding.spec == P(None, "data", None)
     with pytest.raises(ValueError, match="not divisible by the 8 devices"):
         to_global_array({k: v[..., :12, :] if v.ndim == 3 else v[:12] for k, v in local.items()},
                         mesh)
-    with pytest.raises(ValueError, match="none of the batch axes"):
-        to_global_array(local, mesh2, batch_axes=("fsdp",))
     it.close()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from siamjax.data import nli_to_triplets, read_pairs, read_stsb_split
-from siamjax.data.readers import infer_format
+from siamjax.data.files import suffix_format
 
 
 def test_jsonl_triplets_follow_the_declared_mapping(tmp_path):
@@ -43,10 +43,11 @@ def test_gzip_and_format_inference(tmp_path):
     with gzip.open(path, "wt") as f:
         f.write(json.dumps({"a": "x", "b": "y", "label": "contradiction"}) + "\n")
     data = read_pairs(path, columns={"premise": "a", "hypothesis": "b", "nli_label": "label"})
-    assert infer_format(path) == "jsonl" and data.labels.tolist() == [2]
+    assert suffix_format(path) == "jsonl" and data.labels.tolist() == [2]
     assert data.label_kind == "nli"
-    with pytest.raises(ValueError, match="cannot infer the format"):
-        infer_format(tmp_path / "data.txt")
+    (tmp_path / "data.dat").write_text("no delimiter here\n")
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        read_pairs(tmp_path / "data.dat", columns={"s1": "a"})
 
 
 def test_mapping_errors_are_explicit(tmp_path):
@@ -58,9 +59,9 @@ def test_mapping_errors_are_explicit(tmp_path):
         read_pairs(path, columns={"score": "s"})
     with pytest.raises(ValueError, match="normalize_scores=True needs score_range"):
         read_pairs(path, columns={"s1": "a", "s2": "b", "score": "s"}, normalize_scores=True)
-    with pytest.raises(ValueError, match="jsonl columns must be key names"):
+    with pytest.raises(ValueError, match="columns must be key names"):
         read_pairs(path, columns={"s1": 0, "s2": 1})
-    with pytest.raises(FileNotFoundError, match="data file not found"):
+    with pytest.raises(ValueError, match="missing.jsonl: no such file"):
         read_pairs(tmp_path / "missing.jsonl", columns={"s1": "a"})
 
 

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from siamjax.data import (BadRowError, NliPairs, Sick, StsBenchmark, load_tfds_pairs,
-                          make_train_iterator, nli_to_triplets, read_stsb_split)
+from siamjax.data import BadRowError, make_train_iterator, nli_to_triplets, read_stsb_split
+from siamjax.data.tfds_builders import NliPairs, Sick, StsBenchmark, load_tfds_pairs
 
 
 @pytest.fixture(scope="module")

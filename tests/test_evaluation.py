@@ -1,5 +1,4 @@
-"""Evaluators and readers: metric maths against plain-python references and sentence-transformers,
-and a clear error for each kind of bad file."""
+"""Evaluators: metric maths against plain-python references and sentence-transformers."""
 import json
 import pathlib
 
@@ -8,7 +7,9 @@ import pytest
 from scipy import stats
 
 from siamjax import evaluation as ev
-from siamjax.evaluation import classification, readers
+from siamjax.data import DataError, read_beir, read_scored_pairs
+from siamjax.evaluation import classification
+from siamjax.similarity import SIMILARITIES
 
 
 def hashed_encode(texts):
@@ -69,97 +70,29 @@ def beir_dir(tmp_path):
     return tmp_path
 
 
-# ----------------------------------------------------------------------------- readers
-def test_read_stsb_real_file_with_quote_characters(stsb_dir):
-    data = ev.read_sts(stsb_dir / "sts-test.csv")
-    assert ev.detect_format(stsb_dir / "sts-test.csv") == "stsb"
-    assert len(data.scores) == 1379 and data.scores.min() >= 0 and data.scores.max() <= 5
-    assert any('"' in s for s in data.sentences1 + data.sentences2)  # QUOTE_NONE kept them verbatim
-
-
 def write(path: pathlib.Path, text: str) -> pathlib.Path:
     path.write_text(text, encoding="utf-8")
     return path
 
 
-def test_read_sick_csv_tsv_jsonl_with_column_mapping(tmp_path):
-    sick = write(tmp_path / "SICK.txt", "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n"
-                 "1\tA man plays.\tA person plays.\t4.5\tENTAILMENT\n2\tA dog runs.\tA cat sleeps.\t1.2\tNEUTRAL\n")
-    d = ev.read_sts(sick)
-    assert ev.detect_format(sick) == "sick" and d.sentences2 == ["A person plays.", "A cat sleeps."]
-    np.testing.assert_allclose(d.scores, [4.5, 1.2])
-    csv_file = write(tmp_path / "p.csv", 'text_a,text_b,label\n"Hello, world",Hi,0.5\nA,B,1\n')
-    d = ev.read_sts(csv_file, columns={"sentence1": "text_a", "sentence2": "text_b", "score": "label"})
-    assert d.sentences1 == ["Hello, world", "A"]
-    tsv = write(tmp_path / "p.tsv", 'sentence1\tsentence2\tscore\nHe said "hi"\tok\t3\n')
-    assert ev.read_sts(tsv).sentences1 == ['He said "hi"']
-    jl = write(tmp_path / "p.jsonl", '{"sentence1": "a", "sentence2": "b", "score": 1}\n\n'
-               '{"sentence1": "c", "sentence2": "d", "score": 0.25}\n')
-    np.testing.assert_allclose(ev.read_sts(jl).scores, [1.0, 0.25])
-
-
-BAD_FILES = [
-    ("sts.csv", "x\tx\tx\tx\t1.0\ta\tb\nx\tx\tx\tx\t2.0\ta\n", {}, r"sts\.csv:2: STS-b rows need at least 7"),
-    ("sts.csv", "x\tx\tx\tx\t1.0\ta\tb\nx\tx\tx\tx\tNaN\ta\tb\n", {}, r"sts\.csv:2: score 'NaN' is not finite"),
-    ("sts.csv", "x\tx\tx\tx\t1.0\ta\tb\n", {"format": "stsb", "columns": {"score": "s"}}, "fixed columns"),
-    ("p.csv", "sentence1,sentence2,score\na,b,high\n", {}, r"p\.csv:2: score 'high' is not a number"),
-    ("p.csv", "sentence1,sentence2,score\na,b,1\na,b\n", {}, r"p\.csv:3: expected 3 fields"),
-    ("p.csv", "sentence1,sentence2,score\na,,1\n", {}, r"p\.csv:2: empty sentence2"),
-    ("p.csv", "s1,s2,score\na,b,1\n", {}, r"no column 'sentence1'.*columns: s1, s2, score"),
-    ("p.csv", "sentence1,sentence2,score\n", {}, r"p\.csv: no data rows"),
-    ("p.csv", "", {}, r"p\.csv: file is empty"),
-    ("p.jsonl", '{"sentence1": "a", "sentence2": "b", "score": 1}\n{"sentence1": "a",\n', {},
-     r"p\.jsonl:2: invalid JSON"),
-    ("p.jsonl", '["a", "b", 1]\n', {}, r"p\.jsonl:1: expected a JSON object"),
-    ("p.jsonl", '{"sentence1": "a", "sentence2": 3, "score": 1}\n', {}, r"p\.jsonl:1: sentence2 must be text"),
-    ("p.jsonl", '{"sentence1": "a", "score": 1}\n', {}, r"p\.jsonl:1: no column 'sentence2'"),
-]
-
-
-@pytest.mark.parametrize("name,text,kwargs,match", BAD_FILES)
-def test_read_sts_bad_files(tmp_path, name, text, kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        ev.read_sts(write(tmp_path / name, text), **kwargs)
-
-
-def test_not_utf8(tmp_path):
-    for name in ("latin1.csv", "latin1.jsonl"):
-        path = tmp_path / name
-        path.write_bytes(b"sentence1,sentence2,score\ncaf\xe9,b,1\n")
-        with pytest.raises(ev.DataFormatError, match=rf"{name}: not UTF-8 text"):
-            ev.read_sts(path, format="csv" if name.endswith("csv") else "jsonl")
-    (tmp_path / "first.csv").write_bytes(b"\xff\xfe\n")
-    with pytest.raises(ev.DataFormatError, match=r"first\.csv: not UTF-8"):
-        ev.read_sts(tmp_path / "first.csv")
-
-
-def test_missing_file_and_bad_labels(tmp_path):
-    with pytest.raises(ev.DataFormatError, match="nope.csv: no such file"):
-        ev.read_sts(tmp_path / "nope.csv")
-    with pytest.raises(ev.DataFormatError, match=r"p\.csv:3: label must be 0 or 1, got 2"):
-        ev.read_labelled_pairs(write(tmp_path / "p.csv", "sentence1,sentence2,label\na,b,1\nc,d,2\n"))
-    with pytest.raises(ev.DataFormatError, match="no column 'negative'"):
-        ev.read_triplets(write(tmp_path / "t.csv", "anchor,positive\na,b\n"))
-
-
 def test_read_beir(beir_dir):
-    data = ev.read_beir(beir_dir)
+    data = read_beir(beir_dir)
     assert data.corpus["d07"] == "Title The cat sat on the mat." and data.corpus["d02"].startswith("A dog")
     assert data.relevant_docs["q1"] == {"d07", "d01"} and "q6" not in data.relevant_docs
 
 
 def test_read_beir_errors(beir_dir):
-    with pytest.raises(ev.DataFormatError, match=r"dev\.tsv: no such file \(splits found: test\)"):
-        ev.read_beir(beir_dir, split="dev")
+    with pytest.raises(DataError, match=r"dev\.tsv: no such file \(splits found: test\)"):
+        read_beir(beir_dir, split="dev")
     with open(beir_dir / "qrels" / "test.tsv", "a") as f:
         f.write("q9\td01\t1\n")
-    with pytest.raises(ev.DataFormatError, match=r"test\.tsv:\d+: query-id 'q9' is not in queries"):
-        ev.read_beir(beir_dir)
+    with pytest.raises(DataError, match=r"test\.tsv:\d+: query-id 'q9' is not in queries"):
+        read_beir(beir_dir)
     write(beir_dir / "corpus.jsonl", '{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n')
-    with pytest.raises(ev.DataFormatError, match=r"corpus\.jsonl:2: duplicate _id 'a'"):
-        ev.read_beir(beir_dir)
-    with pytest.raises(ev.DataFormatError, match="not a directory"):
-        ev.read_beir(beir_dir / "corpus.jsonl")
+    with pytest.raises(DataError, match=r"corpus\.jsonl:2: duplicate _id 'a'"):
+        read_beir(beir_dir)
+    with pytest.raises(DataError, match="not a directory"):
+        read_beir(beir_dir / "corpus.jsonl")
 
 
 # ----------------------------------------------------------------------------- STS
@@ -185,7 +118,7 @@ def test_sts_evaluator_encodes_each_sentence_once():
     s1, s2 = ["a cat", "a dog", "a cat"], ["a cat sits", "the cat", "a dog"]
     m = ev.STSEvaluator(s1, s2, [4.0, 1.0, 2.0])(encode)
     assert len(calls) == 1 and sorted(calls[0]) == sorted(set(s1 + s2))
-    assert set(m) == {f"{c}_{s}" for c in ("pearson", "spearman") for s in ev.PAIR_SIMILARITIES}
+    assert set(m) == {f"{c}_{s}" for c in ("pearson", "spearman") for s in SIMILARITIES}
 
 
 def test_sts_evaluator_rejects_broken_encoders():
@@ -201,9 +134,9 @@ def test_sts_evaluator_rejects_broken_encoders():
 def test_sts_matches_sentence_transformers(st_model, stsb_dir):
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
-    data = ev.read_sts(stsb_dir / "sts-dev.csv")
-    s1, s2, gold = data.sentences1[:60], data.sentences2[:60], data.scores[:60]
-    ref = EmbeddingSimilarityEvaluator(s1, s2, list(gold / 5), similarity_fn_names=list(ev.PAIR_SIMILARITIES))(st_model)
+    data = read_scored_pairs(stsb_dir / "sts-dev.csv")
+    s1, s2, gold = data.texts[0][:60], data.texts[1][:60], data.labels[:60].astype(np.float64)
+    ref = EmbeddingSimilarityEvaluator(s1, s2, list(gold / 5), similarity_fn_names=list(SIMILARITIES))(st_model)
     ours = ev.STSEvaluator(s1, s2, gold)(st_model)  # an object with .encode works as the model
     for key, value in ours.items():
         assert value == pytest.approx(100 * ref[key], abs=1e-4), key
@@ -267,7 +200,7 @@ def test_ranking_metrics_match_naive_loops():
 def test_retrieval_matches_sentence_transformers(st_model, beir_dir):
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-    data = ev.read_beir(beir_dir)
+    data = read_beir(beir_dir)
     ks = dict(mrr_at_k=[10], ndcg_at_k=[3, 10], accuracy_at_k=[1, 3, 5, 10], precision_recall_at_k=[1, 3, 10, 100],
               map_at_k=[100])
     ref = InformationRetrievalEvaluator(data.queries, data.corpus, data.relevant_docs, **ks)(st_model)
@@ -301,7 +234,7 @@ def test_triplet_evaluator(tmp_path):
     f = write(tmp_path / "t.jsonl", "".join(json.dumps({"anchor": x, "positive": x + "s", "negative": y}) + "\n"
                                             for x, y in [("the cat", "stock market"), ("a dog", "cake recipe")]))
     m = ev.TripletEvaluator.from_file(f)(hashed_encode)
-    assert m["cosine_accuracy"] == 100.0 and set(m) == {f"{s}_accuracy" for s in ev.PAIR_SIMILARITIES}
+    assert m["cosine_accuracy"] == 100.0 and set(m) == {f"{s}_accuracy" for s in SIMILARITIES}
 
 
 @pytest.mark.parametrize("greater", [True, False])

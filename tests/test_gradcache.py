@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from siamjax.gradcache import grad_cache_value_and_grad, make_grad_cache_value_and_grad
+from siamjax.losses.gradcache import grad_cache_value_and_grad, make_grad_cache_value_and_grad
 from siamjax.losses import get_loss, init_loss_params
 
 VOCAB, HIDDEN, DIM, LEN = 60, 16, 8, 6

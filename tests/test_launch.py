@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from siamjax.distributed import DistributedArgs, detected_cluster, initialize
+from siamjax.parallel.distributed import DistributedArgs, detected_cluster, initialize
 
 LAUNCH = pathlib.Path(__file__).resolve().parents[1] / "launch"
 
@@ -143,7 +143,8 @@ def test_train_cli_reports_incomplete_multi_process_flags(tmp_path, capsys, monk
 def test_multi_process_mesh_must_use_every_device(tmp_path, monkeypatch):
     import jax
 
-    from siamjax.cli.train_cmd import ConfigError, load_config, validate_config
+    from siamjax.train.config import ConfigError, validate as validate_config
+    from siamjax.train.config_file import load_config
 
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"anchor": "a", "positive": "b"}\n')

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from siamjax import pair_losses as PL
-from siamjax import triplet_losses as TL
+from siamjax.losses import pairs as PL
+from siamjax.losses import triplets as TL
 from siamjax.losses import get_loss
 
 from numeric_fixtures import numeric_grad

@@ -22,10 +22,10 @@ import portpicker
 import pytest
 
 from siamjax import train
+from siamjax.cli.errors import EXIT_PREEMPTED
 from siamjax.encoder import SentenceEncoder
-from siamjax.run_metrics import read_jsonl
 
-from config_fixtures import WORDS, write_tiny_config
+from config_fixtures import WORDS, read_jsonl, write_tiny_config
 
 pytestmark = pytest.mark.slow  # end-to-end subprocess runs (still run in CI)
 
@@ -229,7 +229,7 @@ def test_preemption_of_one_process_stops_all_at_the_same_step(tiny, tmp_path):
         outs = [p.communicate(timeout=120)[0] for p in procs]
     finally:
         stop_all(procs)
-    assert [p.returncode for p in procs] == [train.EXIT_PREEMPTED] * 2, [o[-3000:] for o in outs]
+    assert [p.returncode for p in procs] == [EXIT_PREEMPTED] * 2, [o[-3000:] for o in outs]
     saved = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
     assert len(saved) == 1 and f"preemption requested: saved step {saved[0]}" in outs[0]
     assert max(losses(tmp_path / "run")) == saved[0]

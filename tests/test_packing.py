@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from siamjax import losses, optim, sharding
-from siamjax import train_step as ts
+from siamjax import losses, parallel
+from siamjax.train import optim
+from siamjax.train import state as train_state, step as train_step
 from siamjax.data import make_train_iterator
 from siamjax.data.records import PairDataset
 from siamjax.data.tokenization import pack_sides, tokenize_sides
-from siamjax.encoder import BertConfig, SentenceEncoder, packing
+from siamjax.encoder import BertConfig, SentenceEncoder, rows as packing
 from siamjax.encoder.pooling import POOLING_MODES
 
 VOCAB = 96
@@ -129,12 +130,12 @@ def test_encode_packs_and_matches_each_text_alone(tokenizer):
 
 def run(encoder, loss_fn, mesh, batches):
     optimizer = optim.make_optimizer(1e-3)
-    state, shardings = ts.create_train_state({"encoder": encoder.params, "loss": {}}, optimizer,
+    state, shardings = train_state.create_train_state({"encoder": encoder.params, "loss": {}}, optimizer,
                                              jax.random.PRNGKey(1), mesh, 64)
-    step = ts.make_train_step(encoder.encode_fn, loss_fn, optimizer, dropout=False)
+    step = train_step.make_train_step(encoder.encode_fn, loss_fn, optimizer, dropout=False)
     curve = []
     for batch in batches:
-        compiled = ts.compile_train_step(step, shardings, batch, mesh)
+        compiled = train_step.compile_train_step(step, shardings, batch, mesh)
         state, metrics = compiled(state, batch)
         curve.append(float(metrics["loss"]))
     return np.array(curve), jax.device_get(state.params)
@@ -151,8 +152,8 @@ def test_sharded_packed_training_matches_padded_on_one_device(tokenizer):
     packed_8 = [pack_sides(tokenizer, s, max_seq_length=32, row_length=48, num_shards=8) for s in sides]
     for b in padded_batches + packed_1 + packed_8:
         b["input_ids"] = b["input_ids"] % VOCAB
-    one = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-    eight = sharding.make_mesh(2, 4, devices=jax.devices()[:8])
+    one = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
+    eight = parallel.make_mesh(2, 4, devices=jax.devices()[:8])
     ref_curve, ref_params = run(enc, losses.get_loss("mnrl"), one, padded_batches)
     curve_1, params_1 = run(enc, losses.get_loss("mnrl"), one, packed_1)
     with jax.set_mesh(eight):

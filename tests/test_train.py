@@ -14,15 +14,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from siamjax import checkpoint as ckpt
-from siamjax import sharding, train
-from siamjax import train_step as ts
+from siamjax import parallel, train
 from siamjax.cli import main as cli_main
-from siamjax.cli.train_cmd import load_config
-from siamjax.run_metrics import MetricWriter, read_jsonl
-from siamjax.train_setup import length_grouped
+from siamjax.cli.errors import EXIT_INPUT, EXIT_NONFINITE, EXIT_PREEMPTED
+from siamjax.data import length_grouped
+from siamjax.train import checkpoint as ckpt
+from siamjax.train import state as train_state
+from siamjax.train.config_file import load_config
+from siamjax.train.loop import train_loop
+from siamjax.train.metrics import MetricWriter
 
-from config_fixtures import WORDS, write_tiny_config
+from config_fixtures import WORDS, read_jsonl, write_tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -98,7 +100,7 @@ def test_resume_after_sigterm_and_sigkill_is_exact(tiny, tmp_path):
     wait_for_checkpoint(run, first, 10)
     first.send_signal(signal.SIGTERM)  # preemption notice: save and exit cleanly
     out = first.communicate(timeout=120)[0]
-    assert first.returncode == train.EXIT_PREEMPTED, out
+    assert first.returncode == EXIT_PREEMPTED, out
     assert "preemption requested: saved step" in out
 
     second = subprocess.Popen(cli(config, run, *common), env=env, stdout=subprocess.PIPE,
@@ -206,7 +208,7 @@ def test_export_writes_the_best_checkpoint(evaluated_run, tmp_path, capsys):
     assert step == best
     sentences = ["red cat on a hill", "old book"]
     np.testing.assert_allclose(exported.encode(sentences), trained.encode(sentences), atol=1e-5)
-    assert cli_main(["export", "--workdir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x")]) == 1
+    assert cli_main(["export", "--workdir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x")]) == EXIT_INPUT
 
 
 def test_nan_loss_stops_the_cli_with_a_clear_message(tiny, tmp_path, capsys):
@@ -214,7 +216,7 @@ def test_nan_loss_stops_the_cli_with_a_clear_message(tiny, tmp_path, capsys):
     code = cli_main(["train", "--config", str(config), "--workdir", str(tmp_path / "run"),
                      "--config.loss.kwargs.scale=1e400", "--config.mesh.num_devices=1"])
     err = capsys.readouterr().err
-    assert code == train.EXIT_NONFINITE
+    assert code == EXIT_NONFINITE
     assert re.search(r"non-finite (grad_norm|loss)=(nan|inf).* at step 1; stopping", err), err
     assert "no checkpoint was saved" in err
     assert not [p for p in (tmp_path / "run" / "checkpoints").glob("*") if p.name.isdigit()]
@@ -222,8 +224,8 @@ def test_nan_loss_stops_the_cli_with_a_clear_message(tiny, tmp_path, capsys):
 
 def test_nan_mid_run_keeps_the_last_good_checkpoint(tmp_path):
     """The loop checks a step's metrics before saving it, so the NaN state is never written."""
-    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-    state = ts.TrainState(step=jnp.int32(0), params={"encoder": {"w": jnp.ones(3)}, "loss": {}},
+    mesh = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
+    state = train_state.TrainState(step=jnp.int32(0), params={"encoder": {"w": jnp.ones(3)}, "loss": {}},
                           opt_state={}, rng=jnp.zeros(2, jnp.uint32))
 
     def fake_step(state, batch):
@@ -236,7 +238,7 @@ def test_nan_mid_run_keeps_the_last_good_checkpoint(tmp_path):
     writer = MetricWriter(tmp_path, total_steps=20, start_step=0, batch_size=4, log_every=1, progress_bar=False)
     batches = iter(lambda: {"x": np.zeros((1, 4, 2), np.int32)}, None)
     with pytest.raises(train.NonFiniteLossError, match=r"loss=nan at step 7.*checkpoint step 6 is kept"):
-        train.train_loop(state=jax.device_put(state, sharding.replicated(mesh)), train_step=jax.jit(fake_step),
+        train_loop(state=jax.device_put(state, parallel.replicated(mesh)), train_step=jax.jit(fake_step),
                          batches=batches, data_state=lambda: {"i": 0}, to_device=lambda b: b, manager=manager,
                          total_steps=20, writer=writer)
     writer.close()
@@ -271,7 +273,7 @@ def test_length_grouped_batches_keep_every_row(minilm_dir):
     s1 = [" ".join(rng.choice(WORDS, rng.integers(1, 30))) + f" {i}" for i in range(64)]
     s2 = [f"short {i}" for i in range(64)]
     data = PairDataset("d", ("a", "b"), (s1, s2), np.arange(64, dtype=np.float32), "score")
-    grouped = length_grouped(data, tokenizer, 8, epochs=2, seed=0)
+    grouped = length_grouped(data, tokenizer, 8, epochs=2, seed=0, max_length=128)
     assert len(grouped) == 128
     for epoch in range(2):
         rows = grouped.texts[0][epoch * 64:(epoch + 1) * 64]

@@ -6,10 +6,12 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from siamjax import losses, optim, sharding
-from siamjax import train_step as ts
+from siamjax import losses, parallel
+from siamjax.train import optim
+from siamjax.train import state as train_state, step as train_step
 from siamjax.encoder import BertConfig, SentenceEncoder
-from siamjax.gradcache import make_grad_cache_value_and_grad
+from siamjax.encoder.rows import TOKEN_KEYS
+from siamjax.losses.gradcache import make_grad_cache_value_and_grad
 
 VOCAB = 96
 
@@ -43,10 +45,10 @@ def run_steps(encoder, loss_fn, mesh, batches, *, dropout=False, value_and_grad_
     schedule = optim.make_schedule(lr, 10, warmup)
     optimizer = optim.make_optimizer(schedule)
     params = {"encoder": encoder.params, "loss": {}}
-    state, shardings = ts.create_train_state(params, optimizer, jax.random.PRNGKey(1), mesh, 64)
-    step = ts.make_train_step(encoder.encode_fn, loss_fn, optimizer, schedule=schedule,
+    state, shardings = train_state.create_train_state(params, optimizer, jax.random.PRNGKey(1), mesh, 64)
+    step = train_step.make_train_step(encoder.encode_fn, loss_fn, optimizer, schedule=schedule,
                               dropout=dropout, value_and_grad_fn=value_and_grad_fn)
-    compiled = ts.compile_train_step(step, shardings, batches[0], mesh)
+    compiled = train_step.compile_train_step(step, shardings, batches[0], mesh)
     curve = []
     for batch in batches:
         state, metrics = compiled(state, batch)
@@ -56,7 +58,7 @@ def run_steps(encoder, loss_fn, mesh, batches, *, dropout=False, value_and_grad_
 
 def test_golden_one_step_matches_manual_update(tiny_encoder):
     """One step = AdamW(clip(grad of loss(vmap(encode)))) computed by hand."""
-    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    mesh = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
     loss_fn = losses.get_loss("cosent")
     batch = make_batches(1)[0]
     _, params_after, _ = run_steps(tiny_encoder, loss_fn, mesh, [batch], warmup=0)
@@ -66,7 +68,7 @@ def test_golden_one_step_matches_manual_update(tiny_encoder):
     params = {"encoder": tiny_encoder.params, "loss": {}}
 
     def total(p):
-        sides = {k: batch[k] for k in ts.TOKEN_KEYS}
+        sides = {k: batch[k] for k in TOKEN_KEYS}
         emb = jax.vmap(lambda s: tiny_encoder.encode_fn(p["encoder"], s))(sides)
         return loss_fn(emb, batch["labels"], p["loss"])
 
@@ -78,7 +80,7 @@ def test_golden_one_step_matches_manual_update(tiny_encoder):
 
 
 def test_two_steps_move_params_and_report_metrics(tiny_encoder):
-    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    mesh = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
     curve, params, state = run_steps(tiny_encoder, losses.get_loss("cosent"), mesh, make_batches(3))
     assert np.all(np.isfinite(curve)) and int(state.step) == 3
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
@@ -92,7 +94,7 @@ def test_sharded_training_matches_one_device(tiny_encoder, loss_name):
     batches = make_batches(4, batch=16, labels=loss_name == "cosent")
     curves, finals = {}, {}
     for shape in [(1, 1), (8, 1), (2, 4)]:
-        mesh = sharding.make_mesh(*shape, devices=jax.devices()[: shape[0] * shape[1]])
+        mesh = parallel.make_mesh(*shape, devices=jax.devices()[: shape[0] * shape[1]])
         if loss_name == "cosent":
             loss_fn = losses.get_loss("cosent")
         else:
@@ -108,17 +110,17 @@ def test_sharded_training_matches_one_device(tiny_encoder, loss_name):
 
 
 def test_state_is_donated_and_born_sharded(tiny_encoder):
-    mesh = sharding.make_mesh(2, 4)
+    mesh = parallel.make_mesh(2, 4)
     optimizer = optim.make_optimizer(1e-3)
-    state, shardings = ts.create_train_state({"encoder": tiny_encoder.params, "loss": {}}, optimizer,
+    state, shardings = train_state.create_train_state({"encoder": tiny_encoder.params, "loss": {}}, optimizer,
                                              jax.random.PRNGKey(0), mesh, 64)
     emb = state.params["encoder"]["encoder"]["word_embeddings"]["embedding"]
     assert emb.sharding.spec == P("fsdp", None)  # 96 x 32: largest dim on fsdp
     mu = state.opt_state[1][0].mu["encoder"]["encoder"]["word_embeddings"]["embedding"]
     assert mu.sharding.spec == P("fsdp", None)
-    step = ts.make_train_step(tiny_encoder.encode_fn, losses.get_loss("cosent"), optimizer)
+    step = train_step.make_train_step(tiny_encoder.encode_fn, losses.get_loss("cosent"), optimizer)
     batch = make_batches(1)[0]
-    new_state, _ = ts.compile_train_step(step, shardings, batch, mesh)(state, batch)
+    new_state, _ = train_step.compile_train_step(step, shardings, batch, mesh)(state, batch)
     assert emb.is_deleted(), "the old state must be donated to the step"
     assert new_state.params["encoder"]["encoder"]["word_embeddings"]["embedding"].sharding.spec == P("fsdp", None)
     # the encoder object still owns its own (undonated) weights
@@ -126,7 +128,7 @@ def test_state_is_donated_and_born_sharded(tiny_encoder):
 
 
 def test_dropout_is_deterministic_per_step(tiny_encoder):
-    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    mesh = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
     batches = make_batches(2)
     a, _, _ = run_steps(tiny_encoder, losses.get_loss("cosent"), mesh, batches, dropout=True)
     b, _, _ = run_steps(tiny_encoder, losses.get_loss("cosent"), mesh, batches, dropout=True)
@@ -136,7 +138,7 @@ def test_dropout_is_deterministic_per_step(tiny_encoder):
 
 
 def test_grad_cache_step_matches_plain_step(tiny_encoder):
-    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    mesh = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
     loss_fn = losses.get_loss("mnrl")
     batches = make_batches(2, batch=16, labels=False)
     plain, p_plain, _ = run_steps(tiny_encoder, loss_fn, mesh, batches)
@@ -148,7 +150,7 @@ def test_grad_cache_step_matches_plain_step(tiny_encoder):
 
 def test_bf16_compute_keeps_float32_master_weights(minilm_dir, tiny_encoder):
     bf16 = SentenceEncoder.from_config(tiny_encoder.spec.bert, tiny_encoder.tokenizer, seed=0, dtype="bfloat16")
-    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    mesh = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
     batches = make_batches(2)
     curve16, params16, _ = run_steps(bf16, losses.get_loss("cosent"), mesh, batches)
     curve32, _, _ = run_steps(tiny_encoder, losses.get_loss("cosent"), mesh, batches)

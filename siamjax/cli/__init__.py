@@ -1,35 +1,34 @@
 """The `siamjax` command: train | export | eval | encode | search.
 
-Each verb lives in its own module under `siamjax/cli/` and registers an argparse subparser
-through `add_parser(subparsers)`; its handler is stored as the `func` default. Only the CLI and
-`siamjax/train.py` read configs; library code takes typed arguments.
+Each verb lives in its own module under `siamjax/cli/`, registers an argparse subparser through
+`add_parser(subparsers)` and stores its handler `run(args, rest) -> exit code` as the `func`
+default. Verbs only parse flags, call the library and report errors through
+`siamjax.cli.errors`, the one place that maps exceptions to exit codes. Nothing outside
+`siamjax/cli` imports this package.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-# verb module -> imported lazily so `siamjax --help` does not pay for jax/torch imports it skips.
-_VERB_MODULES = ("train_cmd", "export_cmd", "eval_cmd", "encode_cmd", "search_cmd")
+from siamjax.cli import encode_cmd, eval_cmd, export_cmd, search_cmd, train_cmd
+
+_VERBS = (train_cmd, export_cmd, eval_cmd, encode_cmd, search_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full parser with every verb whose module is present."""
+    """The full parser with every verb."""
     parser = argparse.ArgumentParser(
         prog="siamjax",
-        description="Train, evaluate and serve siamese sentence-embedding models with JAX.",
+        description="Train, evaluate and serve siamese sentence-embedding models with JAX. "
+                    "Exit codes: 0 done, 1 non-finite training loss, 2 bad input (config, flags, "
+                    "data, model, checkpoint), 75 preempted (rerun to resume).",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
     subparsers.required = True
-    for name in _VERB_MODULES:
-        try:
-            module = importlib.import_module(f"siamjax.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"siamjax.cli.{name}":
-                continue
-            raise
-        module.add_parser(subparsers)
+    for verb in _VERBS:
+        verb.add_parser(subparsers)
     return parser
 
 

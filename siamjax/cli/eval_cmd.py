@@ -9,7 +9,10 @@ import argparse
 import json
 import pathlib
 
-from siamjax.cli.encode_cmd import InputError, encode_fn, fail, load_encoder
+from siamjax import evaluation as ev
+from siamjax.cli.errors import EXIT_OK, InputError, run_verb
+from siamjax.cli.model_args import add_model_args, embed_texts, load_encoder
+from siamjax.data.readers import PAIR_FORMATS
 
 TASKS = {
     "sts": "Pearson/Spearman of cosine, dot, Euclidean, Manhattan similarity vs gold scores "
@@ -45,27 +48,22 @@ def add_parser(subparsers) -> None:
     tasks.required = True
     for task, text in TASKS.items():
         t = tasks.add_parser(task, help=text.split(" (")[0], description=text)
-        t.add_argument("--model", required=True, help="sentence-transformers / siamjax model folder")
+        add_model_args(t)
         if task == "retrieval":
             t.add_argument("--data", required=True, help="BEIR folder")
             t.add_argument("--split", default="test", help="qrels split to evaluate (default test)")
             t.add_argument("--score", choices=("cosine", "dot"), default="cosine", help="search score")
         else:
             t.add_argument("--data", required=True, help="data file (.csv, .tsv, .jsonl; STS-b/SICK for sts)")
-            formats = ("auto", "stsb", "sick", "csv", "tsv", "jsonl") if task == "sts" else ("auto", "csv", "tsv", "jsonl")
+            formats = PAIR_FORMATS if task == "sts" else tuple(f for f in PAIR_FORMATS if f not in ("stsb", "sick"))
             t.add_argument("--format", choices=formats, default="auto", help="file layout (default: detect)")
             t.add_argument("--columns", type=_columns, metavar="FIELD=COLUMN,...",
                            help="map fields to the file's column names, e.g. score=label")
-        t.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
-        t.add_argument("--max-seq-length", type=int, help="truncate inputs to this many tokens")
         t.add_argument("--output", help="also write the metrics to this .json file")
-        t.add_argument("--quiet", action="store_true", help="no progress bar")
         t.set_defaults(func=run)
 
 
 def _evaluator(args):
-    from siamjax import evaluation as ev
-
     if args.task == "retrieval":
         return ev.RetrievalEvaluator.from_beir(args.data, args.split, scores=(args.score,),
                                                show_progress=not args.quiet)
@@ -107,21 +105,18 @@ def format_table(metrics: dict[str, float], task: str) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace, rest: list[str]) -> int:
-    """Handler of `siamjax eval TASK`."""
-    verb = f"eval {args.task}"
-    try:
-        if args.batch_size < 1:
-            raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-        if args.output and not pathlib.Path(args.output).parent.is_dir():
-            raise InputError(f"--output directory {pathlib.Path(args.output).parent} does not exist")
-        evaluator = _evaluator(args)  # read the data first: a bad file fails before the model loads
-        encoder = load_encoder(args.model, args.max_seq_length)
-        metrics = evaluator(encode_fn(encoder, args.batch_size, progress=not args.quiet))
-    except (InputError, ValueError) as err:
-        return fail(verb, err)
+def _eval(args: argparse.Namespace) -> int:
+    if args.output and not pathlib.Path(args.output).parent.is_dir():
+        raise InputError(f"--output directory {pathlib.Path(args.output).parent} does not exist")
+    evaluator = _evaluator(args)  # read the data first: a bad file fails before the model loads
+    metrics = evaluator(embed_texts(load_encoder(args), args))
     print(f"{args.task}: {args.data} ({_size(evaluator, args.task)}), model {args.model}")
     print(format_table(metrics, args.task))
     if args.output:
         pathlib.Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n")
-    return 0
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace, rest: list[str]) -> int:
+    """Handler of `siamjax eval TASK`."""
+    return run_verb(f"eval {args.task}", lambda: _eval(args), debug=args.debug)

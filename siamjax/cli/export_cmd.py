@@ -7,7 +7,10 @@ tokenizer, modules.json and the pooling config, loadable by `SentenceTransformer
 """
 from __future__ import annotations
 
-import sys
+import argparse
+
+from siamjax.cli.errors import EXIT_OK, run_verb
+from siamjax.train import export_run
 
 
 def add_parser(subparsers) -> None:
@@ -21,19 +24,15 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--output", required=True, help="folder to write the model to")
     parser.add_argument("--step", type=int, default=None,
                         help="checkpoint step to export (default: best by metric, else latest)")
-    parser.set_defaults(func=handle)
+    parser.set_defaults(func=run)
 
 
-def handle(args, rest: list[str]) -> int:
-    """Restores the chosen checkpoint and saves the encoder; returns the exit code."""
-    del rest
-    from siamjax import train
-
-    try:
-        encoder, step = train.load_trained_encoder(args.workdir, args.step)
-    except FileNotFoundError as err:
-        print(f"siamjax export: {err}", file=sys.stderr)
-        return 1
-    path = encoder.save(args.output)
+def _export(args: argparse.Namespace) -> int:
+    path, step = export_run(args.workdir, args.output, args.step)
     print(f"siamjax export: wrote step {step} of {args.workdir} to {path}")
-    return 0
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace, rest: list[str]) -> int:
+    """Handler of `siamjax export`; returns the exit code."""
+    return run_verb("export", lambda: _export(args), debug=args.debug)

@@ -18,8 +18,9 @@ import jax
 import numpy as np
 
 from siamjax.data.sampler import GlobalBatchSampler
-from siamjax.data.tokenization import bucket_lengths, pack_sides, token_lengths, tokenize_sides
-from siamjax.encoder import packing
+from siamjax.data.tokenization import pack_sides, token_lengths, tokenize_sides
+from siamjax.encoder import rows
+from siamjax.parallel.batch import check_batch_divisible
 
 
 # Open iterators, closed before interpreter teardown (see TrainIterator.close).
@@ -102,7 +103,7 @@ class _Materialize:
             return 1
         texts = [source.example_texts(i) for i in others]
         shards = len(others) * self._num_shards // local
-        return max(packing.rows_needed(packing.shard_layouts(
+        return max(rows.rows_needed(rows.shard_layouts(
             token_lengths(self._tokenizer, [t[s] for t in texts], max_seq_length=self._max_seq_length),
             self._pack_length, shards)) for s in range(len(texts[0])))
 
@@ -181,7 +182,7 @@ def make_train_iterator(
     With several processes each one also measures the token lengths of the other rows so
     all pick the same bucket length; `buckets=(max_seq_length,)` skips that work.
     `pack_length` > 0 packs each side into rows of that many tokens instead of padding
-    (`siamjax.encoder.packing`), in `num_shards` shards per process (this process's batch
+    (`siamjax.encoder.rows`), in `num_shards` shards per process (this process's batch
     devices), so each device's rows hold exactly its own texts.
     """
     sources = _as_sources(datasets)
@@ -189,10 +190,10 @@ def make_train_iterator(
     process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    if global_batch_size % process_count:
-        raise ValueError(f"global_batch_size {global_batch_size} must be divisible by the "
-                         f"process count {process_count}; change data.global_batch_size")
-    buckets = tuple(sorted(buckets)) if buckets else bucket_lengths(max_seq_length)
+    # packed rows are split per device, so each of them needs whole pairs too
+    check_batch_divisible(global_batch_size, process_count * num_shards if pack_length else 1,
+                          process_count, field="global_batch_size")
+    buckets = tuple(sorted(buckets)) if buckets else rows.bucket_lengths(max_seq_length)
 
     def make_sampler() -> GlobalBatchSampler:
         return GlobalBatchSampler(sources, global_batch_size=global_batch_size, seed=seed,
@@ -201,9 +202,6 @@ def make_train_iterator(
 
     view = make_sampler()  # validates the settings now, and answers `epochs` questions
     ds = _LocalIndices(make_sampler, process_index, process_count)
-    if pack_length and (global_batch_size // process_count) % num_shards:
-        raise ValueError(f"the {global_batch_size // process_count} pairs per process cannot be split "
-                         f"into {num_shards} packed shards; make the batch a multiple of the devices")
     ds = ds.map(_Materialize(sources, tokenizer, max_seq_length, buckets, pack_length, num_shards))
     if prefetch > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)

@@ -25,7 +25,11 @@ NLI_LABELS = ("entailment", "neutral", "contradiction")
 _NLI_ALIASES = {name: i for i, name in enumerate(NLI_LABELS)} | {"0": 0, "1": 1, "2": 2}
 
 
-class BadRowError(ValueError):
+class DataError(ValueError):
+    """A data file or dataset that cannot be used; the message names the file (and line)."""
+
+
+class BadRowError(DataError):
     """A malformed input row; the message names the file, the line and what is wrong."""
 
     def __init__(self, path: str, line: int, reason: str):
@@ -224,7 +228,9 @@ class RowParser:
 
     def _score(self, value: Any) -> float:
         try:
-            number = float(value) if not isinstance(value, bool) else math.nan
+            if isinstance(value, bool):  # JSON true/false: float(True) would pass as 1.0
+                raise TypeError
+            number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"score {value!r} is not a number") from None
         if not math.isfinite(number):
@@ -244,7 +250,8 @@ class RowParser:
             log.warning("%s: skipped %d bad row(s) (on_bad_row='skip'); first at line %d: %s",
                         self.path, len(self.bad_rows), first.line, first.reason)
         if not rows:
-            raise ValueError(f"{self.path}: no valid rows (skipped {len(self.bad_rows)} bad rows)")
+            skipped = f" ({len(self.bad_rows)} bad row(s) skipped)" if self.bad_rows else ""
+            raise DataError(f"{self.path}: no data rows{skipped}")
         texts = tuple(list(col) for col in zip(*(row[0] for row in rows)))
         kind = label_kind_of(self.label_role)
         labels = None

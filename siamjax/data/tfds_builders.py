@@ -9,9 +9,7 @@ with `on_bad_row="skip"` are skipped and their count is stored in the dataset's 
 """
 from __future__ import annotations
 
-import csv
 import inspect
-import json
 import logging
 import os
 import pathlib
@@ -21,6 +19,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core import utils as tfds_utils
 
+from siamjax.data.files import table_rows
 from siamjax.data.readers import read_pairs
 from siamjax.data.records import (NLI_LABELS, BadRowError, RowParser, check_on_bad_row,
                                   parse_nli_label)
@@ -99,9 +98,7 @@ class StsBenchmark(_PairBuilder):
                 for split, name in self._FILES.items()}
 
     def _generate_examples(self, split: str, path: pathlib.Path):
-        data = read_pairs(path, format="tsv", header=False, quoting="none",
-                          columns={"sentence1": 5, "sentence2": 6, "score": 4},
-                          score_range=self.SCORE_RANGE, on_bad_row=self.on_bad_row)
+        data = read_pairs(path, format="stsb", on_bad_row=self.on_bad_row)
         self._record_bad_rows(split, data.bad_rows)
         for i in range(len(data)):
             s1, s2 = data.example_texts(i)
@@ -139,7 +136,8 @@ class Sick(_PairBuilder):
     def _generate_examples(self, split: str, path: pathlib.Path):
         parser = RowParser(str(path), ("sentence_A", "sentence_B"), "score", self.SCORE_RANGE,
                            on_bad_row=self.on_bad_row)
-        for line, row in _header_rows(path):
+        _, rows = table_rows(path, "tsv", reject=parser.reject)
+        for line, row in rows:
             semeval = (row.get("SemEval_set") or "").strip().upper()
             if semeval not in self._SETS:
                 parser.reject(line, f"unknown SemEval_set {row.get('SemEval_set')!r} "
@@ -236,28 +234,8 @@ class NliPairs(_PairBuilder):
 
 def _no_gold_label_lines(path: pathlib.Path) -> set[int]:
     """Line numbers whose gold_label is exactly "-" (SNLI's no-consensus marker)."""
-    lines = set()
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                record = json.loads(raw)
-            except ValueError:  # malformed lines are reported by read_pairs
-                continue
-            if isinstance(record, dict) and record.get("gold_label") == "-":
-                lines.add(n)
-    return lines
-
-
-def _header_rows(path: pathlib.Path):
-    """(line, {column: value}) for a tab-separated file with a header, QUOTE_NONE."""
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = [h.strip() for h in next(reader)]
-        for fields in reader:
-            if any(x.strip() for x in fields):
-                yield reader.line_num, dict(zip(header, fields))
+    _, rows = table_rows(path, "jsonl", reject=lambda line, reason: None)  # read_pairs reports those
+    return {n for n, record in rows if record.get("gold_label") == "-"}
 
 
 BUILDERS = {"stsb": StsBenchmark, "sick": Sick, "nli": NliPairs}

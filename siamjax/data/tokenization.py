@@ -12,18 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from siamjax.encoder import packing
-from siamjax.encoder.packing import bucket_lengths, pick_bucket  # noqa: F401  (re-exported)
-
-KEYS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def token_ids(tokenizer, texts: Sequence[str], *, max_seq_length: int) -> list[list[int]]:
-    """Unpadded token ids of `texts`, truncated at `max_seq_length` (special tokens included)."""
-    if not texts:
-        return []
-    return tokenizer(list(texts), padding=False, truncation=True, max_length=max_seq_length,
-                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+from siamjax.encoder import rows
 
 
 def token_lengths(tokenizer, texts: Sequence[str], *, max_seq_length: int) -> list[int]:
@@ -32,7 +21,7 @@ def token_lengths(tokenizer, texts: Sequence[str], *, max_seq_length: int) -> li
     Why: on several processes every host must pad to the same bucket (or pack into the same
     number of rows), so each host measures the rows of the global batch other hosts tokenise.
     """
-    return [len(ids) for ids in token_ids(tokenizer, texts, max_seq_length=max_seq_length)]
+    return [len(ids) for ids in rows.token_ids(tokenizer, texts, max_seq_length)]
 
 
 def _side_ids(tokenizer, sides: Sequence[Sequence[str]], max_seq_length: int) -> list[list[list[int]]]:
@@ -40,7 +29,7 @@ def _side_ids(tokenizer, sides: Sequence[Sequence[str]], max_seq_length: int) ->
     batch = len(sides[0])
     if any(len(side) != batch for side in sides):
         raise ValueError(f"all sides need the same batch size, got {[len(s) for s in sides]}")
-    flat = token_ids(tokenizer, [text for side in sides for text in side], max_seq_length=max_seq_length)
+    flat = rows.token_ids(tokenizer, [text for side in sides for text in side], max_seq_length)
     return [flat[s * batch:(s + 1) * batch] for s in range(len(sides))]
 
 
@@ -58,12 +47,12 @@ def tokenize_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length:
     sequence of the rest of the global batch, so that every process pads alike).
     Texts are truncated at `max_seq_length`; `token_type_ids` are zeros (single segments).
     """
-    buckets = tuple(sorted(buckets)) if buckets else bucket_lengths(max_seq_length)
+    buckets = tuple(sorted(buckets)) if buckets else rows.bucket_lengths(max_seq_length)
     if max(buckets) < max_seq_length:
         raise ValueError(f"largest bucket {max(buckets)} < max_seq_length {max_seq_length}")
     encoded = [ids for side in _side_ids(tokenizer, sides, max_seq_length) for ids in side]
-    length = pick_bucket(max(max(len(ids) for ids in encoded), min_length), buckets)
-    padded = packing.pad_rows(encoded, length, _pad_id(tokenizer))
+    length = rows.pick_bucket(max(max(len(ids) for ids in encoded), min_length), buckets)
+    padded = rows.pad_rows(encoded, length, _pad_id(tokenizer))
     return {key: value.reshape(len(sides), len(sides[0]), length) for key, value in padded.items()}
 
 
@@ -72,10 +61,10 @@ def pack_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length: int
     """Tokenise S lists of B texts and pack each side into rows: a packed `[S, ...]` batch.
 
     Returns int32 `input_ids`, `attention_mask` (segment ids), `token_type_ids` `[S, n * r, L]`
-    and `text_index [S, n, B / n]` (`siamjax.encoder.packing`). Each of the `num_shards`
+    and `text_index [S, n, B / n]` (`siamjax.encoder.rows`). Each of the `num_shards`
     contiguous shards of a side (one per batch device of this process) is packed into its own
     r rows; r is the same for every side and shard (the most any needs, at least `min_rows`,
-    rounded up by `packing.round_rows`) so the sides stack and the shards split evenly.
+    rounded up by `rows.round_rows`) so the sides stack and the shards split evenly.
     Why: short texts padded to a shared length waste most of the encoder's work.
     """
     if row_length < max_seq_length:
@@ -84,8 +73,8 @@ def pack_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length: int
     if len(sides[0]) % num_shards:
         raise ValueError(f"batch of {len(sides[0])} pairs cannot be split into {num_shards} shards")
     per_side = _side_ids(tokenizer, sides, max_seq_length)
-    layouts = [packing.shard_layouts([len(x) for x in ids], row_length, num_shards) for ids in per_side]
-    rows = packing.round_rows(max(max(packing.rows_needed(side) for side in layouts), min_rows))
-    packed = [packing.fill_rows(ids, side, row_length=row_length, rows_per_shard=rows, pad_id=_pad_id(tokenizer))
+    layouts = [rows.shard_layouts([len(x) for x in ids], row_length, num_shards) for ids in per_side]
+    per_shard = rows.round_rows(max(max(rows.rows_needed(side) for side in layouts), min_rows))
+    packed = [rows.fill_rows(ids, side, row_length=row_length, rows_per_shard=per_shard, pad_id=_pad_id(tokenizer))
               for ids, side in zip(per_side, layouts)]
     return {key: np.stack([p[key] for p in packed]) for key in packed[0]}

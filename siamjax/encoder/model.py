@@ -14,8 +14,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from siamjax.encoder.bert import BertConfig, BertEncoder
-from siamjax.encoder.packing import num_slots, unpack
-from siamjax.encoder.pooling import DENSE_ACTIVATIONS, PoolingConfig, l2_normalize, pool
+from siamjax.encoder.pooling import DENSE_ACTIVATIONS, PoolingConfig, pool
+from siamjax.encoder.rows import num_slots, unpack
+from siamjax.similarity import l2_normalize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,13 @@ class EncoderSpec:
     pooling: PoolingConfig = PoolingConfig()
     dense: DenseConfig | None = None
     normalize: bool = False
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the output embedding: the Dense layer's, else the pooled width."""
+        if self.dense is not None:
+            return self.dense.out_features
+        return self.pooling.output_dim(self.bert.hidden_size)
 
 
 class SentenceModel(nnx.Module):
@@ -69,13 +77,6 @@ class SentenceModel(nnx.Module):
             x_BxD = DENSE_ACTIVATIONS[self.spec.dense.activation_function](self.dense(x_BxD))
         return l2_normalize(x_BxD) if self.spec.normalize else x_BxD
 
-    @property
-    def embedding_dim(self) -> int:
-        """Width of the output embedding."""
-        if self.spec.dense is not None:
-            return self.spec.dense.out_features
-        return self.spec.pooling.output_dim(self.spec.bert.hidden_size)
-
 
 EncodeFn = Callable[..., jax.Array]
 
@@ -84,7 +85,7 @@ def make_encode_fn(graphdef: nnx.GraphDef) -> EncodeFn:
     """The pure encoder: `encode_fn(params, batch, *, rng=None) -> [B, D]` float32.
 
     `batch` holds int arrays `input_ids`, `attention_mask` and optionally `token_type_ids`,
-    each `[R, L]`, one text per row; or a packed batch (`siamjax.encoder.packing`) whose
+    each `[R, L]`, one text per row; or a packed batch (`siamjax.encoder.rows`) whose
     `attention_mask` holds segment ids and whose `text_index [n, b]` says where each of the
     B = n * b texts sits. With `rng` given, dropout is on (training mode).
     """

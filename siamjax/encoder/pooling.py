@@ -12,6 +12,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from siamjax.encoder.rows import segment_positions
+
 # sentence-transformers' concatenation order and its config-file keys.
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len", "weightedmean", "lasttoken")
 _CONFIG_KEYS = {
@@ -76,21 +78,6 @@ class PoolingConfig:
         return dim * len(self.modes)
 
 
-def segment_positions(segments_RxL):
-    """Position of each token within its segment (run of equal ids along the row).
-
-    Why: a packed row holds several texts back to back, and each text's position ids must
-    restart at 0, exactly as if it had its own row. For an unpacked row (ids 1...1 0...0)
-    this is 0..len-1 on the text, as BERT expects.
-    """
-    l = segments_RxL.shape[-1]
-    index_L = jnp.arange(l, dtype=jnp.int32)
-    starts_RxL = jnp.concatenate(
-        [jnp.ones_like(segments_RxL[..., :1], bool), segments_RxL[..., 1:] != segments_RxL[..., :-1]], axis=-1)
-    start_RxL = jax.lax.cummax(jnp.where(starts_RxL, index_L, 0), axis=segments_RxL.ndim - 1)
-    return index_L - start_RxL
-
-
 def pool(h_RxLxD, segments_RxL, config: PoolingConfig, num_slots: int = 1):
     """Pool token states `[R, L, D]` into `[R, K, D * n_modes]`, one vector per segment slot.
 
@@ -126,8 +113,3 @@ def pool(h_RxLxD, segments_RxL, config: PoolingConfig, num_slots: int = 1):
             nxt_RxL = jnp.concatenate([segments_RxL[..., 1:], jnp.zeros_like(segments_RxL[..., :1])], axis=-1)
             outputs.append(contract(onehot_RxLxK * (nxt_RxL != segments_RxL)[..., None]))
     return jnp.concatenate(outputs, axis=-1)
-
-
-def l2_normalize(x_BxD):
-    """Unit-length rows, as `torch.nn.functional.normalize` (eps 1e-12 on the norm)."""
-    return x_BxD / jnp.maximum(jnp.linalg.norm(x_BxD, axis=-1, keepdims=True), 1e-12)

@@ -2,7 +2,7 @@
 
 It owns one `(graphdef, params)` pair. `encode_fn` is the pure function the trainer jits and
 vmaps; `encode()` is the convenient host API: it tokenises once, sorts by length, packs each
-batch of texts into rows (`siamjax.encoder.packing`: several texts per row, so the encoder
+batch of texts into rows (`siamjax.encoder.rows`: several texts per row, so the encoder
 computes on text rather than padding, with the same embeddings as one padded text per row),
 rounds rows and row lengths to a few sizes (so XLA compiles a handful of shapes, not one per
 batch) and returns float32 numpy.
@@ -17,12 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer
 
-from siamjax.encoder import hf_names, hub, packing
+from siamjax import similarity as sim
+from siamjax.encoder import folder, hf_names, rows
 from siamjax.encoder.bert import BertConfig
 from siamjax.encoder.model import (DenseConfig, EncoderSpec, abstract_params, init_params,
                                    make_encode_fn)
 from siamjax.encoder.pooling import PoolingConfig
+from siamjax.quantization import quantize_embeddings
 
 _MIN_BUCKET = 16
 _MIN_PACK_ROW = 64
@@ -37,7 +40,7 @@ _CPU_MAX_TOKENS_PER_CALL = 2048
 
 def bucket_length(longest: int, max_seq_length: int) -> int:
     """Smallest of {16, 32, 64, ...} that fits `longest`, capped at `max_seq_length`."""
-    return packing.pick_bucket(min(longest, max_seq_length), packing.bucket_lengths(max_seq_length, _MIN_BUCKET))
+    return rows.pick_bucket(min(longest, max_seq_length), rows.bucket_lengths(max_seq_length, _MIN_BUCKET))
 
 
 def packing_row_length(longest: int, max_seq_length: int) -> int:
@@ -80,10 +83,8 @@ class SentenceEncoder:
         `dtype` is the compute dtype ("bfloat16" for mixed precision); `remat` recomputes each
         layer's activations in the backward pass to save memory when training.
         """
-        from transformers import AutoTokenizer
-
-        folder = hub.resolve(path_or_name)
-        loaded = hub.read_folder(folder)
+        path = folder.resolve(path_or_name)
+        loaded = folder.read_folder(path)
         graphdef, abstract = abstract_params(loaded.spec, param_dtype=_dtype(param_dtype))
         del graphdef
         names = hf_names.transformer_names(loaded.spec.bert)
@@ -91,7 +92,7 @@ class SentenceEncoder:
         if loaded.spec.dense is not None:
             dense_params, _ = hf_names.fill_params(abstract, loaded.dense_tensors,
                                                    hf_names.dense_names(loaded.spec.dense.bias),
-                                                   str(folder / "2_Dense"))
+                                                   str(path / "2_Dense"))
             params["dense"] = dense_params["dense"]
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(loaded.transformer_dir))
@@ -130,9 +131,7 @@ class SentenceEncoder:
     @property
     def embedding_dim(self) -> int:
         """Width of the embeddings `encode` returns."""
-        if self.spec.dense is not None:
-            return self.spec.dense.out_features
-        return self.spec.pooling.output_dim(self.spec.bert.hidden_size)
+        return self.spec.embedding_dim
 
     # ----------------------------------------------------------------- tokenisation
     def token_ids(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
@@ -142,17 +141,12 @@ class SentenceEncoder:
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
             raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected str")
-        limit = self.max_seq_length if max_length is None else max_length
-        if not len(texts):
-            return []
-        out = self.tokenizer(list(texts), truncation=True, max_length=limit, padding=False,
-                             return_attention_mask=False, return_token_type_ids=False)
-        return out["input_ids"]
+        return rows.token_ids(self.tokenizer, texts, self.max_seq_length if max_length is None else max_length)
 
     def pad(self, ids: Sequence[Sequence[int]], length: int | None = None) -> dict:
         """Right-pad id lists into int32 arrays `[len(ids), length]` (default: a bucket length)."""
         length = length or bucket_length(max((len(x) for x in ids), default=1), self.max_seq_length)
-        return packing.pad_rows(ids, length, self.tokenizer.pad_token_id or 0)
+        return rows.pad_rows(ids, length, self.tokenizer.pad_token_id or 0)
 
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict:
         """Token batch `[B, L]` (int32 numpy) padded to a bucket length."""
@@ -172,7 +166,7 @@ class SentenceEncoder:
         tokens = batch_size * _TOKENS_PER_TEXT
         if jax.default_backend() == "cpu":
             tokens = min(tokens, _CPU_MAX_TOKENS_PER_CALL)
-        return packing.plan_calls([len(x) for x in ids],
+        return rows.plan_calls([len(x) for x in ids],
                                   lambda n: packing_row_length(n, self.max_seq_length),
                                   lambda row_length: max(1, tokens // row_length))
 
@@ -191,9 +185,9 @@ class SentenceEncoder:
         calls = self.plan_calls(ids, batch_size)
         out = np.zeros((len(texts), self.embedding_dim), np.float32)
         pending = None
-        for row_length, rows, layout in tqdm(calls, desc="encode", unit="batch", disable=not show_progress):
-            idx, batch = packing.call_batch(ids, layout, row_length=row_length, rows=rows,
-                                            pad_id=self.tokenizer.pad_token_id or 0)
+        for row_length, n_rows, layout in tqdm(calls, desc="encode", unit="batch", disable=not show_progress):
+            idx, batch = rows.call_batch(ids, layout, row_length=row_length, rows=n_rows,
+                                         pad_id=self.tokenizer.pad_token_id or 0)
             emb = self._jit_encode(self.params, batch)  # dispatch before fetching the previous one
             if pending is not None:
                 out[pending[0]] = np.asarray(pending[1])[:len(pending[0])]
@@ -201,10 +195,8 @@ class SentenceEncoder:
         if pending is not None:
             out[pending[0]] = np.asarray(pending[1])[:len(pending[0])]
         if normalize:
-            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            out = sim.l2_normalize(out)
         if precision != "float32":
-            from siamjax.quantization import quantize_embeddings
-
             out = quantize_embeddings(out, precision, calibration=calibration)
         return out[0] if single else out
 
@@ -212,17 +204,14 @@ class SentenceEncoder:
         """Cosine similarity matrix `[N, M]` between two sets of embeddings (or of sentences)."""
         a = self.encode(a) if _is_texts(a) else np.asarray(a, np.float32)
         b = self.encode(b) if _is_texts(b) else np.asarray(b, np.float32)
-        a, b = np.atleast_2d(a), np.atleast_2d(b)
-        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        return a @ b.T
+        return sim.similarity_matrix(np.atleast_2d(a), np.atleast_2d(b), "cosine")
 
     # ----------------------------------------------------------------- saving
     def save(self, directory: str | os.PathLike) -> pathlib.Path:
         """Write a sentence-transformers folder that `SentenceTransformer(directory)` loads."""
         directory = pathlib.Path(directory)
         params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), self.params)
-        hub.write_folder(directory, spec=self.spec, params=params, tokenizer=self.tokenizer,
+        folder.write_folder(directory, spec=self.spec, params=params, tokenizer=self.tokenizer,
                          hf_config=self.hf_config, max_seq_length=self.max_seq_length, extras=self.extras)
         return directory
 

@@ -9,25 +9,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from siamjax import search as search_lib
-from siamjax.evaluation import readers
-from siamjax.evaluation.embed import embed, embed_unique
-from siamjax.evaluation.sts import PAIR_SIMILARITIES, pairwise_similarity
+from siamjax.data.readers import read_labelled_pairs, read_triplets
+from siamjax.evaluation.embed import check_similarities, embed, embed_unique, pair_scores
+from siamjax.search.duplicates import paraphrase_mining_embeddings
+from siamjax.similarity import SIMILARITIES
 
 _DISTANCES = ("euclidean", "manhattan")
 
 
-def _check_similarities(similarities: Sequence[str]) -> tuple[str, ...]:
-    for sim in similarities:
-        if sim not in PAIR_SIMILARITIES:
-            raise ValueError(f"similarity must be one of {PAIR_SIMILARITIES}, got {sim!r}")
-    return tuple(similarities)
-
-
 def triplet_accuracy(anchor_NxD, positive_NxD, negative_NxD, similarity: str = "cosine", margin: float = 0.0) -> float:
     """Share (x100) of triplets whose positive is more similar to the anchor than the negative by > margin."""
-    pos = pairwise_similarity(anchor_NxD, positive_NxD, similarity)
-    neg = pairwise_similarity(anchor_NxD, negative_NxD, similarity)
+    pos = pair_scores(anchor_NxD, positive_NxD, similarity)
+    neg = pair_scores(anchor_NxD, negative_NxD, similarity)
     return 100 * float(np.mean(pos - neg > margin))
 
 
@@ -37,20 +30,19 @@ class TripletEvaluator:
     Why: the direct check of what triplet / MNRL training optimises.
     """
 
-    def __init__(self, anchors, positives, negatives, *, similarities=PAIR_SIMILARITIES, margin: float = 0.0,
+    def __init__(self, anchors, positives, negatives, *, similarities=SIMILARITIES, margin: float = 0.0,
                  name: str = "triplet"):
         if not (len(anchors) == len(positives) == len(negatives)) or not len(anchors):
             raise ValueError(f"need equal, non-zero numbers of anchors/positives/negatives; got "
                              f"{len(anchors)}, {len(positives)}, {len(negatives)}")
         self.anchors, self.positives, self.negatives = list(anchors), list(positives), list(negatives)
-        self.similarities, self.margin, self.name = _check_similarities(similarities), margin, name
+        self.similarities, self.margin, self.name = check_similarities(similarities), margin, name
         self.primary_metric = f"{self.similarities[0]}_accuracy"
 
     @classmethod
     def from_file(cls, path, *, format: str = "auto", columns=None, **kwargs) -> "TripletEvaluator":
         """Evaluator over a csv/tsv/jsonl with anchor/positive/negative columns."""
-        t = readers.read_triplets(path, format=format, columns=columns)
-        return cls(t.anchors, t.positives, t.negatives, **kwargs)
+        return cls(*read_triplets(path, format=format, columns=columns).texts, **kwargs)
 
     def compute(self, anchor_NxD, positive_NxD, negative_NxD) -> dict[str, float]:
         """Metrics from precomputed embeddings."""
@@ -124,7 +116,7 @@ class BinaryClassificationEvaluator:
     positives; metric names are `<similarity>_<metric>`, e.g. `cosine_ap`.
     """
 
-    def __init__(self, sentences1, sentences2, labels, *, similarities=PAIR_SIMILARITIES,
+    def __init__(self, sentences1, sentences2, labels, *, similarities=SIMILARITIES,
                  name: str = "binary"):
         if not (len(sentences1) == len(sentences2) == len(labels)) or not len(labels):
             raise ValueError(f"need equal, non-zero lengths; got {len(sentences1)}, {len(sentences2)}, {len(labels)}")
@@ -132,20 +124,20 @@ class BinaryClassificationEvaluator:
         if not np.all(np.isin(labels, (0, 1))):
             raise ValueError("labels must be 0 or 1")
         self.sentences1, self.sentences2, self.labels = list(sentences1), list(sentences2), labels.astype(np.int64)
-        self.similarities, self.name = _check_similarities(similarities), name
+        self.similarities, self.name = check_similarities(similarities), name
         self.primary_metric = f"{self.similarities[0]}_ap"
 
     @classmethod
     def from_file(cls, path, *, format: str = "auto", columns=None, **kwargs) -> "BinaryClassificationEvaluator":
         """Evaluator over a csv/tsv/jsonl with sentence1/sentence2/label (0/1) columns."""
-        p = readers.read_labelled_pairs(path, format=format, columns=columns)
-        return cls(p.sentences1, p.sentences2, p.labels, **kwargs)
+        pairs = read_labelled_pairs(path, format=format, columns=columns)
+        return cls(*pairs.texts, pairs.labels, **kwargs)
 
     def compute(self, emb1_NxD, emb2_NxD) -> dict[str, float]:
         """Metrics from precomputed embeddings; distances are thresholded as distances."""
         out = {}
         for sim in self.similarities:
-            scores = pairwise_similarity(emb1_NxD, emb2_NxD, sim)
+            scores = pair_scores(emb1_NxD, emb2_NxD, sim)
             if sim in _DISTANCES:  # report thresholds as positive distances, lower = similar
                 metrics = binary_classification_metrics(-scores, self.labels, greater_is_better=False)
             else:
@@ -204,15 +196,16 @@ class ParaphraseMiningEvaluator:
     @classmethod
     def from_file(cls, path, *, format: str = "auto", columns=None, **kwargs) -> "ParaphraseMiningEvaluator":
         """From a labelled pair file: its distinct sentences, and the label-1 pairs as duplicates."""
-        p = readers.read_labelled_pairs(path, format=format, columns=columns)
-        sentences = list(dict.fromkeys(p.sentences1 + p.sentences2))
+        pairs = read_labelled_pairs(path, format=format, columns=columns)
+        first, second = pairs.texts
+        sentences = list(dict.fromkeys(first + second))
         where = {s: i for i, s in enumerate(sentences)}
-        dup = [(where[a], where[b]) for a, b, y in zip(p.sentences1, p.sentences2, p.labels) if y and a != b]
+        dup = [(where[a], where[b]) for a, b, y in zip(first, second, pairs.labels) if y and a != b]
         return cls(sentences, dup, **kwargs)
 
     def compute(self, embeddings_NxD) -> dict[str, float]:
         """Metrics from precomputed embeddings of `sentences`."""
-        mined = search_lib.paraphrase_mining_embeddings(embeddings_NxD, top_k=self.top_k, max_pairs=self.max_pairs)
+        mined = paraphrase_mining_embeddings(embeddings_NxD, top_k=self.top_k, max_pairs=self.max_pairs)
         return paraphrase_mining_metrics(mined, self.gold)
 
     def __call__(self, model) -> dict[str, float]:

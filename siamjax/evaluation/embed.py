@@ -1,15 +1,35 @@
-"""How evaluators turn texts into embeddings: any `encode(texts) -> [N, D]` callable, or an
-object with an `.encode(texts)` method (a `SentenceEncoder`, a sentence-transformers model)."""
+"""How evaluators turn texts into embeddings and score pairs of them.
+
+A model is any `encode(texts) -> [N, D]` callable, or an object with an `.encode(texts)` method
+(a `SentenceEncoder`, a sentence-transformers model). Pair scores are computed in float64 with
+`siamjax.similarity`, higher = more similar (distances negated), as sentence-transformers does.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-EncodeFn = Callable[[list[str]], np.ndarray]
+from siamjax.similarity import SIMILARITIES, pairwise_similarity
+
+# texts -> float embeddings [N, D]
+EmbedTexts = Callable[[list[str]], np.ndarray]
 
 
-def as_encode_fn(model) -> EncodeFn:
+def check_similarities(similarities: Sequence[str]) -> tuple[str, ...]:
+    """The similarity names as a tuple, each one of `SIMILARITIES` (else a ValueError)."""
+    for sim in similarities:
+        if sim not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {sim!r}")
+    return tuple(similarities)
+
+
+def pair_scores(a_NxD, b_NxD, similarity: str) -> np.ndarray:
+    """float64 [N] similarity of matching rows (higher = more similar)."""
+    return pairwise_similarity(np.asarray(a_NxD, np.float64), np.asarray(b_NxD, np.float64), similarity)
+
+
+def as_encode_fn(model) -> EmbedTexts:
     """The callable behind `model`: its `.encode` method if it has one, else `model` itself."""
     fn = getattr(model, "encode", None)
     if callable(fn):

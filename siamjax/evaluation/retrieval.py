@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from siamjax import search as search_lib
-from siamjax.evaluation import readers
+from siamjax.data.beir import read_beir
 from siamjax.evaluation.embed import embed
+from siamjax.search.exact import semantic_search
 
 
 def hit_matrix(ranked_ids: Sequence[Sequence[str]], relevant: Sequence[set[str]], max_k: int) -> np.ndarray:
@@ -114,12 +114,12 @@ class RetrievalEvaluator:
     @classmethod
     def from_beir(cls, directory, split: str = "test", **kwargs) -> "RetrievalEvaluator":
         """Evaluator over a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."""
-        data = readers.read_beir(directory, split)
+        data = read_beir(directory, split)
         return cls(data.queries, data.corpus, data.relevant_docs, **kwargs)
 
     def rank(self, query_emb_QxD, corpus_emb_NxD, score: str = "cosine") -> tuple[np.ndarray, list[list[str]]]:
         """Top-max_k (scores [Q, k], corpus ids) per query, by the sharded exact search."""
-        scores_QxK, idx_QxK = search_lib.semantic_search(
+        scores_QxK, idx_QxK = semantic_search(
             query_emb_QxD, corpus_emb_NxD, self.max_k, score=score,
             corpus_chunk_size=self.corpus_chunk_size, show_progress=self.show_progress,
         )

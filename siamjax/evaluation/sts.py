@@ -7,30 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-from siamjax.evaluation import readers
-from siamjax.evaluation.embed import embed_unique
+from siamjax.data.readers import read_scored_pairs
+from siamjax.evaluation.embed import check_similarities, embed_unique, pair_scores
+from siamjax.similarity import SIMILARITIES
 
-PAIR_SIMILARITIES = ("cosine", "dot", "euclidean", "manhattan")
-
-
-def pairwise_similarity(a_NxD: np.ndarray, b_NxD: np.ndarray, similarity: str) -> np.ndarray:
-    """[N] similarity of matching rows, higher = more similar (distances are negated), as in
-    sentence-transformers' pairwise_* functions."""
-    a, b = np.asarray(a_NxD, np.float64), np.asarray(b_NxD, np.float64)
-    if similarity == "cosine":
-        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        return np.sum(a * b, axis=1)
-    if similarity == "dot":
-        return np.sum(a * b, axis=1)
-    if similarity == "euclidean":
-        return -np.linalg.norm(a - b, axis=1)
-    if similarity == "manhattan":
-        return -np.sum(np.abs(a - b), axis=1)
-    raise ValueError(f"similarity must be one of {PAIR_SIMILARITIES}, got {similarity!r}")
-
-
-def sts_metrics(emb1_NxD, emb2_NxD, scores_N, similarities: Sequence[str] = PAIR_SIMILARITIES) -> dict[str, float]:
+def sts_metrics(emb1_NxD, emb2_NxD, scores_N, similarities: Sequence[str] = SIMILARITIES) -> dict[str, float]:
     """{pearson_<sim>, spearman_<sim>} x100 for each similarity; the pure core of STSEvaluator."""
     scores = np.asarray(scores_N, np.float64)
     if len(scores) < 2 or not (len(emb1_NxD) == len(emb2_NxD) == len(scores)):
@@ -40,7 +21,7 @@ def sts_metrics(emb1_NxD, emb2_NxD, scores_N, similarities: Sequence[str] = PAIR
         )
     out = {}
     for sim in similarities:
-        pred = pairwise_similarity(emb1_NxD, emb2_NxD, sim)
+        pred = pair_scores(emb1_NxD, emb2_NxD, sim)
         out[f"pearson_{sim}"] = 100 * float(stats.pearsonr(scores, pred)[0])
         out[f"spearman_{sim}"] = 100 * float(stats.spearmanr(scores, pred)[0])
     return out
@@ -56,21 +37,19 @@ class STSEvaluator:
     primary_metric = "spearman_cosine"
 
     def __init__(self, sentences1: Sequence[str], sentences2: Sequence[str], scores, *,
-                 similarities: Sequence[str] = PAIR_SIMILARITIES, name: str = "sts"):
+                 similarities: Sequence[str] = SIMILARITIES, name: str = "sts"):
         if not (len(sentences1) == len(sentences2) == len(scores)):
             raise ValueError(f"lengths differ: {len(sentences1)}, {len(sentences2)}, {len(scores)}")
-        for sim in similarities:
-            if sim not in PAIR_SIMILARITIES:
-                raise ValueError(f"similarity must be one of {PAIR_SIMILARITIES}, got {sim!r}")
+        similarities = check_similarities(similarities)
         self.sentences1, self.sentences2 = list(sentences1), list(sentences2)
         self.scores = np.asarray(scores, np.float64)
         self.similarities, self.name = tuple(similarities), name
 
     @classmethod
     def from_file(cls, path, *, format: str = "auto", columns=None, **kwargs) -> "STSEvaluator":
-        """Evaluator over an STS-b / SICK / csv / tsv / jsonl file (see `readers.read_sts`)."""
-        data = readers.read_sts(path, format=format, columns=columns)
-        return cls(data.sentences1, data.sentences2, data.scores, **kwargs)
+        """Evaluator over an STS-b / SICK / csv / tsv / jsonl file (`siamjax.data.read_scored_pairs`)."""
+        data = read_scored_pairs(path, format=format, columns=columns)
+        return cls(*data.texts, data.labels, **kwargs)
 
     def __len__(self) -> int:
         return len(self.scores)

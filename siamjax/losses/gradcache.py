@@ -18,13 +18,14 @@ InfoNCE (`get_loss("mnrl", mesh=...)`). For memory O(chunk * B) in step 2 too, u
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from siamjax import loss_inputs as chk
+from siamjax.losses import checks as chk
 
 _LOSS_KEYS = ("labels", "text_ids")
 
@@ -57,23 +58,10 @@ def grad_cache_value_and_grad(
     """
     where = "grad_cache_value_and_grad"
     sides, labels, text_ids = _split_batch(where, batch_SxBxL)
-    first = next(iter(sides.values()))
-    num_sides, batch = first.shape[0], first.shape[1]
-    if not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"{where}: chunk_size must be a positive int, got {chunk_size!r}")
-    chk.check_divisible(where, "batch size B", batch, chunk_size, "chunk_size")
-    bad = [jnp.dtype(x.dtype).name for x in jax.tree.leaves(params) if not jnp.issubdtype(x.dtype, jnp.inexact)]
-    if bad:
-        raise TypeError(f"{where}: params must be floating-point arrays only, found dtypes {sorted(set(bad))}")
+    num_sides, batch = next(iter(sides.values())).shape[:2]
+    _check_chunking(where, params, batch, chunk_size)
     n_chunks = batch // chunk_size
-
-    def to_chunks(x_SxBx):  # [S, B, ...] -> [n, S, c, ...] with chunk i = rows j * n + i
-        x = x_SxBx.reshape(num_sides, chunk_size, n_chunks, *x_SxBx.shape[2:])
-        return jnp.moveaxis(x, 2, 0)
-
-    def from_chunks(x_nxSxcx):  # inverse of to_chunks
-        x = jnp.moveaxis(x_nxSxcx, 0, 2)
-        return x.reshape(num_sides, batch, *x.shape[3:])
+    to_chunks = functools.partial(_to_chunks, chunk_size=chunk_size, n_chunks=n_chunks)
 
     def embed_chunk(p, chunk_Sxcx, i):
         if compute_dtype is not None:
@@ -87,7 +75,7 @@ def grad_cache_value_and_grad(
     idx_n = jnp.arange(n_chunks)
     frozen = jax.lax.stop_gradient(params)
     emb_nxSxcxD = jax.lax.map(lambda xs: embed_chunk(frozen, *xs), (chunks, idx_n))
-    emb_SxBxD = from_chunks(emb_nxSxcxD)
+    emb_SxBxD = _from_chunks(emb_nxSxcxD)
 
     lp = {} if loss_params is None else loss_params
     extra = () if text_ids is None else (text_ids,)
@@ -105,10 +93,23 @@ def grad_cache_value_and_grad(
     return loss, grads, (None if loss_params is None else g_lp)
 
 
+def _to_chunks(x_SxBx, *, chunk_size: int, n_chunks: int):
+    """[S, B, ...] -> [n, S, c, ...] with chunk i = rows j * n + i (strided, so every chunk is
+    spread over all batch devices)."""
+    x = x_SxBx.reshape(x_SxBx.shape[0], chunk_size, n_chunks, *x_SxBx.shape[2:])
+    return jnp.moveaxis(x, 2, 0)
+
+
+def _from_chunks(x_nxSxcx):
+    """Inverse of `_to_chunks`: [n, S, c, ...] -> [S, n * c, ...]."""
+    x = jnp.moveaxis(x_nxSxcx, 0, 2)
+    return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
+
+
 def make_grad_cache_value_and_grad(encode_fn: Callable, loss_fn: Callable, chunk_size: int, *, compute_dtype=None):
     """value_and_grad_fn(params, batch, rng) -> (loss, grads) for params {"encoder", "loss"}.
 
-    The shape `siamjax.train_step.make_train_step(value_and_grad_fn=...)` takes: a drop-in
+    The shape `siamjax.train.step.make_train_step(value_and_grad_fn=...)` takes: a drop-in
     replacement for `jax.value_and_grad` of the embed-then-loss function.
     """
 
@@ -120,6 +121,16 @@ def make_grad_cache_value_and_grad(encode_fn: Callable, loss_fn: Callable, chunk
         return loss, {"encoder": g_enc, "loss": g_loss}
 
     return value_and_grad_fn
+
+
+def _check_chunking(where: str, params, batch: int, chunk_size) -> None:
+    """chunk_size must be a positive int dividing B, and params floating point (they get grads)."""
+    if not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"{where}: chunk_size must be a positive int, got {chunk_size!r}")
+    chk.check_divisible(where, "batch size B", batch, chunk_size, "chunk_size")
+    bad = [jnp.dtype(x.dtype).name for x in jax.tree.leaves(params) if not jnp.issubdtype(x.dtype, jnp.inexact)]
+    if bad:
+        raise TypeError(f"{where}: params must be floating-point arrays only, found dtypes {sorted(set(bad))}")
 
 
 def _split_batch(where: str, batch: dict):

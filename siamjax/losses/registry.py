@@ -1,9 +1,9 @@
 """The loss library: every training signal for siamese encoders, and a registry by name.
 
 The functions themselves live by family: in-batch negatives (InfoNCE/MNRL, SigLIP) and their
-sharded forms in `siamjax.contrastive`, labelled pairs in `siamjax.pair_losses`, triplets in
-`siamjax.triplet_losses`; all are re-exported here. The training step does not call them
-directly; it asks the registry for a uniform `LossFn`:
+sharded forms in `siamjax.losses.in_batch`, labelled pairs in `siamjax.losses.pairs`, triplets
+in `siamjax.losses.triplets`. The training step does not call them directly; it asks the
+registry for a uniform `LossFn`:
 
     loss_fn = get_loss("mnrl", learnable_scale=True, mesh=mesh, batch_axes=("data", "fsdp"))
     loss_params = init_loss_params("mnrl", dim, None, rng, learnable_scale=True)
@@ -24,30 +24,22 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from siamjax import loss_inputs as chk
-from siamjax.contrastive import (
-    infonce_loss, learnable_scale, make_infonce_fn, make_sigmoid_fn, shard_over_batch,
-    sharded_infonce, sharded_sigmoid, sigmoid_loss,
+from siamjax.losses import checks as chk
+from siamjax.losses.in_batch import (
+    make_infonce_fn, make_sigmoid_fn, shard_over_batch,
 )
-from siamjax.pair_losses import (
+from siamjax.losses.pairs import (
     angle_loss, contrastive_loss, cosent_loss, cosine_mse_loss, init_softmax_head,
     online_contrastive_loss, softmax_loss,
 )
-from siamjax.similarity import l2_normalize
-from siamjax.triplet_losses import (
+from siamjax.losses.triplets import (
     batch_all_triplet_loss, batch_hard_triplet_loss, batch_semi_hard_triplet_loss, triplet_loss,
 )
+from siamjax.similarity import l2_normalize
 
 # LossFn(emb_SxBxD, labels_B | None, loss_params, text_ids_SxB=None) -> float32 scalar
 LossFn = Callable[..., jax.Array]
 
-__all__ = [
-    "LossFn", "LOSS_NAMES", "get_loss", "init_loss_params", "matryoshka",
-    "infonce_loss", "sigmoid_loss", "learnable_scale", "sharded_infonce", "sharded_sigmoid",
-    "cosent_loss", "angle_loss", "cosine_mse_loss", "contrastive_loss", "online_contrastive_loss",
-    "softmax_loss", "init_softmax_head", "triplet_loss", "batch_hard_triplet_loss",
-    "batch_semi_hard_triplet_loss", "batch_all_triplet_loss",
-]
 
 
 @dataclasses.dataclass(frozen=True)

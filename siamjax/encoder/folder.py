@@ -1,4 +1,5 @@
-"""Reading and writing model folders: sentence-transformers, plain Hugging Face, hub names.
+"""Model folders: reading and writing sentence-transformers and plain Hugging Face folders, and
+fetching hub names into the local cache.
 
 Only safetensors weights are read: pickle `.bin` files can execute arbitrary code on load, so
 a folder that has only those is refused with a message saying how to convert it. A folder we
@@ -13,6 +14,7 @@ import os
 import pathlib
 
 import numpy as np
+from huggingface_hub import snapshot_download
 from safetensors.numpy import load_file, save_file
 
 from siamjax.encoder import hf_names
@@ -58,8 +60,6 @@ def resolve(path_or_name: str | os.PathLike) -> pathlib.Path:
     if looks_local:
         raise FileNotFoundError(f"model folder {name} does not exist")
     try:
-        from huggingface_hub import snapshot_download
-
         return pathlib.Path(snapshot_download(repo_id=name, allow_patterns=_HUB_PATTERNS))
     except Exception as err:  # offline, unknown repo, gated repo, ...
         raise OSError(
@@ -223,7 +223,7 @@ def _version() -> str:
 
 
 def _model_card(spec: EncoderSpec, max_seq_length: int) -> str:
-    dim = spec.dense.out_features if spec.dense else spec.pooling.output_dim(spec.bert.hidden_size)
+    dim = spec.embedding_dim
     return f"""---
 library_name: sentence-transformers
 tags: [sentence-transformers, sentence-similarity, feature-extraction, siamjax]

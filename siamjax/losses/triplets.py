@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from siamjax import loss_inputs as chk
+from siamjax.losses import checks as chk
 from siamjax.similarity import distance_matrix, pairwise_distance
 
 

@@ -1,6 +1,5 @@
-"""Row layouts of token batches: padded (one text per row, bucket lengths) and packed.
-
-Sequence packing: several texts share one row, so the encoder computes on text, not padding.
+"""Token rows: tokenising texts, and the two row layouts the encoder takes, padded (one text
+per row, bucket lengths) and packed (several texts per row).
 
 Why: sentence-embedding data is short (STS-b averages 14 tokens) and padding each text to the
 batch's longest (or to a bucket) makes the encoder spend most of its FLOPs on pad tokens. A
@@ -19,8 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+# The token arrays of one side of a batch, `[R, L]` each (packed batches add `text_index`).
+TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def token_ids(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Unpadded token ids of `texts` (special tokens included), truncated at `max_length`."""
+    if not texts:
+        return []
+    return tokenizer(list(texts), padding=False, truncation=True, max_length=max_length,
+                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
 
 def bucket_lengths(max_seq_length: int, min_length: int = 32) -> tuple[int, ...]:
@@ -208,3 +219,18 @@ def unpack(pooled_RxKxD, text_index_nxb):
     pooled_nxSxD = pooled_RxKxD.reshape(n, (r // n) * k, d)
     out_nxbxD = jnp.take_along_axis(pooled_nxSxD, text_index_nxb[..., None], axis=1)
     return out_nxbxD.reshape(n * b, d)
+
+
+def segment_positions(segments_RxL):
+    """Position of each token within its segment (run of equal ids along the row).
+
+    Why: a packed row holds several texts back to back, and each text's position ids must
+    restart at 0, exactly as if it had its own row. For an unpacked row (ids 1...1 0...0)
+    this is 0..len-1 on the text, as BERT expects.
+    """
+    l = segments_RxL.shape[-1]
+    index_L = jnp.arange(l, dtype=jnp.int32)
+    starts_RxL = jnp.concatenate(
+        [jnp.ones_like(segments_RxL[..., :1], bool), segments_RxL[..., 1:] != segments_RxL[..., :-1]], axis=-1)
+    start_RxL = jax.lax.cummax(jnp.where(starts_RxL, index_L, 0), axis=segments_RxL.ndim - 1)
+    return index_L - start_RxL

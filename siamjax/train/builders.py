@@ -1,35 +1,74 @@
-"""Config groups -> the typed objects a training run needs: datasets, encoder, loss, optimizer,
-evaluator. Used only by the entry points (`siamjax.train`, `siamjax/cli`), which read configs;
-everything these functions return is plain library objects.
+"""Config groups -> the typed objects a training run is made of: datasets, encoder, loss,
+optimizer, evaluator, and `TrainParts`, which holds them with the state's sharded layout.
+
+Only entry points call these (the experiment and the CLI read configs); everything they return
+is a plain library object with typed arguments.
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
+import jax
+import ml_collections
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from transformers import AutoTokenizer
 
-from siamjax import optim
-from siamjax import sharding as sharding_lib
-from siamjax.cli.train_cmd import ConfigError
+from siamjax import losses
+from siamjax.data import concat_datasets, in_memory, nli_to_triplets, read_pairs, tfds_builders
+from siamjax.data.records import NLI_LABELS
+from siamjax.encoder import BertConfig, SentenceEncoder
+from siamjax.encoder.model import EncodeFn
+from siamjax.evaluation import STSEvaluator
+from siamjax.parallel import BATCH_AXES
+from siamjax.train import optim
+from siamjax.train.config import ConfigError
+from siamjax.train.state import TrainState, state_shardings
 
 
-def read_file_dataset(file_cfg):
+@dataclasses.dataclass(frozen=True)
+class TrainParts:
+    """Everything a run builds from its config before the first step (and export rebuilds).
+
+    `params` are the initial `{"encoder", "loss"}` parameters (host arrays); `abstract` is the
+    TrainState as ShapeDtypeStructs with shardings (the restore target) and `shardings` its
+    NamedShardings (the jit in/out shardings).
+    """
+
+    encoder: SentenceEncoder
+    loss_fn: losses.LossFn
+    params: dict
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+    abstract: TrainState
+    shardings: TrainState
+    dropout_rng: jax.Array
+
+    @property
+    def encode_fn(self) -> EncodeFn:
+        """The pure encoder the step vmaps over the sides of a batch."""
+        return self.encoder.encode_fn
+
+
+def read_dataset(file_cfg: ml_collections.ConfigDict):
     """A `PairDataset` (or tfds pair source) from one `data.*` / `eval.*` group.
 
     A tfds builder is used when `tfds.builder` is set (several builder configs are
     concatenated, e.g. SNLI + MultiNLI = AllNLI); otherwise the local file at `path` is read
     through the declared (role, column) pairs in their order.
     """
-    from siamjax.data import load_tfds_pairs, read_pairs
-
     if file_cfg.tfds.builder:
         tf = file_cfg.tfds
+        data_dir = tf.data_dir if "://" in tf.data_dir else str(pathlib.Path(tf.data_dir).expanduser())
         parts = [
-            load_tfds_pairs(tf.builder, tf.split, data_dir=_local_or_url(tf.data_dir),
-                            manual_dir=tf.manual_dir or None, config=name or None,
-                            normalize_scores=file_cfg.normalize_scores, on_bad_row=file_cfg.on_bad_row)
+            tfds_builders.load_tfds_pairs(
+                tf.builder, tf.split, data_dir=data_dir, manual_dir=tf.manual_dir or None,
+                config=name or None, normalize_scores=file_cfg.normalize_scores,
+                on_bad_row=file_cfg.on_bad_row)
             for name in (tf.configs.split(",") if tf.configs else [""])
         ]
         return parts[0] if len(parts) == 1 else concat_datasets([p.materialize() for p in parts])
@@ -46,42 +85,27 @@ def read_file_dataset(file_cfg):
     )
 
 
-def _local_or_url(path: str) -> str:
-    """`~` expanded for local folders; URLs (gs://, s3://) passed through for tfds/etils."""
-    return path if "://" in path else str(pathlib.Path(path).expanduser())
+def read_train_set(config: ml_collections.ConfigDict, seed: int):
+    """The training dataset (NLI files turned into triplets when asked) and its class count."""
+    train_set = read_dataset(config.train)
+    if config.nli_to_triplets:
+        train_set = nli_to_triplets(in_memory(train_set), seed=seed, symmetric=config.nli_symmetric)
+    num_labels = None
+    if train_set.label_kind == "nli":
+        num_labels = len(NLI_LABELS)
+    elif train_set.label_kind == "class":
+        num_labels = int(in_memory(train_set).labels.max()) + 1
+    return train_set, num_labels
 
 
-def in_memory(dataset):
-    """`dataset` as an in-memory PairDataset (tfds sources are read once)."""
-    return dataset.materialize() if hasattr(dataset, "materialize") else dataset
-
-
-def concat_datasets(datasets):
-    """One PairDataset holding the rows of several with the same sides and label kind."""
-    from siamjax.data import PairDataset
-
-    first = datasets[0]
-    if any(d.sides != first.sides or d.label_kind != first.label_kind for d in datasets):
-        raise ConfigError(f"cannot concatenate datasets with different columns: "
-                          f"{[(d.name, d.sides, d.label_kind) for d in datasets]}")
-    texts = tuple([t for d in datasets for t in d.texts[i]] for i in range(len(first.sides)))
-    labels = None if first.labels is None else np.concatenate([d.labels for d in datasets])
-    return PairDataset("+".join(d.name for d in datasets), first.sides, texts, labels, first.label_kind,
-                       bad_rows=[r for d in datasets for r in d.bad_rows])
-
-
-def build_encoder(model_cfg, seed: int):
+def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int) -> SentenceEncoder:
     """The SentenceEncoder to train: pretrained from `name_or_path`, or a random BERT."""
-    from siamjax.encoder import BertConfig, SentenceEncoder
-
     common = dict(dtype=model_cfg.dtype, remat=model_cfg.remat, max_seq_length=model_cfg.max_seq_length)
     if model_cfg.name_or_path:
         try:
             return SentenceEncoder.from_pretrained(model_cfg.name_or_path, **common)
         except (OSError, ValueError) as err:  # missing folder, offline hub, bad config.json
             raise ConfigError(f"model.name_or_path={model_cfg.name_or_path!r}: {err}") from err
-    from transformers import AutoTokenizer
-
     init = model_cfg.init
     tokenizer = AutoTokenizer.from_pretrained(init.tokenizer)
     bert = BertConfig(
@@ -96,22 +120,20 @@ def build_encoder(model_cfg, seed: int):
     )
 
 
-def build_loss(loss_cfg, mesh, dim: int, num_labels: int | None, rng):
+def build_loss(loss_cfg: ml_collections.ConfigDict, mesh: Mesh, dim: int, num_labels: int | None, rng):
     """(registry LossFn, initial learnable loss params) for `loss.name` and `loss.kwargs`."""
-    from siamjax import losses
-
     kwargs = dict(loss_cfg.kwargs.items())
     try:
         loss_params = losses.init_loss_params(loss_cfg.name, dim, num_labels, rng, **kwargs)
         if loss_cfg.sharded:
-            kwargs.update(mesh=mesh, batch_axes=sharding_lib.BATCH_AXES)
+            kwargs.update(mesh=mesh, batch_axes=BATCH_AXES)
         loss_fn = losses.get_loss(loss_cfg.name, **kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"loss.name={loss_cfg.name!r} / loss.kwargs: {err}") from err
     return loss_fn, loss_params
 
 
-def build_optimizer(optim_cfg, total_steps: int):
+def build_optimizer(optim_cfg: ml_collections.ConfigDict, total_steps: int):
     """(optax AdamW chain, learning-rate schedule) for a run of `total_steps` steps."""
     warmup = optim_cfg.warmup_steps
     if warmup < 0:
@@ -124,7 +146,7 @@ def build_optimizer(optim_cfg, total_steps: int):
     return optimizer, schedule
 
 
-def total_steps_for(train_cfg, dataset_size: int) -> int:
+def total_steps_for(train_cfg: ml_collections.ConfigDict, dataset_size: int) -> int:
     """Steps of the run: `num_steps`, or `num_epochs` full batches of the training set."""
     if train_cfg.num_steps > 0:
         return int(train_cfg.num_steps)
@@ -137,20 +159,30 @@ def total_steps_for(train_cfg, dataset_size: int) -> int:
     return steps
 
 
-def make_sts_evaluate(file_cfg, encoder, batch_size: int) -> Callable[[Any], dict[str, float]]:
-    """evaluate(encoder_params) -> {"sts/spearman_cosine": ..., ...} on an STS dev file."""
-    from siamjax.evaluation import STSEvaluator
+def build_parts(config: ml_collections.ConfigDict, mesh: Mesh, *, total_steps: int,
+                num_labels: int | None, encoder: SentenceEncoder | None = None) -> TrainParts:
+    """Encoder (unless given), loss, optimizer and the state's abstract/sharded layout, for
+    train and export."""
+    encoder = build_encoder(config.model, config.seed) if encoder is None else encoder
+    loss_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    loss_fn, loss_params = build_loss(config.loss, mesh, encoder.embedding_dim, num_labels, loss_rng)
+    optimizer, schedule = build_optimizer(config.optim, total_steps)
+    params = {"encoder": encoder.params, "loss": loss_params}
+    abstract, shardings = state_shardings(params, optimizer, mesh, config.mesh.fsdp_min_size)
+    return TrainParts(encoder=encoder, loss_fn=loss_fn, params=params, optimizer=optimizer,
+                      schedule=schedule, abstract=abstract, shardings=shardings, dropout_rng=dropout_rng)
 
-    dev = in_memory(read_file_dataset(file_cfg))
+
+def make_sts_evaluate(file_cfg: ml_collections.ConfigDict, encoder: SentenceEncoder,
+                      batch_size: int) -> Callable[[Any], dict[str, float]]:
+    """evaluate(encoder_params) -> {"sts/spearman_cosine": ..., ...} on an STS dev file."""
+    dev = in_memory(read_dataset(file_cfg))
     if dev.num_sides != 2 or dev.label_kind != "score":
         raise ConfigError(f"eval.sts: needs two sentence columns and a 'score' column, got "
                           f"sides {dev.sides} and label kind {dev.label_kind}")
     evaluator = STSEvaluator(dev.texts[0], dev.texts[1], dev.labels, similarities=("cosine",))
 
     def evaluate(params) -> dict[str, float]:
-        import jax
-        from jax.experimental import multihost_utils
-
         if jax.process_count() > 1:
             # FSDP over hosts leaves each process only part of a parameter: gather a full host
             # copy (a collective, so every process evaluates, on its own devices).
@@ -161,27 +193,3 @@ def make_sts_evaluate(file_cfg, encoder, batch_size: int) -> Callable[[Any], dic
 
     return evaluate
 
-
-def length_grouped(dataset, tokenizer, batch_size: int, epochs: int, seed: int):
-    """The dataset reordered for `epochs` epochs into batches of similar token length.
-
-    Each epoch is shuffled, sorted by the longest side's length (stable, so ties stay
-    shuffled), cut into batches and the batches shuffled again, so batches are random in
-    order but need little padding — HF Trainer's `group_by_length`. Feed it with
-    `shuffle=False` and `num_epochs=1`.
-    """
-    from siamjax.data import PairDataset
-
-    lengths = np.max([[len(ids) for ids in tokenizer(list(side))["input_ids"]] for side in dataset.texts], 0)
-    rng = np.random.default_rng(seed)
-    order = []
-    for _ in range(max(1, epochs)):
-        perm = rng.permutation(len(dataset))
-        perm = perm[np.argsort(lengths[perm], kind="stable")]
-        batches = [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
-        rng.shuffle(batches)
-        order.extend(int(i) for b in batches for i in b)
-    texts = tuple([side[i] for i in order] for side in dataset.texts)
-    labels = None if dataset.labels is None else dataset.labels[order]
-    return PairDataset(f"{dataset.name}:grouped", dataset.sides, texts, labels, dataset.label_kind,
-                       bad_rows=list(dataset.bad_rows), info=dict(dataset.info))

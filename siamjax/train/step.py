@@ -1,94 +1,28 @@
-"""TrainState and the pure, jit-compiled training step for siamese encoders.
+"""The pure, jit-compiled training step for siamese encoders.
 
 The step encodes the S stacked sides of a batch `[S, B, L]` with one vmapped encoder call,
 scores the `[S, B, D]` embeddings with a loss from the loss library, and applies the optax
-update. Parameters are born sharded: the abstract state comes from `jax.eval_shape`, the FSDP
-rule in `siamjax.sharding` turns it into shardings, and `jax.jit(init, out_shardings=...)`
-creates the optimizer state directly in that layout.
+update. It is compiled once with explicit shardings at the jit boundary: the state by the FSDP
+rule, the batch by the one batch rule (`siamjax.parallel.batch`).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from siamjax import sharding as sharding_lib
+from siamjax.encoder.model import EncodeFn
+from siamjax.encoder.rows import TOKEN_KEYS
+from siamjax.losses import LossFn
+from siamjax.parallel import batch_shardings, replicated
+from siamjax.train.state import TrainState
 
-TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-
-# encode_fn(encoder_params, token_batch [B, L] dict, *, rng=None) -> [B, D]
-EncodeFn = Callable[..., jax.Array]
-# loss_fn(emb_SxBxD, labels_B or None, loss_params) -> scalar (`siamjax.losses.get_loss`)
-LossFn = Callable[..., jax.Array]
 # value_and_grad_fn(params, batch, rng) -> (loss, grads): replaces autodiff (GradCache).
 ValueAndGradFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, Any]]
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything that changes during training; a pytree, so it is jit-, shard- and save-able.
-
-    `params` is `{"encoder": <encoder params>, "loss": <learnable loss params or {}>}`;
-    `rng` is a raw uint32[2] key, folded with `step` so a resumed run draws the same dropout.
-    """
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    rng: jax.Array
-
-
-def init_train_state(params: Any, optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-    """The state at step 0: given params, fresh optimizer moments, the run's base RNG key."""
-    return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng
-    )
-
-
-def state_shardings(
-    params: Any, optimizer: optax.GradientTransformation, mesh: Mesh, fsdp_min_size: int
-) -> tuple[TrainState, TrainState]:
-    """(abstract state with shardings attached, shardings) without allocating anything.
-
-    The abstract state is what `checkpoint.restore` needs as a target; the shardings are the
-    jit in/out shardings of the train step.
-    """
-    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    abstract = jax.eval_shape(lambda p, r: init_train_state(p, optimizer, r), params, rng)
-    shardings = sharding_lib.tree_shardings(abstract, mesh, fsdp_min_size)
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
-    return abstract, shardings
-
-
-def create_train_state(
-    params: Any,
-    optimizer: optax.GradientTransformation,
-    rng: jax.Array,
-    mesh: Mesh,
-    fsdp_min_size: int,
-) -> tuple[TrainState, TrainState]:
-    """A sharded step-0 TrainState and its shardings.
-
-    Pretrained `params` (host or single-device arrays) are placed straight into their FSDP
-    layout with `jax.device_put`; the optimizer state is born sharded by jitting `init` with
-    `out_shardings`, so no device ever holds a full copy of the Adam moments.
-    """
-    _, shardings = state_shardings(params, optimizer, mesh, fsdp_min_size)
-    params = jax.device_put(params, shardings.params)
-    rng = jax.device_put(jnp.asarray(rng, jnp.uint32), shardings.rng)
-    init = jax.jit(
-        lambda p, r: init_train_state(p, optimizer, r),
-        in_shardings=(shardings.params, shardings.rng),
-        out_shardings=shardings,
-    )
-    return init(params, rng), shardings
 
 
 def split_sides(batch: dict) -> dict:
@@ -168,7 +102,7 @@ def compile_train_step(train_step, shardings: TrainState, example_batch: dict, m
     """
     return jax.jit(
         train_step,
-        in_shardings=(shardings, sharding_lib.batch_shardings(example_batch, mesh)),
-        out_shardings=(shardings, sharding_lib.replicated(mesh)),
+        in_shardings=(shardings, batch_shardings(example_batch, mesh)),
+        out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,
     )

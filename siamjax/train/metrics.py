@@ -100,8 +100,3 @@ def truncate_jsonl(path: pathlib.Path, last_step: int) -> None:
         except json.JSONDecodeError:
             continue  # a line cut off by a kill
     path.write_text("".join(line + "\n" for line in kept))
-
-
-def read_jsonl(path: str | pathlib.Path) -> list[dict]:
-    """All records of a metrics.jsonl file."""
-    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from siamjax import loss_inputs as chk
+from siamjax.losses import checks as chk
+from siamjax.parallel.batch import check_batch_divisible
 from siamjax.similarity import prepare
 
 AxisName = str | tuple[str, ...] | None
@@ -234,8 +235,7 @@ def shard_over_batch(local_loss_fn: Callable, mesh: Mesh, batch_axes: Sequence[s
 
     def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None):
         emb = chk.check_float_array(name, "emb_SxBxD", emb_SxBxD, 3)
-        chk.check_divisible(name, "global batch B", emb.shape[1], n_shards,
-                            f"number of devices on mesh axes {axes}")
+        check_batch_divisible(emb.shape[1], n_shards, field=f"{name}: global batch B")
         chk.check_finite(name, "emb_SxBxD", emb)
         if loss_params is not None:
             loss_params = jax.tree.map(jnp.asarray, loss_params)  # python floats -> replicated arrays

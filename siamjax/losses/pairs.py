@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from siamjax import loss_inputs as chk
+from siamjax.losses import checks as chk
 from siamjax.similarity import pairwise_angle, pairwise_cosine, pairwise_distance
 
 

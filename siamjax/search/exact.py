@@ -1,5 +1,4 @@
-"""Exact top-k semantic search over a corpus sharded across devices, plus paraphrase mining and
-near-duplicate grouping built on it.
+"""Exact top-k semantic search over a corpus sharded across devices.
 
 The corpus is streamed in chunks: each chunk is split evenly over a 1-D device mesh, every device
 scores the queries against its slice and keeps a local `jax.lax.top_k`, the local winners are
@@ -22,6 +21,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
+
+from siamjax.similarity import l2_normalize
 
 SCORES = ("cosine", "dot", "hamming")
 _AXIS = "corpus"
@@ -49,10 +50,7 @@ def _prepare(x_NxD: jax.Array, score: str) -> jax.Array:
     if score == "hamming":
         return _unpack_sign_bits(x_NxD)
     x_NxD = x_NxD.astype(jnp.float32)
-    if score == "cosine":
-        norm_Nx1 = jnp.linalg.norm(x_NxD, axis=-1, keepdims=True)
-        x_NxD = x_NxD / jnp.maximum(norm_Nx1, 1e-12)
-    return x_NxD
+    return l2_normalize(x_NxD) if score == "cosine" else x_NxD
 
 
 @functools.lru_cache(maxsize=64)
@@ -115,6 +113,33 @@ def _check_inputs(queries, corpus, top_k: int, score: str) -> None:
                 )
 
 
+def _padded_chunks(x_NxD, rows: int, sharding: NamedSharding) -> list[jax.Array]:
+    """`x` cut into chunks of `rows` rows (the last zero-padded), each placed with `sharding`."""
+    chunks = []
+    for start in range(0, x_NxD.shape[0], rows):
+        chunk = np.asarray(x_NxD[start:start + rows])
+        chunks.append(jax.device_put(np.pad(chunk, ((0, rows - len(chunk)), (0, 0))), sharding))
+    return chunks
+
+
+def _scan_corpus(step, q_chunks, corpus, chunk_rows: int, k: int, mesh, show_progress: bool):
+    """Streams the corpus chunk by chunk through `step`: the running (scores, indices) per query chunk."""
+    replicated = NamedSharding(mesh, P())
+    q_rows = q_chunks[0].shape[0]
+    running = [(jnp.full((q_rows, k), -jnp.inf, jnp.float32, device=replicated),
+                jnp.full((q_rows, k), -1, jnp.int32, device=replicated)) for _ in q_chunks]
+    n_total = jnp.int32(corpus.shape[0])
+    starts = range(0, corpus.shape[0], chunk_rows)
+    for start in tqdm(starts, desc="search", unit="chunk", disable=not show_progress):
+        (c,) = _padded_chunks(corpus[start:start + chunk_rows], chunk_rows, NamedSharding(mesh, P(_AXIS)))
+        previous = running[:]
+        for qi, q in enumerate(q_chunks):
+            running[qi] = step(*running[qi], q, c, jnp.int32(start), n_total)
+        # At most two corpus chunks in flight: async dispatch must not stage the whole corpus.
+        jax.block_until_ready(previous)
+    return running
+
+
 def semantic_search(
     queries,
     corpus,
@@ -156,139 +181,12 @@ def semantic_search(
 
     round_up = lambda x, m: -(-x // m) * m  # noqa: E731
     chunk_rows = min(round_up(max(corpus_chunk_size, 1), n_dev), round_up(n_corpus, n_dev))
-    k_local = min(k, chunk_rows // n_dev)
-    q_rows = min(max(query_chunk_size, 1), n_queries)
-    step = _chunk_step(mesh, score, k_local, k)
-    corpus_sharding = NamedSharding(mesh, P(_AXIS))
-    replicated = NamedSharding(mesh, P())
-
-    q_chunks = []
-    for start in range(0, n_queries, q_rows):
-        q = np.asarray(queries[start:start + q_rows])
-        q = np.pad(q, ((0, q_rows - len(q)), (0, 0)))
-        q_chunks.append(jax.device_put(q, replicated))
-    running = [
-        (jnp.full((q_rows, k), -jnp.inf, jnp.float32, device=replicated),
-         jnp.full((q_rows, k), -1, jnp.int32, device=replicated))
-        for _ in q_chunks
-    ]
-    n_total = jnp.int32(n_corpus)
-    starts = range(0, n_corpus, chunk_rows)
-    for start in tqdm(starts, desc="search", unit="chunk", disable=not show_progress):
-        c = np.asarray(corpus[start:start + chunk_rows])
-        if len(c) < chunk_rows:
-            c = np.pad(c, ((0, chunk_rows - len(c)), (0, 0)))
-        c = jax.device_put(c, corpus_sharding)
-        previous = running[:]
-        for qi, q in enumerate(q_chunks):
-            running[qi] = step(*running[qi], q, c, jnp.int32(start), n_total)
-        # At most two corpus chunks in flight: async dispatch must not stage the whole corpus.
-        jax.block_until_ready(previous)
-
+    q_chunks = _padded_chunks(queries, min(max(query_chunk_size, 1), n_queries), NamedSharding(mesh, P()))
+    step = _chunk_step(mesh, score, min(k, chunk_rows // n_dev), k)
+    running = _scan_corpus(step, q_chunks, corpus, chunk_rows, k, mesh, show_progress)
     scores = np.concatenate([np.asarray(v) for v, _ in running])[:n_queries]
     indices = np.concatenate([np.asarray(i) for _, i in running])[:n_queries].astype(np.int64)
     if score == "hamming":
         n_bits = 8 * corpus.shape[1]
         scores = ((n_bits - scores) / 2).astype(np.float32)
     return scores, indices
-
-
-def paraphrase_mining_embeddings(
-    embeddings,
-    *,
-    top_k: int = 100,
-    max_pairs: int = 500_000,
-    score: str = "cosine",
-    corpus_chunk_size: int = 65536,
-    query_chunk_size: int = 1024,
-    mesh: jax.sharding.Mesh | None = None,
-    show_progress: bool = False,
-) -> list[tuple[float, int, int]]:
-    """The `max_pairs` most similar pairs (score, i, j), i < j, best first.
-
-    Why: finding paraphrases / duplicates in a collection is an all-pairs problem; here every
-    item only keeps its `top_k` nearest neighbours from the sharded search, so memory is
-    O(N * top_k) and no N x N matrix is ever built.
-    """
-    emb = np.asarray(embeddings)
-    n = emb.shape[0]
-    if n < 2:
-        return []
-    scores_NxK, idx_NxK = semantic_search(
-        emb, emb, top_k + 1, score=score, corpus_chunk_size=corpus_chunk_size,
-        query_chunk_size=query_chunk_size, mesh=mesh, show_progress=show_progress,
-    )
-    i_NxK = np.broadcast_to(np.arange(n)[:, None], idx_NxK.shape)
-    not_self = idx_NxK != i_NxK
-    # keep the first top_k non-self neighbours of each row (self may be absent among exact ties)
-    keep = not_self & (np.cumsum(not_self, axis=1) <= top_k)
-    s, i, j = scores_NxK[keep], i_NxK[keep], idx_NxK[keep]
-    lo, hi = np.minimum(i, j), np.maximum(i, j)
-    order = np.lexsort((hi, lo, -s))  # best score first, then by pair for determinism
-    keys = lo[order] * n + hi[order]
-    _, first = np.unique(keys, return_index=True)
-    first = np.sort(first)[:max_pairs]  # positions in `order`: unique pairs, best first
-    picked = order[first]
-    return [(float(s[p]), int(lo[p]), int(hi[p])) for p in picked]
-
-
-def paraphrase_mining(encode, sentences: Sequence[str], **kwargs) -> list[tuple[float, int, int]]:
-    """Embed `sentences` with `encode` (a texts -> [N, D] callable, or a model with `.encode`) and
-    mine paraphrase pairs (score, i, j); kwargs as in `paraphrase_mining_embeddings`."""
-    encode = getattr(encode, "encode", encode)
-    return paraphrase_mining_embeddings(np.asarray(encode(list(sentences))), **kwargs)
-
-
-def community_detection(
-    embeddings,
-    threshold: float = 0.75,
-    min_community_size: int = 10,
-    *,
-    corpus_chunk_size: int = 65536,
-    query_chunk_size: int = 1024,
-    mesh: jax.sharding.Mesh | None = None,
-    show_progress: bool = False,
-) -> list[list[int]]:
-    """Group near-duplicates: communities of items whose cosine similarity to a centre is >= threshold.
-
-    Why: deduplicating or clustering a collection needs every item's full neighbourhood above a
-    threshold, not a fixed top-k. Each item's neighbourhood is found with the sharded top-k
-    search, doubling k only for the items whose k-th neighbour still passes the threshold, so no
-    N x N matrix is built. Same algorithm and output order as sentence-transformers'
-    `community_detection`: the centre comes first, then its members by decreasing similarity;
-    larger communities first; an item belongs to at most one community.
-    """
-    emb = np.asarray(embeddings, dtype=np.float32)
-    n = emb.shape[0]
-    if n == 0 or n < min_community_size:
-        return []
-    search = functools.partial(
-        semantic_search, score="cosine", corpus_chunk_size=corpus_chunk_size,
-        query_chunk_size=query_chunk_size, mesh=mesh, show_progress=show_progress,
-    )
-    k = min(max(2 * min_community_size, 50), n)
-    scores_NxK, idx_NxK = search(emb, emb, k)
-    candidates = np.nonzero(scores_NxK[:, min_community_size - 1] >= threshold)[0]
-    members: dict[int, np.ndarray] = {}
-    pending = candidates
-    while len(pending):
-        s, idx = search(emb[pending], emb, k) if k > scores_NxK.shape[1] else (
-            scores_NxK[pending], idx_NxK[pending])
-        full = (s[:, -1] < threshold) | (k >= n)
-        for row in np.nonzero(full)[0]:
-            members[int(pending[row])] = idx[row][s[row] >= threshold]
-        pending = pending[~full]
-        k = min(2 * k, n)
-
-    extracted = sorted(((c, members[c]) for c in candidates), key=lambda x: len(x[1]), reverse=True)
-    used = np.zeros(n, dtype=bool)
-    communities = []
-    for centre, community in extracted:
-        if used[centre]:
-            continue
-        free = community[~used[community]]
-        if len(free) >= min_community_size:
-            group = [centre] + [int(m) for m in free if m != centre]
-            communities.append(group)
-            used[group] = True
-    return sorted(communities, key=len, reverse=True)

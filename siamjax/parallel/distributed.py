@@ -16,6 +16,8 @@ import dataclasses
 import logging
 import os
 
+import jax
+
 log = logging.getLogger(__name__)
 
 _ENV = {"coordinator": "SIAMJAX_COORDINATOR", "num_processes": "SIAMJAX_NUM_PROCESSES",
@@ -69,8 +71,6 @@ def detected_cluster() -> str | None:
 
 def initialize(args: DistributedArgs) -> bool:
     """Join the multi-process job if there is one; returns True when running distributed."""
-    import jax
-
     explicit = [args.coordinator, args.num_processes, args.process_id]
     timeouts = dict(initialization_timeout=args.initialization_timeout_s,
                     heartbeat_timeout_seconds=args.heartbeat_timeout_s)

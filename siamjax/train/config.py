@@ -1,0 +1,252 @@
+"""The training config: every field with its default and meaning, and the checks on them.
+
+A config is an `ml_collections.ConfigDict`; config files (`configs/*.py`) start from
+`default_config()` and change fields. `validate` runs every check that needs no compilation,
+once, before anything is built, so a typo costs seconds, not a compile; each error names the
+field. Only the entry points (`siamjax.train.experiment`, the CLI) read configs: library
+functions take typed arguments.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import ml_collections
+
+from siamjax.data.records import ON_BAD_ROW_CHOICES
+from siamjax.losses import LOSS_NAMES
+from siamjax.parallel import check_batch_divisible, resolve_mesh_shape
+from siamjax.train.optim import SCHEDULES
+
+TFDS_BUILDERS = ("stsb", "sick", "nli")
+
+
+class ConfigError(ValueError):
+    """A config file, field or value that cannot be used; the message says which and why."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """A fresh ConfigDict with every field at its default (the base every config file edits)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # seeds parameter init (random models), dropout and data order
+    c.model = _model_fields()
+    c.data = _data_fields()
+    c.loss = _loss_fields()
+    c.optim = _optim_fields()
+    c.train = _train_fields()
+    c.mesh = _mesh_fields()
+    c.eval = _eval_fields()
+    c.checkpoint = _checkpoint_fields()
+    c.export = _export_fields()
+    return c
+
+
+def _model_fields() -> ml_collections.ConfigDict:
+    """The encoder to train: a pretrained folder, or a random BERT of a given shape."""
+    g = ml_collections.ConfigDict()
+    g.name_or_path = ""  # sentence-transformers/HF folder or hub name; "" = random init below
+    g.max_seq_length = 128  # tokens per text after truncation (also the largest bucket)
+    g.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (master weights stay f32)
+    g.remat = False  # recompute each layer's activations in the backward pass (saves memory)
+    # Random initialisation (used only when name_or_path is ""): a BERT of this shape.
+    g.init = ml_collections.ConfigDict()
+    g.init.tokenizer = ""  # folder or hub name of the HF tokenizer giving the vocabulary
+    g.init.hidden_size = 384
+    g.init.num_hidden_layers = 6
+    g.init.num_attention_heads = 12
+    g.init.intermediate_size = 1536
+    g.init.max_position_embeddings = 512
+    g.init.hidden_dropout_prob = 0.1
+    g.init.pooling = "mean"  # "mean", "cls", "max" or "+"-joined, e.g. "mean+max"
+    g.init.normalize = False  # L2-normalise the output embeddings
+    return g
+
+
+def _data_fields() -> ml_collections.ConfigDict:
+    """The training data and how batches are formed from it."""
+    g = ml_collections.ConfigDict()
+    g.train = file_dataset()  # the training file (pairs, triplets or scored pairs)
+    g.nli_to_triplets = False  # turn an NLI file (premise, hypothesis, nli_label) into triplets
+    g.nli_symmetric = False  # ... also use hypotheses as anchors (SBERT training_nli_v2)
+    g.shuffle = True  # reshuffle each epoch (reproducible from seed)
+    g.no_duplicates = True  # never put one text twice in a global batch (false negatives)
+    g.group_by_length = False  # batches of similar length: far less padding on CPU
+    g.buckets = (32, 64, 128)  # padded lengths a batch may take (<= model.max_seq_length)
+    # Sequence packing: > 0 packs several texts into rows of this many tokens (>= max_seq_length)
+    # instead of padding each to a bucket; same embeddings, far fewer pad tokens. 0 = off.
+    g.pack_length = 0
+    g.prefetch = 2  # batches prepared ahead by a background thread
+    return g
+
+
+def _loss_fields() -> ml_collections.ConfigDict:
+    """The training objective (a name from `siamjax.losses`) and its options."""
+    g = ml_collections.ConfigDict()
+    g.name = "mnrl"  # a name from siamjax.losses (cosent, mnrl, triplet, ...)
+    # keyword arguments of that loss, e.g. scale=20.0 (new keys may be added by overrides)
+    g.kwargs = ml_collections.ConfigDict()
+    g.sharded = False  # in-batch negatives gathered across devices (sharded InfoNCE)
+    return g
+
+
+def _optim_fields() -> ml_collections.ConfigDict:
+    """AdamW with warmup and decay: sentence-transformers' recipe by default."""
+    g = ml_collections.ConfigDict()
+    g.lr = 2e-5  # peak learning rate
+    g.schedule = "linear"  # decay after warmup: "linear", "cosine" or "constant"
+    g.warmup_ratio = 0.1  # warmup as a fraction of train steps (ignored if warmup_steps >= 0)
+    g.warmup_steps = -1  # warmup steps; -1 = use warmup_ratio
+    g.end_lr = 0.0  # learning rate at the last step
+    g.weight_decay = 0.01  # AdamW decay; never applied to biases and LayerNorm
+    g.b1 = 0.9
+    g.b2 = 0.999
+    g.eps = 1e-6
+    g.clip_norm = 1.0  # global gradient-norm clipping; 0 = off
+    return g
+
+
+def _train_fields() -> ml_collections.ConfigDict:
+    """Length of training, global batch, dropout, GradCache and logging."""
+    g = ml_collections.ConfigDict()
+    g.batch_size = 32  # global batch (pairs/triplets per step), split over all devices
+    g.num_epochs = 1.0  # length of training in epochs of the (largest) training set ...
+    g.num_steps = -1  # ... or in steps, if >= 0 (overrides num_epochs)
+    g.dropout = True  # dropout on while training (as sentence-transformers does)
+    g.grad_cache_chunk = 0  # GradCache: encode in chunks of this many rows; 0 = off
+    g.log_every_steps = 50  # metrics to metrics.jsonl / TensorBoard every N steps
+    g.progress_bar = True  # tqdm bar (loss, pairs/s, ETA) on process 0
+    return g
+
+
+def _mesh_fields() -> ml_collections.ConfigDict:
+    """The ('data', 'fsdp') device mesh."""
+    g = ml_collections.ConfigDict()
+    g.data = -1  # data-parallel axis size; -1 = all devices not used by fsdp
+    g.fsdp = 1  # parameter-sharding axis size (FSDP); 1 = replicate parameters
+    g.fsdp_min_size = 2**18  # arrays with fewer elements stay replicated
+    g.num_devices = 0  # use only the first N devices (0 = all); data x fsdp must equal it
+    return g
+
+
+def _eval_fields() -> ml_collections.ConfigDict:
+    """Evaluation on an STS dev file during and at the end of training."""
+    g = ml_collections.ConfigDict()
+    g.every_steps = 0  # evaluate every N steps (and at the end); 0 = only at the end
+    g.batch_size = 64  # sentences per encode batch
+    g.sts = file_dataset()  # an STS dev file (sentence1, sentence2, score); path "" = none
+    return g
+
+
+def _checkpoint_fields() -> ml_collections.ConfigDict:
+    """Orbax checkpoints: how often, how many, which is best."""
+    g = ml_collections.ConfigDict()
+    g.every_steps = 500  # save every N steps (also at the end, on evaluation, on preemption)
+    g.keep = 2  # keep the latest N checkpoints ...
+    g.keep_best = 1  # ... and the best N by best_metric
+    g.best_metric = "sts/spearman_cosine"  # evaluation metric ranking checkpoints
+    g.best_mode = "max"  # "max" or "min"
+    g.async_save = True  # write checkpoints in the background
+    return g
+
+
+def _export_fields() -> ml_collections.ConfigDict:
+    """The sentence-transformers folder written when training ends."""
+    g = ml_collections.ConfigDict()
+    # after `siamjax train` finishes, write the best (else last) checkpoint as a
+    # sentence-transformers folder here; relative to the workdir; "" = don't (see `siamjax export`)
+    g.dir = ""
+    return g
+
+
+def file_dataset() -> ml_collections.ConfigDict:
+    """Fields of one dataset: a local jsonl/csv/tsv file read through a column mapping, or a
+    siamjax tfds builder."""
+    d = ml_collections.ConfigDict()
+    d.path = ""  # the file (.jsonl, .csv, .tsv, optionally .gz)
+    d.format = ""  # "jsonl", "csv" or "tsv"; "" = from the suffix
+    # role -> column (header name or 0-based index): text sides in order, then optionally one
+    # label role "score", "label" or "nli_label", as (role, column) pairs in order, e.g.
+    # (("sentence1", 5), ("sentence2", 6), ("score", 4))
+    d.columns = (("anchor", "anchor"), ("positive", "positive"))
+    d.header = True  # the file has a header row (csv/tsv)
+    d.quoting = ""  # csv quoting: "none" or "minimal"; "" = "none" for tsv, "minimal" for csv
+    d.score_range = (0.0, 1.0)  # allowed range of "score" labels
+    d.normalize_scores = False  # map score_range linearly to [0, 1] (STS-b: 0..5 -> 0..1)
+    d.on_bad_row = "error"  # "error": stop naming file:line; "skip": count, log and skip the row
+    # Instead of `path`: a siamjax tfds builder (array_record, built once, no TensorFlow needed).
+    d.tfds = ml_collections.ConfigDict()
+    d.tfds.builder = ""  # "stsb", "sick" or "nli"; "" = read `path` instead
+    d.tfds.configs = ""  # builder configs to concatenate, comma-separated (nli: "snli,multinli")
+    d.tfds.split = "train"  # split name, e.g. "train", "validation"
+    d.tfds.data_dir = "~/tensorflow_datasets"  # where prepared datasets live
+    d.tfds.manual_dir = ""  # folder with the raw source files (offline build); "" = download
+    return d
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Every check that needs no compilation: fields, files, mesh and batch divisibility.
+
+    Raises ConfigError naming the field, so a typo costs seconds, not a compile.
+    """
+    def need(ok: bool, message: str):
+        if not ok:
+            raise ConfigError(message)
+
+    m, d, o, t = config.model, config.data, config.optim, config.train
+    if m.name_or_path:
+        local = pathlib.Path(m.name_or_path)
+        looks_local = m.name_or_path.startswith((".", "/", "~")) or local.exists()
+        need(not looks_local or local.is_dir(), f"model.name_or_path={m.name_or_path!r}: no such folder")
+    else:
+        need(bool(m.init.tokenizer), "model.name_or_path is empty: set it, or model.init.tokenizer "
+             "for a randomly initialised model")
+    need(m.dtype in ("float32", "bfloat16"), f"model.dtype={m.dtype!r}: use 'float32' or 'bfloat16'")
+    need(m.max_seq_length >= 8, f"model.max_seq_length={m.max_seq_length}: must be >= 8")
+    _check_file(d.train, "data.train", required=True)
+    _check_file(config.eval.sts, "eval.sts", required=False)
+    need(all(b > 0 for b in d.buckets), f"data.buckets={d.buckets}: lengths must be positive")
+    need(d.pack_length == 0 or d.pack_length >= m.max_seq_length,
+         f"data.pack_length={d.pack_length}: must be 0 (off) or >= model.max_seq_length={m.max_seq_length}")
+    need(d.pack_length <= 0 or not t.grad_cache_chunk,
+         f"data.pack_length={d.pack_length} with train.grad_cache_chunk={t.grad_cache_chunk}: GradCache "
+         "splits the batch by rows, which packed rows do not allow; turn one of them off")
+    need(config.loss.name in LOSS_NAMES,
+         f"loss.name={config.loss.name!r}: unknown; valid: {', '.join(LOSS_NAMES)}")
+    need(o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r}: use one of {SCHEDULES}")
+    need(o.lr > 0, f"optim.lr={o.lr}: must be positive")
+    need(t.num_steps > 0 or t.num_epochs > 0, "train.num_steps and train.num_epochs are both <= 0")
+    need(t.log_every_steps > 0, f"train.log_every_steps={t.log_every_steps}: must be >= 1")
+    need(config.checkpoint.every_steps > 0, "checkpoint.every_steps must be >= 1")
+    need(config.checkpoint.best_mode in ("max", "min"), "checkpoint.best_mode must be 'max' or 'min'")
+    num_devices = config.mesh.num_devices or jax.device_count()
+    need(0 < num_devices <= jax.device_count(),
+         f"mesh.num_devices={config.mesh.num_devices}: only {jax.device_count()} devices exist")
+    need(jax.process_count() == 1 or num_devices == jax.device_count(),
+         f"mesh.num_devices={config.mesh.num_devices}: a {jax.process_count()}-process job must use all "
+         f"{jax.device_count()} devices (set it to 0), or some processes would have no device to feed")
+    try:
+        data, fsdp = resolve_mesh_shape(config.mesh.data, config.mesh.fsdp, num_devices)
+        check_batch_divisible(t.batch_size, data * fsdp, jax.process_count())
+    except ValueError as err:
+        raise ConfigError(f"{err} (mesh.data={config.mesh.data}, mesh.fsdp={config.mesh.fsdp})") from None
+    if t.grad_cache_chunk:
+        need(t.batch_size % t.grad_cache_chunk == 0,
+             f"train.grad_cache_chunk={t.grad_cache_chunk} must divide train.batch_size={t.batch_size}")
+
+
+def _check_file(file_cfg, field: str, *, required: bool) -> None:
+    """The data file must exist (if required or given) and on_bad_row must be a known policy."""
+    if file_cfg.on_bad_row not in ON_BAD_ROW_CHOICES:
+        raise ConfigError(f"{field}.on_bad_row={file_cfg.on_bad_row!r}: use one of {ON_BAD_ROW_CHOICES}")
+    if file_cfg.tfds.builder:
+        if file_cfg.tfds.builder not in TFDS_BUILDERS:
+            raise ConfigError(f"{field}.tfds.builder={file_cfg.tfds.builder!r}: use one of {TFDS_BUILDERS}")
+        return
+    if not file_cfg.path:
+        if required:
+            raise ConfigError(f"{field}.path is empty: give the training file (or {field}.tfds.builder)")
+        return
+    if not pathlib.Path(file_cfg.path).is_file():
+        raise ConfigError(f"{field}.path={file_cfg.path!r}: file not found")
+    if not file_cfg.columns or any(len(pair) != 2 for pair in file_cfg.columns):
+        raise ConfigError(f"{field}.columns must be (role, column) pairs, got {file_cfg.columns}")

@@ -1,0 +1,207 @@
+"""A training run from start to end: config -> mesh -> data -> sharded state -> compiled step
+-> loop -> export.
+
+`train_and_evaluate(config, workdir)` is the library's one entry point that reads a whole
+config (nanodo's and the Flax examples' shape): it validates the config once, turns it into
+typed objects and hands them to `train_loop`. Metrics go to `metrics.jsonl` and TensorBoard,
+checkpoints to `<workdir>/checkpoints`; rerunning the same call resumes. `export_run` writes a
+run's best (else last) checkpoint as a sentence-transformers folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from siamjax.data import in_memory, length_grouped, make_train_iterator
+from siamjax.encoder import SentenceEncoder
+from siamjax.encoder.rows import TOKEN_KEYS
+from siamjax.losses import make_grad_cache_value_and_grad
+from siamjax.parallel import batch_shard_count, make_mesh, to_global_array
+from siamjax.train import builders, checkpoint as ckpt
+from siamjax.train.config import validate
+from siamjax.train.loop import LoopResult, train_loop
+from siamjax.train.metrics import MetricWriter
+from siamjax.train.preemption import PreemptionFlag
+from siamjax.train.state import create_train_state
+from siamjax.train.step import compile_train_step, make_train_step
+
+log = logging.getLogger(__name__)
+RUN_INFO = "run_info.json"  # facts about the run the config alone does not fix (class count)
+
+
+@dataclasses.dataclass
+class RunData:
+    """The training data of a run, ready for the iterator."""
+
+    dataset: object            # PairDataset or tfds pair source
+    num_labels: int | None     # classes of a softmax-style loss, else None
+    total_steps: int
+    steps_per_epoch: int
+    shuffle: bool              # False once length grouping fixed the order
+
+
+def _write_json(path: pathlib.Path, record: dict) -> None:
+    """Writes a small JSON file from process 0 (no torn reads by the others)."""
+    if jax.process_index() == 0:
+        path.write_text(json.dumps(record, indent=2))
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    """Saves the resolved config (export reads it); warns when a resume changed it."""
+    path = workdir / "config.json"
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    if jax.process_index() != 0:
+        return
+    if path.exists() and json.loads(path.read_text()) != json.loads(text):
+        log.warning("%s differs from the current config; resuming with the current one", path)
+        print(f"warning: {path} differs from the current config (resuming with the current one)")
+    path.write_text(text)
+
+
+def _manager(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, read_only: bool = False):
+    c = config.checkpoint
+    return ckpt.make_manager(
+        workdir / "checkpoints", save_interval_steps=c.every_steps, max_to_keep=c.keep,
+        keep_best=c.keep_best, best_metric=c.best_metric or None, best_mode=c.best_mode,
+        async_save=c.async_save, read_only=read_only,
+    )
+
+
+def prepare_data(config: ml_collections.ConfigDict, tokenizer) -> RunData:
+    """Reads the training set and fixes the run length (and the length-grouped order)."""
+    t, d = config.train, config.data
+    dataset, num_labels = builders.read_train_set(d, config.seed)
+    if getattr(dataset, "num_bad_rows", 0) and jax.process_index() == 0:
+        print(f"data: skipped {dataset.num_bad_rows} bad row(s) of {dataset.name} "
+              f"(data.train.on_bad_row=skip)", flush=True)
+    total = builders.total_steps_for(t, len(dataset))
+    steps_per_epoch = max(1, len(dataset) // t.batch_size)
+    shuffle = d.shuffle
+    if d.group_by_length:
+        epochs = -(-total // steps_per_epoch)
+        dataset = length_grouped(in_memory(dataset), tokenizer, t.batch_size, epochs, config.seed,
+                                 config.model.max_seq_length)
+        shuffle = False
+    return RunData(dataset, num_labels, total, steps_per_epoch, shuffle)
+
+
+def _train_iterator(config: ml_collections.ConfigDict, data: RunData, tokenizer, mesh: Mesh):
+    d = config.data
+    return make_train_iterator(
+        [data.dataset], tokenizer, global_batch_size=config.train.batch_size,
+        max_seq_length=config.model.max_seq_length, seed=config.seed, shuffle=data.shuffle,
+        no_duplicates=d.no_duplicates, buckets=tuple(d.buckets), prefetch=d.prefetch,
+        pack_length=d.pack_length, num_shards=batch_shard_count(mesh) // jax.process_count(),
+    )
+
+
+def _compiled_step(config: ml_collections.ConfigDict, parts: builders.TrainParts, data: RunData, mesh: Mesh):
+    """The train step (GradCache when configured), jitted with the state's and batch's shardings."""
+    value_and_grad_fn = None
+    if config.train.grad_cache_chunk:
+        value_and_grad_fn = make_grad_cache_value_and_grad(parts.encode_fn, parts.loss_fn,
+                                                           config.train.grad_cache_chunk)
+    step_fn = make_train_step(parts.encode_fn, parts.loss_fn, parts.optimizer, schedule=parts.schedule,
+                              dropout=config.train.dropout, value_and_grad_fn=value_and_grad_fn)
+    keys = TOKEN_KEYS + ("text_index",) * bool(config.data.pack_length)
+    example = {k: np.zeros((1, 1, 1), np.int32) for k in keys}
+    if data.dataset.label_kind is not None:
+        example["labels"] = np.zeros((1,), np.float32)
+    return compile_train_step(step_fn, parts.shardings, example, mesh)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> LoopResult:
+    """Trains (or resumes) the run in `workdir` as `config` describes; returns how it ended.
+
+    Raises `ConfigError`, `DataError`, `CheckpointError` or `NonFiniteLossError` (the CLI turns
+    them into exit codes); a preempted run returns with `preempted=True`.
+    """
+    validate(config)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_config(config, workdir)
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices=jax.devices()[: config.mesh.num_devices or None])
+    with jax.set_mesh(mesh), PreemptionFlag() as preemption:
+        encoder = builders.build_encoder(config.model, config.seed)
+        data = prepare_data(config, encoder.tokenizer)
+        _write_json(workdir / RUN_INFO, {"num_labels": data.num_labels, "total_steps": data.total_steps})
+        parts = builders.build_parts(config, mesh, total_steps=data.total_steps, num_labels=data.num_labels,
+                                     encoder=encoder)
+        manager = _manager(config, workdir)
+        restored = ckpt.restore_latest(manager, parts.abstract)
+        if restored is None:
+            state, _ = create_train_state(parts.params, parts.optimizer, parts.dropout_rng, mesh,
+                                          config.mesh.fsdp_min_size)
+        else:
+            state = restored[1]
+        iterator = _train_iterator(config, data, encoder.tokenizer, mesh)
+        if restored is not None:
+            iterator.set_state(restored[2])
+        evaluate = None
+        if config.eval.sts.path or config.eval.sts.tfds.builder:
+            evaluate = builders.make_sts_evaluate(config.eval.sts, encoder, config.eval.batch_size)
+        writer = MetricWriter(workdir, total_steps=data.total_steps, start_step=int(jax.device_get(state.step)),
+                              batch_size=config.train.batch_size, log_every=config.train.log_every_steps,
+                              progress_bar=config.train.progress_bar)
+        if restored is not None:
+            writer.message(f"resumed from {manager.directory}/{restored[0]}")
+        try:
+            return train_loop(
+                state=state, train_step=_compiled_step(config, parts, data, mesh), batches=iterator,
+                data_state=iterator.get_state, to_device=lambda b: to_global_array(b, mesh),
+                manager=manager, total_steps=data.total_steps, writer=writer, evaluate=evaluate,
+                eval_every=config.eval.every_steps, best_metric=config.checkpoint.best_metric,
+                stop_requested=preemption.reached, steps_per_epoch=data.steps_per_epoch,
+            )
+        finally:
+            writer.close()
+            manager.wait_until_finished()
+            manager.close()
+            iterator.close()
+
+
+def load_trained_encoder(workdir: str | pathlib.Path, step: int | None = None) -> tuple[SentenceEncoder, int]:
+    """(SentenceEncoder with the trained weights, step) from a run folder.
+
+    Picks the best checkpoint by `checkpoint.best_metric` if any has one, else the latest;
+    the checkpoint's fingerprint is verified. Works on any device count (restores onto one).
+    """
+    workdir = pathlib.Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: is {workdir} a siamjax run folder?")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    mesh = make_mesh(1, 1, devices=jax.local_devices()[:1])
+    with jax.set_mesh(mesh):
+        info = json.loads((workdir / RUN_INFO).read_text())
+        parts = builders.build_parts(config, mesh, total_steps=1, num_labels=info["num_labels"])
+        manager = _manager(config, workdir, read_only=True)
+        try:
+            step = ckpt.best_or_latest_step(manager) if step is None else step
+            if step is None:
+                raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+            state, _ = ckpt.restore_step(manager, step, parts.abstract)
+        finally:
+            manager.close()
+    params = jax.tree.map(np.asarray, jax.device_get(state.params["encoder"]))
+    return parts.encoder.with_params(params), step
+
+
+def export_run(workdir: str | pathlib.Path, output: str | pathlib.Path, step: int | None = None) -> tuple[pathlib.Path, int]:
+    """Writes a run's best (else last, or `step`) checkpoint as a sentence-transformers folder.
+
+    In a multi-process job every process joins the (collective) orbax restore, each onto one
+    of its own devices, and only process 0 writes the folder. Returns (folder, step).
+    """
+    encoder, step = load_trained_encoder(workdir, step)
+    output = pathlib.Path(output)
+    if jax.process_index() == 0:
+        encoder.save(output)
+    return output, step

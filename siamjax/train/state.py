@@ -1,0 +1,80 @@
+"""The training state: one pytree holding the step, parameters, optimizer state and RNG key,
+born sharded.
+
+Parameters are born sharded: the abstract state comes from `jax.eval_shape`, the FSDP rule
+(`siamjax.parallel.fsdp`) turns it into shardings, and `jax.jit(init, out_shardings=...)`
+creates the optimizer state directly in that layout.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from siamjax.parallel import tree_shardings
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training; a pytree, so it is jit-, shard- and save-able.
+
+    `params` is `{"encoder": <encoder params>, "loss": <learnable loss params or {}>}`;
+    `rng` is a raw uint32[2] key, folded with `step` so a resumed run draws the same dropout.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def init_train_state(params: Any, optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+    """The state at step 0: given params, fresh optimizer moments, the run's base RNG key."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng
+    )
+
+
+def state_shardings(
+    params: Any, optimizer: optax.GradientTransformation, mesh: Mesh, fsdp_min_size: int
+) -> tuple[TrainState, TrainState]:
+    """(abstract state with shardings attached, shardings) without allocating anything.
+
+    The abstract state is what `checkpoint.restore` needs as a target; the shardings are the
+    jit in/out shardings of the train step.
+    """
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    abstract = jax.eval_shape(lambda p, r: init_train_state(p, optimizer, r), params, rng)
+    shardings = tree_shardings(abstract, mesh, fsdp_min_size)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+    return abstract, shardings
+
+
+def create_train_state(
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    rng: jax.Array,
+    mesh: Mesh,
+    fsdp_min_size: int,
+) -> tuple[TrainState, TrainState]:
+    """A sharded step-0 TrainState and its shardings.
+
+    Pretrained `params` (host or single-device arrays) are placed straight into their FSDP
+    layout with `jax.device_put`; the optimizer state is born sharded by jitting `init` with
+    `out_shardings`, so no device ever holds a full copy of the Adam moments.
+    """
+    _, shardings = state_shardings(params, optimizer, mesh, fsdp_min_size)
+    params = jax.device_put(params, shardings.params)
+    rng = jax.device_put(jnp.asarray(rng, jnp.uint32), shardings.rng)
+    init = jax.jit(
+        lambda p, r: init_train_state(p, optimizer, r),
+        in_shardings=(shardings.params, shardings.rng),
+        out_shardings=shardings,
+    )
+    return init(params, rng), shardings

@@ -4,7 +4,7 @@ sentence-transformers' models, losses and evaluators, rebuilt around one pure
 `encode(params, tokens)` function that `jax.jit` shards over device meshes.
 """
 from siamjax import evaluation, losses, quantization, search
-from siamjax.encoder import BertConfig, SentenceEncoder
+from siamjax.encoder import BertConfig, DistilBertConfig, ModernBertConfig, MPNetConfig, SentenceEncoder
 
 __version__ = "0.1.0"
-__all__ = ["BertConfig", "SentenceEncoder", "evaluation", "losses", "quantization", "search", "__version__"]
+__all__ = ["BertConfig", "DistilBertConfig", "MPNetConfig", "ModernBertConfig", "SentenceEncoder", "evaluation", "losses", "quantization", "search", "__version__"]

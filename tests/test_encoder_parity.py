@@ -59,7 +59,7 @@ def test_tiny_roberta_matches_pytorch(tmp_path, sentences):
     folder = build_tiny_roberta(tmp_path / "roberta", sentences[:150])
     texts = [s for s in sentences[:120] if s] + ["", "unseen wörds ☃"]
     ours = siamjax.SentenceEncoder.from_pretrained(folder, max_seq_length=64)
-    assert ours.spec.bert.model_type == "roberta" and ours.spec.bert.position_offset == 2
+    assert ours.spec.transformer.model_type == "roberta" and ours.spec.transformer.position_offset == 2
     st = SentenceTransformer(modules=[models.Transformer(str(folder), max_seq_length=64),
                                       models.Pooling(32, "mean")], device="cpu")
     cos = _cosines(ours.encode(texts), st.encode(texts))

@@ -149,7 +149,7 @@ def test_grad_cache_step_matches_plain_step(tiny_encoder):
 
 
 def test_bf16_compute_keeps_float32_master_weights(minilm_dir, tiny_encoder):
-    bf16 = SentenceEncoder.from_config(tiny_encoder.spec.bert, tiny_encoder.tokenizer, seed=0, dtype="bfloat16")
+    bf16 = SentenceEncoder.from_config(tiny_encoder.spec.transformer, tiny_encoder.tokenizer, seed=0, dtype="bfloat16")
     mesh = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
     batches = make_batches(2)
     curve16, params16, _ = run_steps(bf16, losses.get_loss("cosent"), mesh, batches)

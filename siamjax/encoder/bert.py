@@ -1,40 +1,30 @@
-"""Flax NNX BERT-architecture transformer encoder.
+"""Flax NNX BERT-architecture transformer encoder (`model_type` bert, roberta, xlm-roberta, camembert).
 
 One implementation covers BERT, MiniLM, bge/e5/gte-style BERTs and RoBERTa/XLM-R: the two
-families differ only in how position ids are formed (RoBERTa counts non-pad tokens from
-`pad_token_id + 1`) and in having a single token type. Both are flags on `BertConfig`, so a
-new BERT-like family is a config change, not a new module.
+differ only in how position ids are formed (RoBERTa counts non-pad tokens from
+`pad_token_id + 1`) and in having a single token type. Both are fields of `BertConfig`, so a
+new BERT-like family is a config change, not a new module. The block is the shared
+`layers.PostNormBlock`.
 
 Inputs may be packed: `attention_mask` holds segment ids (0 padding, k > 0 the k-th text of
 the row; an ordinary 0/1 mask is one text per row). Tokens attend only within their segment and
 position ids restart per segment, so a packed row computes exactly what separate padded rows
-would, without the padding. Attention goes through `jax.nn.dot_product_attention` with that
-block-diagonal mask. With no
-`implementation` argument jax 0.10 lowers it to plain XLA on every backend (the full score
-matrix is materialised); a cuDNN flash-attention path is future work for the GPU MFU target. Compute dtype (`dtype`) is separate from
-the parameter dtype (`param_dtype`): bf16 compute keeps float32 master weights, and LayerNorm
-statistics are taken in float32 (flax's LayerNorm reduces in float32 whatever the input dtype).
+would, without the padding. Compute dtype (`dtype`) is separate from the parameter dtype
+(`param_dtype`): bf16 compute keeps float32 master weights.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from siamjax.encoder import hf_names, layers
 from siamjax.encoder.rows import segment_positions
 
-_ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
+# The RoBERTa-style model types count positions from pad + 1.
+_ROBERTA_STYLE = ("roberta", "xlm-roberta", "camembert")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +34,10 @@ class BertConfig:
     `position_offset` is 0 for BERT; for RoBERTa/XLM-R it is `pad_token_id + 1` and position
     ids are counted over non-pad tokens, exactly as `transformers` does.
     """
+
+    ARCHITECTURES: ClassVar[dict[str, str]] = {
+        "bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
+        "camembert": "CamembertModel"}
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -61,80 +55,80 @@ class BertConfig:
     position_offset: int = 0
 
     def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_attention_heads ({self.num_attention_heads})"
-            )
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(
-                f"hidden_act {self.hidden_act!r} is not supported; choose one of {sorted(_ACTIVATIONS)}"
-            )
+        layers.check_heads(self.hidden_size, self.num_attention_heads)
+        layers.check_activation(self.hidden_act)
 
     @property
     def max_tokens(self) -> int:
         """Longest input the position table allows (RoBERTa spends `position_offset` slots)."""
         return self.max_position_embeddings - self.position_offset
 
+    @classmethod
+    def from_hf(cls, config: dict, source: str) -> "BertConfig":
+        """From a Hugging Face `config.json` dict (`source` names the file in errors)."""
+        model_type = config["model_type"]
+        if config.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"{source}: position_embedding_type={config['position_embedding_type']!r} is not "
+                             "supported (only 'absolute')")
+        fields = {f.name for f in dataclasses.fields(cls)} - {"position_offset", "model_type"}
+        kwargs = {k: config[k] for k in fields if k in config}
+        roberta = model_type in _ROBERTA_STYLE
+        kwargs["pad_token_id"] = config.get("pad_token_id", 1 if roberta else 0)
+        try:
+            return cls(**kwargs, model_type=model_type, position_offset=kwargs["pad_token_id"] + 1 if roberta else 0)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source}: {err}") from err
 
-def _dropout(x, rate: float, rng):
-    """Inverted dropout; identity when `rng` is None (inference) or the rate is 0."""
-    if rng is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+    def to_hf(self, base: dict) -> dict:
+        """The `config.json` to save: `base` (the loaded one; unknown keys kept) with our fields."""
+        ours = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "position_offset"}
+        return {**base, **ours, "architectures": [self.ARCHITECTURES[self.model_type]]}
 
+    def tensor_names(self) -> hf_names.TensorNames:
+        """HF tensor name <-> param path for every weight (`BertModel` layout)."""
+        e = ("encoder",)
+        names = [*hf_names.embedding("embeddings.word_embeddings", e + ("word_embeddings",)),
+                 *hf_names.embedding("embeddings.position_embeddings", e + ("position_embeddings",)),
+                 *hf_names.embedding("embeddings.token_type_embeddings", e + ("token_type_embeddings",)),
+                 *hf_names.norm("embeddings.LayerNorm", e + ("embed_norm",))]
+        for i in range(self.num_hidden_layers):
+            hf, ours = f"encoder.layer.{i}", e + ("layers", str(i))
+            names += [*hf_names.linear(f"{hf}.attention.self.query", ours + ("query",)),
+                      *hf_names.linear(f"{hf}.attention.self.key", ours + ("key",)),
+                      *hf_names.linear(f"{hf}.attention.self.value", ours + ("value",)),
+                      *hf_names.linear(f"{hf}.attention.output.dense", ours + ("attn_out",)),
+                      *hf_names.norm(f"{hf}.attention.output.LayerNorm", ours + ("attn_norm",)),
+                      *hf_names.linear(f"{hf}.intermediate.dense", ours + ("intermediate",)),
+                      *hf_names.linear(f"{hf}.output.dense", ours + ("output",)),
+                      *hf_names.norm(f"{hf}.output.LayerNorm", ours + ("out_norm",))]
+        return hf_names.TensorNames(
+            tuple(names), prefixes=("bert.", "roberta.", "xlm_roberta.", "model."),
+            kept=("pooler.dense.weight", "pooler.dense.bias"),
+            buffers=("embeddings.position_ids", "embeddings.token_type_ids"),
+            task_heads=("cls.", "lm_head.", "classifier.", "qa_outputs."))
 
-class BertLayer(nnx.Module):
-    """Post-LN transformer block: self-attention and a GELU MLP, each with residual + LayerNorm."""
-
-    def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
-        d, f = cfg.hidden_size, cfg.intermediate_size
-        init = nnx.initializers.normal(cfg.initializer_range)
-        dense = lambda i, o: nnx.Linear(i, o, dtype=dtype, param_dtype=param_dtype, kernel_init=init, rngs=rngs)
-        self.query, self.key, self.value, self.attn_out = dense(d, d), dense(d, d), dense(d, d), dense(d, d)
-        norm = lambda: nnx.LayerNorm(d, epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.attn_norm = norm()
-        self.intermediate, self.output = dense(d, f), dense(f, d)
-        self.out_norm = norm()
-        self.num_heads = cfg.num_attention_heads
-        self.dropout_rate = cfg.hidden_dropout_prob
-        self.act_name = cfg.hidden_act
-
-    def __call__(self, x_BxLxD, mask_Bx1xLxL, rng=None):
-        b, l, d = x_BxLxD.shape
-        split = lambda t: t.reshape(b, l, self.num_heads, d // self.num_heads)
-        q_BxLxNxH = split(self.query(x_BxLxD))
-        k_BxLxNxH = split(self.key(x_BxLxD))
-        v_BxLxNxH = split(self.value(x_BxLxD))
-        # Attention-prob dropout is not applied: fused attention kernels have no dropout, and
-        # hidden-state dropout below is what regularises fine-tuning in practice.
-        a_BxLxNxH = jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_Bx1xLxL)
-        rng_attn, rng_mlp = jax.random.split(rng) if rng is not None else (None, None)
-        a_BxLxD = _dropout(self.attn_out(a_BxLxNxH.reshape(b, l, d)), self.dropout_rate, rng_attn)
-        x_BxLxD = self.attn_norm(x_BxLxD + a_BxLxD)
-        h_BxLxF = _ACTIVATIONS[self.act_name](self.intermediate(x_BxLxD))
-        h_BxLxD = _dropout(self.output(h_BxLxF), self.dropout_rate, rng_mlp)
-        return self.out_norm(x_BxLxD + h_BxLxD)
+    def build(self, **kwargs) -> "BertEncoder":
+        """The NNX module (`dtype`, `param_dtype`, `remat`, `attention`, `rngs` keywords)."""
+        return BertEncoder(self, **kwargs)
 
 
 class BertEncoder(nnx.Module):
-    """Embeddings + a stack of `BertLayer`s; returns token states `[B, L, D]` in float32."""
+    """Embeddings + a stack of post-norm blocks; returns token states `[B, L, D]` in float32."""
 
     def __init__(self, cfg: BertConfig, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                 remat: bool = False, rngs: nnx.Rngs):
-        init = nnx.initializers.normal(cfg.initializer_range)
-        embed = lambda n: nnx.Embed(n, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
-                                    embedding_init=init, rngs=rngs)
-        self.word_embeddings = embed(cfg.vocab_size)
-        self.position_embeddings = embed(cfg.max_position_embeddings)
-        self.token_type_embeddings = embed(cfg.type_vocab_size)
-        self.embed_norm = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=dtype,
-                                        param_dtype=param_dtype, rngs=rngs)
-        self.layers = nnx.Dict({str(i): BertLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                                for i in range(cfg.num_hidden_layers)})
+                 remat: bool = False, attention: str = "xla", rngs: nnx.Rngs):
+        kw = dict(init_std=cfg.initializer_range, dtype=dtype, param_dtype=param_dtype)
+        self.word_embeddings = layers.embed(rngs, cfg.vocab_size, cfg.hidden_size, **kw)
+        self.position_embeddings = layers.embed(rngs, cfg.max_position_embeddings, cfg.hidden_size, **kw)
+        self.token_type_embeddings = layers.embed(rngs, cfg.type_vocab_size, cfg.hidden_size, **kw)
+        self.embed_norm = layers.layer_norm(rngs, cfg.hidden_size, eps=cfg.layer_norm_eps, dtype=dtype,
+                                            param_dtype=param_dtype)
+        self.layers = nnx.Dict({str(i): layers.PostNormBlock(
+            hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+            num_heads=cfg.num_attention_heads, activation=cfg.hidden_act, eps=cfg.layer_norm_eps,
+            attn_dropout=cfg.hidden_dropout_prob, mlp_dropout=cfg.hidden_dropout_prob, implementation=attention,
+            rngs=rngs, **kw) for i in range(cfg.num_hidden_layers)})
         self.config = cfg
-        self.dtype = dtype
         self.remat = remat
 
     def position_ids(self, segments_BxL):
@@ -156,18 +150,9 @@ class BertEncoder(nnx.Module):
         x_BxLxD = (self.word_embeddings(input_ids)
                    + self.position_embeddings(self.position_ids(attention_mask))
                    + self.token_type_embeddings(token_type_ids))
-        rngs = [None] * (cfg.num_hidden_layers + 1) if rng is None else list(
-            jax.random.split(rng, cfg.num_hidden_layers + 1))
-        x_BxLxD = _dropout(self.embed_norm(x_BxLxD), cfg.hidden_dropout_prob, rngs[0])
-        segments_BxL = attention_mask.astype(jnp.int32)
-        mask_Bx1xLxL = (segments_BxL[:, None, :, None] == segments_BxL[:, None, None, :]) & (
-            segments_BxL[:, None, None, :] > 0)
-        forward = nnx.remat(_layer_forward) if self.remat else _layer_forward
-        for i in range(cfg.num_hidden_layers):
-            x_BxLxD = forward(self.layers[str(i)], x_BxLxD, mask_Bx1xLxL, rngs[i + 1])
+        rngs = layers.layer_rngs(rng, cfg.num_hidden_layers)
+        x_BxLxD = layers.dropout(self.embed_norm(x_BxLxD), cfg.hidden_dropout_prob, rngs[0])
+        mask_Bx1xLxL = layers.segment_mask(attention_mask)
+        blocks = [self.layers[str(i)] for i in range(cfg.num_hidden_layers)]
+        x_BxLxD = layers.run_layers(blocks, x_BxLxD, rngs[1:], self.remat, lambda i: (mask_Bx1xLxL,))
         return x_BxLxD.astype(jnp.float32)
-
-
-def _layer_forward(layer: BertLayer, x_BxLxD, mask_Bx1xLxL, rng):
-    """One block; a free function so `nnx.remat` can wrap it when rematerialising."""
-    return layer(x_BxLxD, mask_Bx1xLxL, rng)

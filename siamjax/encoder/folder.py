@@ -17,20 +17,12 @@ import numpy as np
 from huggingface_hub import snapshot_download
 from safetensors.numpy import load_file, save_file
 
-from siamjax.encoder import hf_names
-from siamjax.encoder.bert import BertConfig
+from siamjax.encoder import families, hf_names
 from siamjax.encoder.model import DenseConfig, EncoderSpec
 from siamjax.encoder.pooling import PoolingConfig
 
 log = logging.getLogger(__name__)
 
-# model_type -> (architecture written on save, position ids counted RoBERTa-style)
-ARCHITECTURES = {
-    "bert": ("BertModel", False),
-    "roberta": ("RobertaModel", True),
-    "xlm-roberta": ("XLMRobertaModel", True),
-    "camembert": ("CamembertModel", True),
-}
 _ST_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "merges.txt", "*/config.json",
                  "*/model.safetensors", "README.md"]
@@ -74,26 +66,6 @@ def _read_json(path: pathlib.Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: invalid JSON ({err})") from err
-
-
-def bert_config_from_hf(config: dict, source: str) -> BertConfig:
-    """Our `BertConfig` from a Hugging Face `config.json` dict; unknown families are errors."""
-    model_type = config.get("model_type")
-    if model_type not in ARCHITECTURES:
-        raise ValueError(f"{source}: unknown architecture model_type={model_type!r}; siamjax supports "
-                         f"{', '.join(sorted(ARCHITECTURES))}")
-    if config.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"{source}: position_embedding_type={config['position_embedding_type']!r} is not "
-                         "supported (only 'absolute')")
-    fields = {f.name for f in dataclasses.fields(BertConfig)} - {"position_offset", "model_type"}
-    kwargs = {k: config[k] for k in fields if k in config}
-    pad = config.get("pad_token_id", 1 if ARCHITECTURES[model_type][1] else 0)
-    kwargs["pad_token_id"] = pad
-    try:
-        return BertConfig(**kwargs, model_type=model_type,
-                          position_offset=pad + 1 if ARCHITECTURES[model_type][1] else 0)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{source}: {err}") from err
 
 
 def _weights(folder: pathlib.Path, what: str) -> dict[str, np.ndarray]:
@@ -159,31 +131,28 @@ def read_folder(folder: pathlib.Path) -> LoadedFolder:
         raise FileNotFoundError(f"{transformer_dir}: no config.json; not a Hugging Face or "
                                 "sentence-transformers model folder")
     hf_config = _read_json(transformer_dir / "config.json")
-    bert = bert_config_from_hf(hf_config, str(transformer_dir / "config.json"))
+    transformer = families.config_from_hf(hf_config, str(transformer_dir / "config.json"))
     tensors = _weights(transformer_dir, "transformer")
-    max_len = int(st_config.get("max_seq_length") or bert.max_tokens)
-    if max_len > bert.max_tokens:
+    max_len = int(st_config.get("max_seq_length") or transformer.max_tokens)
+    if max_len > transformer.max_tokens:
         raise ValueError(f"{transformer_dir / 'sentence_bert_config.json'}: max_seq_length {max_len} exceeds "
-                         f"the {bert.max_tokens} positions the model has")
-    spec = EncoderSpec(bert=bert, pooling=pooling, dense=dense_cfg, normalize=normalize)
+                         f"the {transformer.max_tokens} positions the model has")
+    spec = EncoderSpec(transformer=transformer, pooling=pooling, dense=dense_cfg, normalize=normalize)
     return LoadedFolder(spec, tensors, dense_tensors, hf_config, max_len, transformer_dir)
 
 
-def hf_config_for(bert: BertConfig, base: dict | None) -> dict:
-    """The `config.json` to write: the loaded one (if any) updated with our values."""
-    config = dict(base or {})
-    config.update({f.name: getattr(bert, f.name) for f in dataclasses.fields(BertConfig)
-                   if f.name != "position_offset"})
-    config["architectures"] = [ARCHITECTURES[bert.model_type][0]]
-    return config
+def hf_config_for(transformer: families.TransformerConfig, base: dict | None) -> dict:
+    """The `config.json` to write: the loaded one (if any; unknown keys are kept) updated with
+    our values."""
+    return transformer.to_hf(dict(base or {}))
 
 
 def write_folder(directory: pathlib.Path, *, spec: EncoderSpec, params: dict, tokenizer, hf_config: dict,
                  max_seq_length: int, extras: dict[str, np.ndarray]) -> None:
     """Write a complete sentence-transformers folder (loads in PyTorch and in siamjax)."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(hf_config_for(spec.bert, hf_config), indent=2))
-    tensors = hf_names.export_tensors(params, hf_names.transformer_names(spec.bert))
+    (directory / "config.json").write_text(json.dumps(hf_config_for(spec.transformer, hf_config), indent=2))
+    tensors = hf_names.export_tensors(params, spec.transformer.tensor_names())
     tensors.update({k: np.ascontiguousarray(v) for k, v in extras.items()})
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
     tokenizer.save_pretrained(str(directory))
@@ -193,7 +162,7 @@ def write_folder(directory: pathlib.Path, *, spec: EncoderSpec, params: dict, to
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
     (directory / "1_Pooling").mkdir(exist_ok=True)
     (directory / "1_Pooling" / "config.json").write_text(
-        json.dumps(spec.pooling.to_st_config(spec.bert.hidden_size), indent=2))
+        json.dumps(spec.pooling.to_st_config(spec.transformer.hidden_size), indent=2))
     if spec.dense is not None:
         dense_dir = directory / "2_Dense"
         dense_dir.mkdir(exist_ok=True)
@@ -223,7 +192,7 @@ def _version() -> str:
 
 
 def _model_card(spec: EncoderSpec, max_seq_length: int) -> str:
-    dim = spec.embedding_dim
+    dim, t = spec.embedding_dim, spec.transformer
     return f"""---
 library_name: sentence-transformers
 tags: [sentence-transformers, sentence-similarity, feature-extraction, siamjax]
@@ -231,7 +200,7 @@ pipeline_tag: sentence-similarity
 ---
 # Sentence embedding model (trained with siamjax)
 
-A {spec.bert.model_type} encoder ({spec.bert.num_hidden_layers} layers, hidden size {spec.bert.hidden_size})
+A {t.model_type} encoder ({t.num_hidden_layers} layers, hidden size {t.hidden_size})
 mapping text to {dim}-dimensional vectors: {'+'.join(spec.pooling.modes)} pooling
 {'+ Dense ' if spec.dense else ''}{'+ L2 normalisation ' if spec.normalize else ''}over at most {max_seq_length} tokens.
 

@@ -1,75 +1,64 @@
 """Explicit mapping between Hugging Face tensor names and siamjax parameter paths.
 
-Every tensor is accounted for: a checkpoint tensor that maps nowhere is an error naming it
-(except the few known extras listed below, which are kept and written back on save), a
+Each family (`bert.py`, `mpnet.py`, ...) lists its names with the helpers here; loading and
+saving both read that one list. Every tensor is accounted for: a checkpoint tensor that maps
+nowhere is an error naming it (except the family's known extras, buffers and task heads), a
 parameter that no tensor fills is an error naming it, and a shape mismatch names both shapes.
 PyTorch `nn.Linear` stores `[out, in]`; Flax kernels are `[in, out]`, hence the transposes.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Iterator
 
 import numpy as np
 
-from siamjax.encoder.bert import BertConfig
-
 log = logging.getLogger(__name__)
 
-# Prefixes that task-specific HF classes put in front of the base model's names.
-_PREFIXES = ("bert.", "roberta.", "xlm_roberta.", "model.")
-# Tensors kept verbatim and re-saved (the pooler is unused by sentence embeddings but belongs
-# to the checkpoint); buffers that are recomputed and need not be stored.
-_KEPT_EXTRAS = ("pooler.dense.weight", "pooler.dense.bias")
-_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
-# Heads of other HF tasks: dropped with a warning that lists them.
-_TASK_HEADS = ("cls.", "lm_head.", "classifier.", "qa_outputs.")
-
 Path = tuple[str, ...]
+Name = tuple[str, Path, bool]  # (HF tensor name, our param path, transpose)
 
 
-def _linear(hf: str, ours: Path) -> Iterator[tuple[str, Path, bool]]:
-    yield f"{hf}.weight", ours + ("kernel",), True
-    yield f"{hf}.bias", ours + ("bias",), False
+@dataclasses.dataclass(frozen=True)
+class TensorNames:
+    """How one family's checkpoint names map onto our params, and which other tensors it may hold.
+
+    `prefixes`: what task-specific HF classes put in front of the base model's names
+    (`bert.`, `mpnet.`, ...), stripped on load and never written. `kept`: tensors we do not use
+    but keep and write back (BERT's pooler). `buffers`: recomputed tensors (position ids,
+    rotary frequencies), matched by suffix and dropped. `task_heads`: other HF tasks' heads,
+    dropped with a warning. Anything else unmapped is an error naming it.
+    """
+
+    names: tuple[Name, ...]
+    prefixes: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
+    buffers: tuple[str, ...] = ()
+    task_heads: tuple[str, ...] = ()
 
 
-def _norm(hf: str, ours: Path) -> Iterator[tuple[str, Path, bool]]:
-    yield f"{hf}.weight", ours + ("scale",), False
-    yield f"{hf}.bias", ours + ("bias",), False
+def linear(hf: str, ours: Path, bias: bool = True) -> list[Name]:
+    """A PyTorch `nn.Linear` (`[out, in]`, transposed into our `[in, out]` kernel)."""
+    return [(f"{hf}.weight", ours + ("kernel",), True)] + ([(f"{hf}.bias", ours + ("bias",), False)] if bias else [])
 
 
-def transformer_names(cfg: BertConfig) -> list[tuple[str, Path, bool]]:
-    """`(hf_name, our_path, transpose)` for every transformer weight of `cfg`."""
-    e = ("encoder",)
-    names = [
-        ("embeddings.word_embeddings.weight", e + ("word_embeddings", "embedding"), False),
-        ("embeddings.position_embeddings.weight", e + ("position_embeddings", "embedding"), False),
-        ("embeddings.token_type_embeddings.weight", e + ("token_type_embeddings", "embedding"), False),
-        *_norm("embeddings.LayerNorm", e + ("embed_norm",)),
-    ]
-    for i in range(cfg.num_hidden_layers):
-        hf, ours = f"encoder.layer.{i}", e + ("layers", str(i))
-        names += [
-            *_linear(f"{hf}.attention.self.query", ours + ("query",)),
-            *_linear(f"{hf}.attention.self.key", ours + ("key",)),
-            *_linear(f"{hf}.attention.self.value", ours + ("value",)),
-            *_linear(f"{hf}.attention.output.dense", ours + ("attn_out",)),
-            *_norm(f"{hf}.attention.output.LayerNorm", ours + ("attn_norm",)),
-            *_linear(f"{hf}.intermediate.dense", ours + ("intermediate",)),
-            *_linear(f"{hf}.output.dense", ours + ("output",)),
-            *_norm(f"{hf}.output.LayerNorm", ours + ("out_norm",)),
-        ]
-    return names
+def norm(hf: str, ours: Path, bias: bool = True) -> list[Name]:
+    """A PyTorch `nn.LayerNorm` (weight -> scale)."""
+    return [(f"{hf}.weight", ours + ("scale",), False)] + ([(f"{hf}.bias", ours + ("bias",), False)] if bias else [])
 
 
-def dense_names(bias: bool) -> list[tuple[str, Path, bool]]:
+def embedding(hf: str, ours: Path) -> list[Name]:
+    """A PyTorch `nn.Embedding`."""
+    return [(f"{hf}.weight", ours + ("embedding",), False)]
+
+
+def dense_names(bias: bool) -> TensorNames:
     """Names inside `2_Dense/model.safetensors`."""
-    names = [("linear.weight", ("dense", "kernel"), True)]
-    return names + ([("linear.bias", ("dense", "bias"), False)] if bias else [])
+    return TensorNames(tuple(linear("linear", ("dense",), bias)))
 
 
-def _canonical(name: str) -> str:
-    for prefix in _PREFIXES:
+def _canonical(name: str, prefixes: tuple[str, ...]) -> str:
+    for prefix in prefixes:
         if name.startswith(prefix):
             name = name[len(prefix):]
             break
@@ -89,14 +78,15 @@ def _get(tree: dict, path: Path):
     return tree
 
 
-def fill_params(abstract: dict, tensors: dict[str, np.ndarray], names, source: str):
+def fill_params(abstract: dict, tensors: dict[str, np.ndarray], scheme: TensorNames, source: str):
     """Fill a copy of the abstract param tree from `tensors`; returns `(params, extras)`.
 
-    `extras` holds the kept, unused tensors (pooler) to write back on save.
+    `extras` holds the kept, unused tensors (`scheme.kept`, e.g. BERT's pooler) to write back
+    on save.
     """
-    tensors = {_canonical(k): v for k, v in tensors.items()}
+    tensors = {_canonical(k, scheme.prefixes): v for k, v in tensors.items()}
     params = _copy_tree(abstract)
-    expected = {hf for hf, _, _ in names}
+    expected = {hf for hf, _, _ in scheme.names}
     missing = sorted(expected - tensors.keys())
     if missing:
         raise ValueError(f"{source}: missing weight(s) {missing[:5]}"
@@ -104,11 +94,11 @@ def fill_params(abstract: dict, tensors: dict[str, np.ndarray], names, source: s
                          "the checkpoint does not match its config.json")
     extras, dropped, unexpected = {}, [], []
     for name in sorted(tensors.keys() - expected):
-        if name in _KEPT_EXTRAS:
+        if name in scheme.kept:
             extras[name] = tensors[name]
-        elif name in _BUFFERS:
+        elif scheme.buffers and name.endswith(scheme.buffers):
             continue
-        elif name.startswith(_TASK_HEADS):
+        elif scheme.task_heads and name.startswith(scheme.task_heads):
             dropped.append(name)
         else:
             unexpected.append(name)
@@ -118,7 +108,7 @@ def fill_params(abstract: dict, tensors: dict[str, np.ndarray], names, source: s
     if dropped:
         log.warning("%s: ignoring %d task-head tensor(s) not used for embeddings: %s",
                     source, len(dropped), ", ".join(dropped[:4]) + (" ..." if len(dropped) > 4 else ""))
-    for hf, path, transpose in names:
+    for hf, path, transpose in scheme.names:
         value = tensors[hf].T if transpose else tensors[hf]
         target = _get(abstract, path)
         if tuple(value.shape) != tuple(target.shape):
@@ -129,10 +119,10 @@ def fill_params(abstract: dict, tensors: dict[str, np.ndarray], names, source: s
     return params, extras
 
 
-def export_tensors(params: dict, names) -> dict[str, np.ndarray]:
+def export_tensors(params: dict, scheme: TensorNames) -> dict[str, np.ndarray]:
     """HF-named float arrays (PyTorch layout) from our params."""
     out = {}
-    for hf, path, transpose in names:
+    for hf, path, transpose in scheme.names:
         value = np.asarray(_get(params, path))
         out[hf] = np.ascontiguousarray(value.T if transpose else value)
     return out

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from siamjax.encoder.bert import BertConfig, BertEncoder
+from siamjax.encoder.families import TransformerConfig
+from siamjax.encoder.layers import ATTENTION_IMPLEMENTATIONS
 from siamjax.encoder.pooling import DENSE_ACTIVATIONS, PoolingConfig, pool
 from siamjax.encoder.rows import num_slots, unpack
 from siamjax.similarity import l2_normalize
@@ -36,9 +37,13 @@ class DenseConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EncoderSpec:
-    """Everything that fixes the encoder's structure (not its weights)."""
+    """Everything that fixes the encoder's structure (not its weights).
 
-    bert: BertConfig
+    `transformer` is the family's config (`BertConfig`, `MPNetConfig`, `DistilBertConfig`,
+    `ModernBertConfig`; see `siamjax.encoder.families`).
+    """
+
+    transformer: TransformerConfig
     pooling: PoolingConfig = PoolingConfig()
     dense: DenseConfig | None = None
     normalize: bool = False
@@ -48,16 +53,23 @@ class EncoderSpec:
         """Width of the output embedding: the Dense layer's, else the pooled width."""
         if self.dense is not None:
             return self.dense.out_features
-        return self.pooling.output_dim(self.bert.hidden_size)
+        return self.pooling.output_dim(self.transformer.hidden_size)
 
 
 class SentenceModel(nnx.Module):
-    """Token ids `[B, L]` -> sentence embeddings `[B, D]` (float32)."""
+    """Token ids `[B, L]` -> sentence embeddings `[B, D]` (float32).
+
+    `attention` picks the attention implementation (`siamjax.encoder.layers`): "xla" runs
+    everywhere, "cudnn" is cuDNN's fused kernel on GPU with bf16 compute.
+    """
 
     def __init__(self, spec: EncoderSpec, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                 remat: bool = False, rngs: nnx.Rngs):
-        self.encoder = BertEncoder(spec.bert, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=rngs)
-        pooled = spec.pooling.output_dim(spec.bert.hidden_size)
+                 remat: bool = False, attention: str = "xla", rngs: nnx.Rngs):
+        if attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention={attention!r}: use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+        self.encoder = spec.transformer.build(dtype=dtype, param_dtype=param_dtype, remat=remat,
+                                              attention=attention, rngs=rngs)
+        pooled = spec.pooling.output_dim(spec.transformer.hidden_size)
         if spec.dense is not None and spec.dense.in_features != pooled:
             raise ValueError(f"Dense in_features ({spec.dense.in_features}) must equal the pooled width "
                              f"({pooled} = hidden_size x {len(spec.pooling.modes)} pooling modes)")
@@ -99,17 +111,18 @@ def make_encode_fn(graphdef: nnx.GraphDef) -> EncodeFn:
 
 
 def init_params(spec: EncoderSpec, *, seed: int = 0, dtype: Any = jnp.float32,
-                param_dtype: Any = jnp.float32, remat: bool = False):
+                param_dtype: Any = jnp.float32, remat: bool = False, attention: str = "xla"):
     """Randomly initialised `(graphdef, params)` with params as a plain nested dict of arrays."""
-    model = SentenceModel(spec, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(seed))
+    model = SentenceModel(spec, dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention,
+                          rngs=nnx.Rngs(seed))
     graphdef, state = nnx.split(model)
     return graphdef, nnx.to_pure_dict(state)
 
 
 def abstract_params(spec: EncoderSpec, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                    remat: bool = False):
+                    remat: bool = False, attention: str = "xla"):
     """`(graphdef, params)` where params are `jax.ShapeDtypeStruct`s: no memory, no compute."""
     model = nnx.eval_shape(lambda: SentenceModel(spec, dtype=dtype, param_dtype=param_dtype,
-                                                 remat=remat, rngs=nnx.Rngs(0)))
+                                                 remat=remat, attention=attention, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     return graphdef, nnx.to_pure_dict(state)

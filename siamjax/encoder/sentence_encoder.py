@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 
 from siamjax import similarity as sim
 from siamjax.encoder import folder, hf_names, rows
-from siamjax.encoder.bert import BertConfig
+from siamjax.encoder.families import TransformerConfig
 from siamjax.encoder.model import (DenseConfig, EncoderSpec, abstract_params, init_params,
                                    make_encode_fn)
 from siamjax.encoder.pooling import PoolingConfig
@@ -61,13 +61,16 @@ class SentenceEncoder:
 
     def __init__(self, spec: EncoderSpec, params: dict, tokenizer, max_seq_length: int, *,
                  dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, remat: bool = False,
-                 hf_config: dict | None = None, extras: dict[str, np.ndarray] | None = None):
+                 attention: str = "xla", hf_config: dict | None = None,
+                 extras: dict[str, np.ndarray] | None = None):
+        _check_attention(attention, _dtype(dtype))
         self.spec = spec
-        self.graphdef, _ = abstract_params(spec, dtype=_dtype(dtype), param_dtype=_dtype(param_dtype), remat=remat)
+        self.graphdef, _ = abstract_params(spec, dtype=_dtype(dtype), param_dtype=_dtype(param_dtype), remat=remat,
+                                           attention=attention)
         self.params = params
         self.tokenizer = tokenizer
         self.max_seq_length = int(max_seq_length)
-        self.dtype, self.param_dtype, self.remat = _dtype(dtype), _dtype(param_dtype), remat
+        self.dtype, self.param_dtype, self.remat, self.attention = _dtype(dtype), _dtype(param_dtype), remat, attention
         self.hf_config = hf_config or {}
         self.extras = extras or {}
         self.encode_fn = make_encode_fn(self.graphdef)
@@ -76,19 +79,21 @@ class SentenceEncoder:
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_pretrained(cls, path_or_name: str | os.PathLike, *, dtype: Any = "float32",
-                        param_dtype: Any = "float32", remat: bool = False,
+                        param_dtype: Any = "float32", remat: bool = False, attention: str = "xla",
                         max_seq_length: int | None = None) -> "SentenceEncoder":
         """Load a sentence-transformers folder, a plain HF folder (mean pooling) or a hub name.
 
-        `dtype` is the compute dtype ("bfloat16" for mixed precision); `remat` recomputes each
-        layer's activations in the backward pass to save memory when training.
+        The family (BERT/RoBERTa, MPNet, DistilBERT, ModernBERT) comes from `config.json`'s
+        `model_type`. `dtype` is the compute dtype ("bfloat16" for mixed precision); `remat`
+        recomputes each layer's activations in the backward pass to save memory when training;
+        `attention` is "xla" (everywhere) or "cudnn" (GPU, bf16).
         """
         path = folder.resolve(path_or_name)
         loaded = folder.read_folder(path)
         graphdef, abstract = abstract_params(loaded.spec, param_dtype=_dtype(param_dtype))
         del graphdef
-        names = hf_names.transformer_names(loaded.spec.bert)
-        params, extras = hf_names.fill_params(abstract, loaded.tensors, names, str(loaded.transformer_dir))
+        params, extras = hf_names.fill_params(abstract, loaded.tensors, loaded.spec.transformer.tensor_names(),
+                                              str(loaded.transformer_dir))
         if loaded.spec.dense is not None:
             dense_params, _ = hf_names.fill_params(abstract, loaded.dense_tensors,
                                                    hf_names.dense_names(loaded.spec.dense.bias),
@@ -99,26 +104,27 @@ class SentenceEncoder:
         except Exception as err:
             raise ValueError(f"{loaded.transformer_dir}: could not load the tokenizer ({err})") from err
         limit = loaded.max_seq_length if max_seq_length is None else int(max_seq_length)
-        if limit > loaded.spec.bert.max_tokens:
-            raise ValueError(f"max_seq_length {limit} exceeds the model's {loaded.spec.bert.max_tokens} positions")
+        if limit > loaded.spec.transformer.max_tokens:
+            raise ValueError(f"max_seq_length {limit} exceeds the model's {loaded.spec.transformer.max_tokens} "
+                             "positions")
         params = jax.tree.map(jnp.asarray, params)
         return cls(loaded.spec, params, tokenizer, limit, dtype=dtype, param_dtype=param_dtype, remat=remat,
-                   hf_config=loaded.hf_config, extras=extras)
+                   attention=attention, hf_config=loaded.hf_config, extras=extras)
 
     @classmethod
-    def from_config(cls, bert_config: BertConfig, tokenizer, *, pooling: str | Sequence[str] = "mean",
+    def from_config(cls, config: TransformerConfig, tokenizer, *, pooling: str | Sequence[str] = "mean",
                     normalize: bool = False, dense_dim: int | None = None, seed: int = 0,
                     max_seq_length: int | None = None, dtype: Any = "float32",
-                    param_dtype: Any = "float32", remat: bool = False) -> "SentenceEncoder":
-        """A randomly initialised encoder (tests, pre-training from scratch)."""
+                    param_dtype: Any = "float32", remat: bool = False, attention: str = "xla") -> "SentenceEncoder":
+        """A randomly initialised encoder of any family (tests, pre-training from scratch)."""
         modes = (pooling,) if isinstance(pooling, str) else tuple(pooling)
         pooling_cfg = PoolingConfig(modes)
         dense = None if dense_dim is None else DenseConfig(
-            pooling_cfg.output_dim(bert_config.hidden_size), dense_dim)
-        spec = EncoderSpec(bert=bert_config, pooling=pooling_cfg, dense=dense, normalize=normalize)
+            pooling_cfg.output_dim(config.hidden_size), dense_dim)
+        spec = EncoderSpec(transformer=config, pooling=pooling_cfg, dense=dense, normalize=normalize)
         _, params = init_params(spec, seed=seed, param_dtype=_dtype(param_dtype))
-        return cls(spec, params, tokenizer, max_seq_length or min(bert_config.max_tokens, 512),
-                   dtype=dtype, param_dtype=param_dtype, remat=remat)
+        return cls(spec, params, tokenizer, max_seq_length or min(config.max_tokens, 512),
+                   dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention)
 
     def with_params(self, params: dict) -> "SentenceEncoder":
         """The same encoder with other weights (e.g. after training)."""
@@ -216,10 +222,22 @@ class SentenceEncoder:
         return directory
 
     def __repr__(self) -> str:
-        b = self.spec.bert
+        b = self.spec.transformer
         return (f"SentenceEncoder({b.model_type}, layers={b.num_hidden_layers}, hidden={b.hidden_size}, "
                 f"pooling={'+'.join(self.spec.pooling.modes)}, dense={self.spec.dense is not None}, "
                 f"normalize={self.spec.normalize}, max_seq_length={self.max_seq_length}, dim={self.embedding_dim})")
+
+
+def _check_attention(attention: str, dtype) -> None:
+    """"cudnn" only runs on a GPU and only in half precision: say so before anything compiles."""
+    if attention != "cudnn":
+        return
+    if jax.default_backend() != "gpu":
+        raise ValueError(f"attention='cudnn' needs a GPU, but JAX's default backend is "
+                         f"{jax.default_backend()!r}; use attention='xla'")
+    if dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"attention='cudnn' needs bfloat16 or float16 compute, got dtype={dtype}; "
+                         "set dtype='bfloat16' or use attention='xla'")
 
 
 def _is_texts(x) -> bool:

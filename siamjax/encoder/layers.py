@@ -1,0 +1,166 @@
+"""Building blocks every encoder family shares: activations, dropout, the segment mask,
+attention, norms and the post-norm (BERT-style) transformer block.
+
+Why one module: BERT, MPNet and DistilBERT differ only in their embeddings, position rule and
+tensor names; their blocks compute the same thing (attention, residual + LayerNorm, MLP,
+residual + LayerNorm), MPNet adding a relative-position bias to the scores. ModernBERT and the
+decoder families reuse the mask, attention, norms and dropout here, with their own pre-norm
+blocks.
+
+Attention always goes through `jax.nn.dot_product_attention`, with a boolean mask built from
+segment ids (0 padding, k > 0 the k-th text of a packed row): a token attends only within its
+own text, so packed rows compute exactly what separate padded rows would. Two implementations:
+
+- `"xla"` (default, every backend): XLA's fused softmax(QK^T)V with the full `[L, L]` score
+  matrix per head. Sliding windows use `local_window_size`.
+- `"cudnn"` (GPU only, bf16/fp16 compute): cuDNN's fused attention kernel. The segment mask is
+  turned into an additive bias by jax; cuDNN's own sliding window only covers the causal
+  (left) side, so a bidirectional window is folded into the mask instead.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+ACTIVATIONS: dict[str, Callable] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+
+def check_activation(name: str, field: str = "hidden_act") -> None:
+    """A clear error for an activation no family implements (checked when a config is built)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"{field}={name!r} is not supported; choose one of {sorted(ACTIVATIONS)}")
+
+
+def check_heads(hidden_size: int, num_heads: int) -> None:
+    """Every family splits the hidden size evenly over the attention heads."""
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_heads})")
+
+
+def dropout(x, rate: float, rng):
+    """Inverted dropout; identity when `rng` is None (inference) or the rate is 0."""
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def layer_rngs(rng, num_layers: int) -> list:
+    """One dropout key for the embeddings and one per layer (all None at inference)."""
+    if rng is None:
+        return [None] * (num_layers + 1)
+    return list(jax.random.split(rng, num_layers + 1))
+
+
+def segment_mask(segments_BxL):
+    """`[B, 1, L, L]` bool: query and key are in the same text, and the key is not padding."""
+    segments_BxL = segments_BxL.astype(jnp.int32)
+    return (segments_BxL[:, None, :, None] == segments_BxL[:, None, None, :]) & (
+        segments_BxL[:, None, None, :] > 0)
+
+
+def window_mask(length: int, window: int):
+    """`[1, 1, L, L]` bool: |query - key| <= window (a bidirectional sliding window)."""
+    index_L = jnp.arange(length)
+    return (jnp.abs(index_L[:, None] - index_L[None, :]) <= window)[None, None]
+
+
+def attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask_Bx1xLxL, *, bias_1xNxLxL=None, window: int | None = None,
+           implementation: str = "xla"):
+    """Scaled dot-product attention within segments (and a +-`window` band when given).
+
+    K may be smaller than N (grouped-query attention). `bias_1xNxLxL` is added to the scaled
+    scores (MPNet's relative-position bias). Attention-probability dropout is not applied:
+    fused kernels have none, and hidden-state dropout is what regularises fine-tuning.
+    """
+    if implementation == "cudnn":
+        if window is not None:
+            mask_Bx1xLxL = mask_Bx1xLxL & window_mask(q_BxLxNxH.shape[1], window)
+        return jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, bias=bias_1xNxLxL,
+                                            mask=mask_Bx1xLxL, implementation="cudnn")
+    return jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, bias=bias_1xNxLxL, mask=mask_Bx1xLxL,
+                                        local_window_size=None if window is None else (window, window),
+                                        implementation="xla")
+
+
+def linear(rngs: nnx.Rngs, d_in: int, d_out: int, *, use_bias: bool = True, init_std: float = 0.02,
+           dtype: Any, param_dtype: Any) -> nnx.Linear:
+    """A Linear layer with HF's normal(init_std) kernel initialisation."""
+    return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                      kernel_init=nnx.initializers.normal(init_std), rngs=rngs)
+
+
+def embed(rngs: nnx.Rngs, num: int, dim: int, *, init_std: float = 0.02, dtype: Any, param_dtype: Any) -> nnx.Embed:
+    """An embedding table with HF's normal(init_std) initialisation."""
+    return nnx.Embed(num, dim, dtype=dtype, param_dtype=param_dtype,
+                     embedding_init=nnx.initializers.normal(init_std), rngs=rngs)
+
+
+def layer_norm(rngs: nnx.Rngs, dim: int, *, eps: float, use_bias: bool = True, dtype: Any,
+               param_dtype: Any) -> nnx.LayerNorm:
+    """LayerNorm; statistics are taken in float32 whatever the compute dtype (flax reduces in f32)."""
+    return nnx.LayerNorm(dim, epsilon=eps, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+class PostNormBlock(nnx.Module):
+    """BERT's block: x = LN(x + drop(attn(x))); x = LN(x + drop(W2 act(W1 x))).
+
+    BERT, MPNet and DistilBERT all compute this; they differ in tensor names (mapped in each
+    family's module), LayerNorm epsilon, activation and where dropout sits (DistilBERT has
+    none after the attention output, hence two rates).
+    """
+
+    def __init__(self, *, hidden_size: int, intermediate_size: int, num_heads: int, activation: str,
+                 eps: float, attn_dropout: float, mlp_dropout: float, init_std: float, dtype, param_dtype,
+                 implementation: str, rngs: nnx.Rngs):
+        d, f = hidden_size, intermediate_size
+        dense = lambda i, o: linear(rngs, i, o, init_std=init_std, dtype=dtype, param_dtype=param_dtype)
+        self.query, self.key, self.value, self.attn_out = dense(d, d), dense(d, d), dense(d, d), dense(d, d)
+        self.attn_norm = layer_norm(rngs, d, eps=eps, dtype=dtype, param_dtype=param_dtype)
+        self.intermediate, self.output = dense(d, f), dense(f, d)
+        self.out_norm = layer_norm(rngs, d, eps=eps, dtype=dtype, param_dtype=param_dtype)
+        self.num_heads = num_heads
+        self.attn_dropout, self.mlp_dropout = attn_dropout, mlp_dropout
+        self.act_name = activation
+        self.implementation = implementation
+
+    def __call__(self, x_BxLxD, mask_Bx1xLxL, bias_1xNxLxL=None, *, rng=None):
+        b, l, d = x_BxLxD.shape
+        split = lambda t: t.reshape(b, l, self.num_heads, d // self.num_heads)
+        a_BxLxNxH = attend(split(self.query(x_BxLxD)), split(self.key(x_BxLxD)), split(self.value(x_BxLxD)),
+                           mask_Bx1xLxL, bias_1xNxLxL=bias_1xNxLxL, implementation=self.implementation)
+        rng_attn, rng_mlp = jax.random.split(rng) if rng is not None else (None, None)
+        a_BxLxD = dropout(self.attn_out(a_BxLxNxH.reshape(b, l, d)), self.attn_dropout, rng_attn)
+        x_BxLxD = self.attn_norm(x_BxLxD + a_BxLxD)
+        h_BxLxF = ACTIVATIONS[self.act_name](self.intermediate(x_BxLxD))
+        h_BxLxD = dropout(self.output(h_BxLxF), self.mlp_dropout, rng_mlp)
+        return self.out_norm(x_BxLxD + h_BxLxD)
+
+
+def run_layers(layers: Sequence[nnx.Module], x_BxLxD, rngs: Sequence, remat: bool, args_for: Callable[[int], tuple]):
+    """Apply `layers` in order, layer i as `layer(x, *args_for(i), rng=rngs[i])`.
+
+    With `remat`, each layer is wrapped in `nnx.remat`: its activations are recomputed in the
+    backward pass instead of stored, so activation memory is one layer's, not the stack's.
+    """
+    forward = nnx.remat(_call_layer) if remat else _call_layer
+    for i, layer in enumerate(layers):
+        x_BxLxD = forward(layer, x_BxLxD, rngs[i], *args_for(i))
+    return x_BxLxD
+
+
+def _call_layer(layer, x_BxLxD, rng, *args):
+    """One block; a free function so `nnx.remat` can wrap it."""
+    return layer(x_BxLxD, *args, rng=rng)

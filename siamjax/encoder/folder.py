@@ -133,12 +133,20 @@ def read_folder(folder: pathlib.Path) -> LoadedFolder:
     hf_config = _read_json(transformer_dir / "config.json")
     transformer = families.config_from_hf(hf_config, str(transformer_dir / "config.json"))
     tensors = _weights(transformer_dir, "transformer")
-    max_len = int(st_config.get("max_seq_length") or transformer.max_tokens)
+    max_len = int(st_config.get("max_seq_length") or _tokenizer_max_length(transformer_dir, transformer.max_tokens))
     if max_len > transformer.max_tokens:
         raise ValueError(f"{transformer_dir / 'sentence_bert_config.json'}: max_seq_length {max_len} exceeds "
                          f"the {transformer.max_tokens} positions the model has")
     spec = EncoderSpec(transformer=transformer, pooling=pooling, dense=dense_cfg, normalize=normalize)
     return LoadedFolder(spec, tensors, dense_tensors, hf_config, max_len, transformer_dir)
+
+
+def _tokenizer_max_length(transformer_dir: pathlib.Path, max_tokens: int) -> int:
+    """sentence-transformers 6 saves `max_seq_length` as the tokenizer's `model_max_length`, and
+    reads it back capped by the model's positions; folders without either get the positions."""
+    path = transformer_dir / "tokenizer_config.json"
+    limit = _read_json(path).get("model_max_length") if path.is_file() else None
+    return min(int(limit), max_tokens) if isinstance(limit, (int, float)) and limit > 0 else max_tokens
 
 
 def hf_config_for(transformer: families.TransformerConfig, base: dict | None) -> dict:

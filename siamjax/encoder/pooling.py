@@ -53,9 +53,20 @@ class PoolingConfig:
 
     @classmethod
     def from_st_config(cls, config: dict, source: str = "1_Pooling/config.json") -> "PoolingConfig":
-        """Parse a sentence-transformers pooling config (new `pooling_mode` string or bool keys)."""
-        if "pooling_mode" in config and isinstance(config["pooling_mode"], str):
+        """Parse a sentence-transformers pooling config: `pooling_mode` (a string, or the list
+        sentence-transformers 6 writes for several modes) or the older bool keys."""
+        if isinstance(config.get("pooling_mode"), str):
             return cls((config["pooling_mode"],))
+        if isinstance(config.get("pooling_mode"), list):
+            try:
+                parsed = cls(tuple(config["pooling_mode"]))
+            except ValueError as err:
+                raise ValueError(f"{source}: {err}") from err
+            given = [_ALIASES.get(m, m) for m in config["pooling_mode"]]
+            if list(parsed.modes) != given:  # sentence-transformers concatenates in list order
+                raise ValueError(f"{source}: pooling_mode {config['pooling_mode']} concatenates in an order siamjax "
+                                 f"does not support; list the modes in the order {list(POOLING_MODES)}")
+            return parsed
         known = set(_CONFIG_KEYS.values()) | {"word_embedding_dimension", "include_prompt"}
         unknown = [k for k, v in config.items() if k.startswith("pooling_mode") and k not in known and v]
         if unknown:

@@ -22,6 +22,7 @@ from transformers import AutoTokenizer
 from siamjax import similarity as sim
 from siamjax.encoder import folder, hf_names, rows
 from siamjax.encoder.families import TransformerConfig
+from siamjax.encoder.layers import ATTENTION_IMPLEMENTATIONS
 from siamjax.encoder.model import (DenseConfig, EncoderSpec, abstract_params, init_params,
                                    make_encode_fn)
 from siamjax.encoder.pooling import PoolingConfig
@@ -63,7 +64,7 @@ class SentenceEncoder:
                  dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, remat: bool = False,
                  attention: str = "xla", hf_config: dict | None = None,
                  extras: dict[str, np.ndarray] | None = None):
-        _check_attention(attention, _dtype(dtype))
+        check_attention(attention, dtype)
         self.spec = spec
         self.graphdef, _ = abstract_params(spec, dtype=_dtype(dtype), param_dtype=_dtype(param_dtype), remat=remat,
                                            attention=attention)
@@ -228,8 +229,11 @@ class SentenceEncoder:
                 f"normalize={self.spec.normalize}, max_seq_length={self.max_seq_length}, dim={self.embedding_dim})")
 
 
-def _check_attention(attention: str, dtype) -> None:
+def check_attention(attention: str, dtype: Any) -> None:
     """"cudnn" only runs on a GPU and only in half precision: say so before anything compiles."""
+    dtype = _dtype(dtype)
+    if attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention={attention!r}: use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
     if attention != "cudnn":
         return
     if jax.default_backend() != "gpu":
@@ -244,4 +248,4 @@ def _is_texts(x) -> bool:
     return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], str))
 
 
-__all__ = ["SentenceEncoder", "bucket_length"]
+__all__ = ["SentenceEncoder", "bucket_length", "check_attention"]

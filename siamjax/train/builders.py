@@ -22,6 +22,7 @@ from siamjax import losses
 from siamjax.data import concat_datasets, in_memory, nli_to_triplets, read_pairs, tfds_builders
 from siamjax.data.records import NLI_LABELS
 from siamjax.encoder import BertConfig, SentenceEncoder
+from siamjax.encoder.sentence_encoder import check_attention
 from siamjax.encoder.model import EncodeFn
 from siamjax.evaluation import STSEvaluator
 from siamjax.parallel import BATCH_AXES
@@ -99,8 +100,14 @@ def read_train_set(config: ml_collections.ConfigDict, seed: int):
 
 
 def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int) -> SentenceEncoder:
-    """The SentenceEncoder to train: pretrained from `name_or_path`, or a random BERT."""
-    common = dict(dtype=model_cfg.dtype, remat=model_cfg.remat, max_seq_length=model_cfg.max_seq_length)
+    """The SentenceEncoder to train: pretrained from `name_or_path` (any supported family), or a
+    random BERT."""
+    common = dict(dtype=model_cfg.dtype, remat=model_cfg.remat, attention=model_cfg.attention,
+                  max_seq_length=model_cfg.max_seq_length)
+    try:
+        check_attention(model_cfg.attention, model_cfg.dtype)
+    except ValueError as err:  # e.g. cudnn on a machine without a GPU
+        raise ConfigError(f"model.attention={model_cfg.attention!r}: {err}") from err
     if model_cfg.name_or_path:
         try:
             return SentenceEncoder.from_pretrained(model_cfg.name_or_path, **common)

@@ -48,6 +48,8 @@ def _model_fields() -> ml_collections.ConfigDict:
     g.max_seq_length = 128  # tokens per text after truncation (also the largest bucket)
     g.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (master weights stay f32)
     g.remat = False  # recompute each layer's activations in the backward pass (saves memory)
+    # attention kernel: "xla" (every backend) or "cudnn" (GPU only, needs dtype="bfloat16")
+    g.attention = "xla"
     # Random initialisation (used only when name_or_path is ""): a BERT of this shape.
     g.init = ml_collections.ConfigDict()
     g.init.tokenizer = ""  # folder or hub name of the HF tokenizer giving the vocabulary
@@ -201,6 +203,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         need(bool(m.init.tokenizer), "model.name_or_path is empty: set it, or model.init.tokenizer "
              "for a randomly initialised model")
     need(m.dtype in ("float32", "bfloat16"), f"model.dtype={m.dtype!r}: use 'float32' or 'bfloat16'")
+    need(m.attention in ("xla", "cudnn"), f"model.attention={m.attention!r}: use 'xla' or 'cudnn'")
+    need(m.attention != "cudnn" or m.dtype == "bfloat16",
+         "model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention has no float32 kernel)")
     need(m.max_seq_length >= 8, f"model.max_seq_length={m.max_seq_length}: must be >= 8")
     _check_file(d.train, "data.train", required=True)
     _check_file(config.eval.sts, "eval.sts", required=False)

@@ -70,14 +70,10 @@ class BertConfig:
         if config.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"{source}: position_embedding_type={config['position_embedding_type']!r} is not "
                              "supported (only 'absolute')")
-        fields = {f.name for f in dataclasses.fields(cls)} - {"position_offset", "model_type"}
-        kwargs = {k: config[k] for k in fields if k in config}
         roberta = model_type in _ROBERTA_STYLE
-        kwargs["pad_token_id"] = config.get("pad_token_id", 1 if roberta else 0)
-        try:
-            return cls(**kwargs, model_type=model_type, position_offset=kwargs["pad_token_id"] + 1 if roberta else 0)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{source}: {err}") from err
+        pad = config.get("pad_token_id", 1 if roberta else 0)
+        return hf_names.config_fields(cls, config, source, model_type=model_type, pad_token_id=pad,
+                                      position_offset=pad + 1 if roberta else 0)
 
     def to_hf(self, base: dict) -> dict:
         """The `config.json` to save: `base` (the loaded one; unknown keys kept) with our fields."""
@@ -87,20 +83,14 @@ class BertConfig:
     def tensor_names(self) -> hf_names.TensorNames:
         """HF tensor name <-> param path for every weight (`BertModel` layout)."""
         e = ("encoder",)
-        names = [*hf_names.embedding("embeddings.word_embeddings", e + ("word_embeddings",)),
-                 *hf_names.embedding("embeddings.position_embeddings", e + ("position_embeddings",)),
-                 *hf_names.embedding("embeddings.token_type_embeddings", e + ("token_type_embeddings",)),
-                 *hf_names.norm("embeddings.LayerNorm", e + ("embed_norm",))]
+        names = [*embedding_names(e),
+                 *hf_names.embedding("embeddings.token_type_embeddings", e + ("token_type_embeddings",))]
         for i in range(self.num_hidden_layers):
-            hf, ours = f"encoder.layer.{i}", e + ("layers", str(i))
-            names += [*hf_names.linear(f"{hf}.attention.self.query", ours + ("query",)),
-                      *hf_names.linear(f"{hf}.attention.self.key", ours + ("key",)),
-                      *hf_names.linear(f"{hf}.attention.self.value", ours + ("value",)),
-                      *hf_names.linear(f"{hf}.attention.output.dense", ours + ("attn_out",)),
-                      *hf_names.norm(f"{hf}.attention.output.LayerNorm", ours + ("attn_norm",)),
-                      *hf_names.linear(f"{hf}.intermediate.dense", ours + ("intermediate",)),
-                      *hf_names.linear(f"{hf}.output.dense", ours + ("output",)),
-                      *hf_names.norm(f"{hf}.output.LayerNorm", ours + ("out_norm",))]
+            hf = f"encoder.layer.{i}"
+            names += layers.post_norm_names(
+                e + ("layers", str(i)), f"{hf}.attention.self.query", f"{hf}.attention.self.key",
+                f"{hf}.attention.self.value", f"{hf}.attention.output.dense", f"{hf}.attention.output.LayerNorm",
+                f"{hf}.intermediate.dense", f"{hf}.output.dense", f"{hf}.output.LayerNorm")
         return hf_names.TensorNames(
             tuple(names), prefixes=("bert.", "roberta.", "xlm_roberta.", "model."),
             kept=("pooler.dense.weight", "pooler.dense.bias"),
@@ -110,6 +100,22 @@ class BertConfig:
     def build(self, **kwargs) -> "BertEncoder":
         """The NNX module (`dtype`, `param_dtype`, `remat`, `attention`, `rngs` keywords)."""
         return BertEncoder(self, **kwargs)
+
+
+def embedding_names(e: hf_names.Path) -> list[hf_names.Name]:
+    """Word + learned position embeddings + LayerNorm, as BERT, MPNet and DistilBERT name them."""
+    return [*hf_names.embedding("embeddings.word_embeddings", e + ("word_embeddings",)),
+            *hf_names.embedding("embeddings.position_embeddings", e + ("position_embeddings",)),
+            *hf_names.norm("embeddings.LayerNorm", e + ("embed_norm",))]
+
+
+def post_norm_blocks(cfg, *, attention: str, rngs: nnx.Rngs, **kw) -> nnx.Dict:
+    """The block stack of a config with BERT's field names (BERT, MPNet), keyed "0", "1", ..."""
+    return nnx.Dict({str(i): layers.PostNormBlock(
+        hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_heads=cfg.num_attention_heads, activation=cfg.hidden_act, eps=cfg.layer_norm_eps,
+        attn_dropout=cfg.hidden_dropout_prob, mlp_dropout=cfg.hidden_dropout_prob, implementation=attention,
+        rngs=rngs, **kw) for i in range(cfg.num_hidden_layers)})
 
 
 class BertEncoder(nnx.Module):
@@ -123,11 +129,7 @@ class BertEncoder(nnx.Module):
         self.token_type_embeddings = layers.embed(rngs, cfg.type_vocab_size, cfg.hidden_size, **kw)
         self.embed_norm = layers.layer_norm(rngs, cfg.hidden_size, eps=cfg.layer_norm_eps, dtype=dtype,
                                             param_dtype=param_dtype)
-        self.layers = nnx.Dict({str(i): layers.PostNormBlock(
-            hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-            num_heads=cfg.num_attention_heads, activation=cfg.hidden_act, eps=cfg.layer_norm_eps,
-            attn_dropout=cfg.hidden_dropout_prob, mlp_dropout=cfg.hidden_dropout_prob, implementation=attention,
-            rngs=rngs, **kw) for i in range(cfg.num_hidden_layers)})
+        self.layers = post_norm_blocks(cfg, attention=attention, rngs=rngs, **kw)
         self.config = cfg
         self.remat = remat
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 from flax import nnx
 
-from siamjax.encoder import hf_names, layers
+from siamjax.encoder import bert, hf_names, layers
 from siamjax.encoder.rows import segment_positions
 
 _LAYER_NORM_EPS = 1e-12  # hard-coded in transformers' DistilBERT
@@ -70,11 +70,7 @@ class DistilBertConfig:
         `transformers`' attribute_map does."""
         aliases = {"hidden_size": "dim", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads"}
         config = {**{aliases[k]: v for k, v in config.items() if k in aliases}, **config}
-        fields = {f.name for f in dataclasses.fields(cls)} - {"model_type"}
-        try:
-            return cls(**{k: config[k] for k in fields if k in config})
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{source}: {err}") from err
+        return hf_names.config_fields(cls, config, source)
 
     def to_hf(self, base: dict) -> dict:
         """The `config.json` to save: `base` (the loaded one; unknown keys kept) with our fields."""
@@ -83,19 +79,13 @@ class DistilBertConfig:
     def tensor_names(self) -> hf_names.TensorNames:
         """HF tensor name <-> param path for every weight (`DistilBertModel` layout)."""
         e = ("encoder",)
-        names = [*hf_names.embedding("embeddings.word_embeddings", e + ("word_embeddings",)),
-                 *hf_names.embedding("embeddings.position_embeddings", e + ("position_embeddings",)),
-                 *hf_names.norm("embeddings.LayerNorm", e + ("embed_norm",))]
+        names = bert.embedding_names(e)
         for i in range(self.n_layers):
-            hf, ours = f"transformer.layer.{i}", e + ("layers", str(i))
-            names += [*hf_names.linear(f"{hf}.attention.q_lin", ours + ("query",)),
-                      *hf_names.linear(f"{hf}.attention.k_lin", ours + ("key",)),
-                      *hf_names.linear(f"{hf}.attention.v_lin", ours + ("value",)),
-                      *hf_names.linear(f"{hf}.attention.out_lin", ours + ("attn_out",)),
-                      *hf_names.norm(f"{hf}.sa_layer_norm", ours + ("attn_norm",)),
-                      *hf_names.linear(f"{hf}.ffn.lin1", ours + ("intermediate",)),
-                      *hf_names.linear(f"{hf}.ffn.lin2", ours + ("output",)),
-                      *hf_names.norm(f"{hf}.output_layer_norm", ours + ("out_norm",))]
+            hf = f"transformer.layer.{i}"
+            names += layers.post_norm_names(
+                e + ("layers", str(i)), f"{hf}.attention.q_lin", f"{hf}.attention.k_lin", f"{hf}.attention.v_lin",
+                f"{hf}.attention.out_lin", f"{hf}.sa_layer_norm", f"{hf}.ffn.lin1", f"{hf}.ffn.lin2",
+                f"{hf}.output_layer_norm")
         return hf_names.TensorNames(
             tuple(names), prefixes=("distilbert.",), buffers=("embeddings.position_ids",),
             task_heads=("vocab_transform.", "vocab_layer_norm.", "vocab_projector.", "pre_classifier.",

@@ -1,4 +1,4 @@
-"""Explicit mapping between Hugging Face tensor names and siamjax parameter paths.
+"""Explicit mapping between Hugging Face names (tensors, config.json fields) and siamjax's.
 
 Each family (`bert.py`, `mpnet.py`, ...) lists its names with the helpers here; loading and
 saving both read that one list. Every tensor is accounted for: a checkpoint tensor that maps
@@ -50,6 +50,16 @@ def norm(hf: str, ours: Path, bias: bool = True) -> list[Name]:
 def embedding(hf: str, ours: Path) -> list[Name]:
     """A PyTorch `nn.Embedding`."""
     return [(f"{hf}.weight", ours + ("embedding",), False)]
+
+
+def config_fields(cls, config: dict, source: str, *, exclude: tuple[str, ...] = ("model_type",), **fixed):
+    """A family config dataclass from the `config.json` keys named like its fields (others are
+    ignored, `exclude`d ones and `fixed` values set by the caller); errors name `source`."""
+    names = {f.name for f in dataclasses.fields(cls)} - set(exclude) - fixed.keys()
+    try:
+        return cls(**{k: config[k] for k in names if k in config}, **fixed)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: {err}") from err
 
 
 def dense_names(bias: bool) -> TensorNames:

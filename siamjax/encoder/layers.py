@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from siamjax.encoder import hf_names
+
 ACTIVATIONS: dict[str, Callable] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
@@ -147,6 +149,16 @@ class PostNormBlock(nnx.Module):
         h_BxLxF = ACTIVATIONS[self.act_name](self.intermediate(x_BxLxD))
         h_BxLxD = dropout(self.output(h_BxLxF), self.mlp_dropout, rng_mlp)
         return self.out_norm(x_BxLxD + h_BxLxD)
+
+
+def post_norm_names(ours: hf_names.Path, query: str, key: str, value: str, attn_out: str, attn_norm: str,
+                    intermediate: str, output: str, out_norm: str) -> list[hf_names.Name]:
+    """HF tensor names of one `PostNormBlock` at param path `ours`, given each sub-layer's HF
+    name (BERT, MPNet and DistilBERT name the same eight layers differently)."""
+    linears = {"query": query, "key": key, "value": value, "attn_out": attn_out, "intermediate": intermediate,
+               "output": output}
+    names = [n for attr, hf in linears.items() for n in hf_names.linear(hf, ours + (attr,))]
+    return names + hf_names.norm(attn_norm, ours + ("attn_norm",)) + hf_names.norm(out_norm, ours + ("out_norm",))
 
 
 def run_layers(layers: Sequence[nnx.Module], x_BxLxD, rngs: Sequence, remat: bool, args_for: Callable[[int], tuple]):

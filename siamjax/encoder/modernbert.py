@@ -91,9 +91,6 @@ class ModernBertConfig:
         def fail(message):
             raise ValueError(f"{source}: {message}")
 
-        fields = {f.name for f in dataclasses.fields(cls)} - {"model_type", "layer_types", "global_rope_theta",
-                                                                "local_rope_theta"}
-        kwargs = {k: config[k] for k in fields if k in config}
         layer_types = config.get("layer_types") or _periodic_layer_types(
             config.get("num_hidden_layers", cls.num_hidden_layers), config.get("global_attn_every_n_layers", 3))
         rope = config.get("rope_parameters") or {}
@@ -103,16 +100,14 @@ class ModernBertConfig:
                 fail(f"RoPE scaling {params} is not supported (only the default rotary embedding)")
         global_theta = (rope.get("full_attention") or {}).get("rope_theta", config.get("global_rope_theta", 160000.0))
         local_theta = (rope.get("sliding_attention") or {}).get("rope_theta", config.get("local_rope_theta", 10000.0))
-        hidden = kwargs.get("hidden_size", cls.hidden_size)
-        heads = kwargs.get("num_attention_heads", cls.num_attention_heads)
+        hidden = config.get("hidden_size", cls.hidden_size)
+        heads = config.get("num_attention_heads", cls.num_attention_heads)
         if config.get("head_dim") not in (None, hidden // heads):
             fail(f"head_dim={config['head_dim']} differs from hidden_size / num_attention_heads; not supported")
-        try:
-            # transformers 4.x (which trained the released models) read a null local theta as the global one.
-            return cls(**kwargs, layer_types=tuple(layer_types), global_rope_theta=float(global_theta),
-                       local_rope_theta=float(global_theta if local_theta is None else local_theta))
-        except (TypeError, ValueError) as err:
-            fail(str(err))
+        # transformers 4.x (which trained the released models) read a null local theta as the global one.
+        return hf_names.config_fields(cls, config, source, layer_types=tuple(layer_types),
+                                      global_rope_theta=float(global_theta),
+                                      local_rope_theta=float(global_theta if local_theta is None else local_theta))
 
     def to_hf(self, base: dict) -> dict:
         """The `config.json` to save: `base` (unknown keys kept) with our fields, in both the

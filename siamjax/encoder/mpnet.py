@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from siamjax.encoder import hf_names, layers
+from siamjax.encoder import bert, hf_names, layers
 from siamjax.encoder.rows import segment_positions
 
 # MPNetEmbeddings.padding_idx (hard-coded in transformers) and the bucket arguments
@@ -68,11 +68,7 @@ class MPNetConfig:
     @classmethod
     def from_hf(cls, config: dict, source: str) -> "MPNetConfig":
         """From a Hugging Face `config.json` dict (`source` names the file in errors)."""
-        fields = {f.name for f in dataclasses.fields(cls)} - {"model_type"}
-        try:
-            return cls(**{k: config[k] for k in fields if k in config})
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{source}: {err}") from err
+        return hf_names.config_fields(cls, config, source)
 
     def to_hf(self, base: dict) -> dict:
         """The `config.json` to save: `base` (the loaded one; unknown keys kept) with our fields."""
@@ -81,20 +77,14 @@ class MPNetConfig:
     def tensor_names(self) -> hf_names.TensorNames:
         """HF tensor name <-> param path for every weight (`MPNetModel` layout)."""
         e = ("encoder",)
-        names = [*hf_names.embedding("embeddings.word_embeddings", e + ("word_embeddings",)),
-                 *hf_names.embedding("embeddings.position_embeddings", e + ("position_embeddings",)),
-                 *hf_names.norm("embeddings.LayerNorm", e + ("embed_norm",)),
+        names = [*bert.embedding_names(e),
                  *hf_names.embedding("encoder.relative_attention_bias", e + ("relative_attention_bias",))]
         for i in range(self.num_hidden_layers):
-            hf, ours = f"encoder.layer.{i}", e + ("layers", str(i))
-            names += [*hf_names.linear(f"{hf}.attention.attn.q", ours + ("query",)),
-                      *hf_names.linear(f"{hf}.attention.attn.k", ours + ("key",)),
-                      *hf_names.linear(f"{hf}.attention.attn.v", ours + ("value",)),
-                      *hf_names.linear(f"{hf}.attention.attn.o", ours + ("attn_out",)),
-                      *hf_names.norm(f"{hf}.attention.LayerNorm", ours + ("attn_norm",)),
-                      *hf_names.linear(f"{hf}.intermediate.dense", ours + ("intermediate",)),
-                      *hf_names.linear(f"{hf}.output.dense", ours + ("output",)),
-                      *hf_names.norm(f"{hf}.output.LayerNorm", ours + ("out_norm",))]
+            hf = f"encoder.layer.{i}"
+            names += layers.post_norm_names(
+                e + ("layers", str(i)), f"{hf}.attention.attn.q", f"{hf}.attention.attn.k", f"{hf}.attention.attn.v",
+                f"{hf}.attention.attn.o", f"{hf}.attention.LayerNorm", f"{hf}.intermediate.dense",
+                f"{hf}.output.dense", f"{hf}.output.LayerNorm")
         return hf_names.TensorNames(tuple(names), prefixes=("mpnet.",),
                                     kept=("pooler.dense.weight", "pooler.dense.bias"),
                                     buffers=("embeddings.position_ids",), task_heads=("lm_head.", "classifier."))
@@ -137,11 +127,7 @@ class MPNetEncoder(nnx.Module):
         self.relative_attention_bias = layers.embed(rngs, cfg.relative_attention_num_buckets,
                                                     cfg.num_attention_heads, init_std=cfg.initializer_range,
                                                     dtype=param_dtype, param_dtype=param_dtype)
-        self.layers = nnx.Dict({str(i): layers.PostNormBlock(
-            hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-            num_heads=cfg.num_attention_heads, activation=cfg.hidden_act, eps=cfg.layer_norm_eps,
-            attn_dropout=cfg.hidden_dropout_prob, mlp_dropout=cfg.hidden_dropout_prob, implementation=attention,
-            rngs=rngs, **kw) for i in range(cfg.num_hidden_layers)})
+        self.layers = bert.post_norm_blocks(cfg, attention=attention, rngs=rngs, **kw)
         self.config = cfg
         self.remat = remat
 

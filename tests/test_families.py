@@ -160,6 +160,10 @@ def test_modernbert_config_old_and_new_style_agree():
     assert families.config_from_hf(written, "again") == old and written["classifier_pooling"] == "cls"
     irregular = dataclasses.replace(old, layer_types=("full_attention",) * 4 + ("sliding_attention",))
     assert "global_attn_every_n_layers" not in irregular.to_hf(written)
+    # transformers reads a `sliding_window` key as the half window, overriding local_attention
+    half = {**released, "sliding_window": 16}
+    assert families.config_from_hf(half, "w").local_attention == TorchConfig.from_dict(half).local_attention == 32
+    assert "sliding_window" not in families.config_from_hf(half, "w").to_hf(half)
 
 
 def test_unsupported_configs_name_file_and_field():

@@ -104,6 +104,8 @@ class ModernBertConfig:
         heads = config.get("num_attention_heads", cls.num_attention_heads)
         if config.get("head_dim") not in (None, hidden // heads):
             fail(f"head_dim={config['head_dim']} differs from hidden_size / num_attention_heads; not supported")
+        if config.get("sliding_window") is not None:  # transformers: the half window, overriding local_attention
+            config = {**config, "local_attention": 2 * int(config["sliding_window"])}
         # transformers 4.x (which trained the released models) read a null local theta as the global one.
         return hf_names.config_fields(cls, config, source, layer_types=tuple(layer_types),
                                       global_rope_theta=float(global_theta),
@@ -117,6 +119,7 @@ class ModernBertConfig:
         ours["rope_parameters"] = {"full_attention": {"rope_type": "default", "rope_theta": self.global_rope_theta},
                                    "sliding_attention": {"rope_type": "default", "rope_theta": self.local_rope_theta}}
         config = {**base, **ours, "architectures": ["ModernBertModel"]}
+        config.pop("sliding_window", None)  # it would override local_attention on load
         every = [n for n in range(1, self.num_hidden_layers + 1)
                  if _periodic_layer_types(self.num_hidden_layers, n) == list(self.layer_types)]
         if every:

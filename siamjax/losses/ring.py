@@ -12,6 +12,8 @@ The backward pass is a second ring (`jax.custom_vjp`): with the saved log-partit
 block's softmax weights are recomputed, the anchor gradients accumulate locally and the
 candidate gradients travel with their block, arriving home after the last hop. Nothing of size
 B_global is stored between the passes, so per-device memory stays flat as devices are added.
+Both loops run n steps of compute-then-hop (the forward's last hop only brings the blocks home):
+a loop of one hop is unrolled by XLA, which then keeps two logit blocks live at once.
 Logits, masks and penalties come from `siamjax.losses.directions`, so the ring equals the
 all-gather form and the single-device loss (tested on 1-8 devices, values and gradients).
 """
@@ -65,10 +67,11 @@ def _forward(spec, axis_name, floats, ids, scale):
 
     def hop(carry, t):
         block, lse = carry
-        block = jax.lax.ppermute(block, axis_name, perm)
-        return (block, jnp.logaddexp(lse, lse_against(block, (me - t) % n))), None
+        lse = jnp.logaddexp(lse, lse_against(block, (me - t) % n))
+        return (jax.lax.ppermute(block, axis_name, perm), lse), None
 
-    (_, lse), _ = jax.lax.scan(hop, (rows, lse_against(rows, me)), jnp.arange(1, n))
+    lse = jax.lax.pcast(jnp.full((len(spec.partitions), b), -jnp.inf, floats["q"].dtype), axis_name, to="varying")
+    (_, lse), _ = jax.lax.scan(hop, (rows, lse), jnp.arange(n))
     return lse
 
 
@@ -98,22 +101,18 @@ def _ring_bwd(spec, axis_name, residuals, g_Pxb):
         cot = {d: jnp.exp(x - lse_Pxb[group[d]][:, None]) * g_Pxb[group[d]][:, None] for d, x in logits.items()}
         return vjp(cot)
 
-    d_rows, d_own, d_scale = pull(floats, ids, me)
-    d_rows = jax.tree.map(jnp.add, d_rows, d_own)
-
     def hop(carry, t):
         block_f, block_ids, d_block, d_rows, d_scale = carry
-        block_f, block_ids, d_block = jax.lax.ppermute((block_f, block_ids, d_block), axis_name, perm)
         dr, db, ds = pull(block_f, block_ids, (me - t) % n)
         d_block = jax.tree.map(jnp.add, d_block, db)
+        block_f, block_ids, d_block = jax.lax.ppermute((block_f, block_ids, d_block), axis_name, perm)
         return (block_f, block_ids, d_block, jax.tree.map(jnp.add, d_rows, dr), d_scale + ds), None
 
     zeros = jax.tree.map(jnp.zeros_like, floats)
+    # n hops: each block's gradient travels with it and, after the last hop, is home again.
     (_, _, d_block, d_rows, d_scale), _ = jax.lax.scan(
-        hop, (floats, ids, zeros, d_rows, d_scale), jnp.arange(1, n))
-    # The block now here belongs to the next device: one more hop takes its gradient home.
-    d_rows = jax.tree.map(jnp.add, d_rows, jax.lax.ppermute(d_block, axis_name, perm))
-    return d_rows, None, d_scale
+        hop, (floats, ids, zeros, zeros, jnp.zeros_like(scale)), jnp.arange(n))
+    return jax.tree.map(jnp.add, d_rows, d_block), None, d_scale
 
 
 _ring.defvjp(_ring_fwd, _ring_bwd)

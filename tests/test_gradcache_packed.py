@@ -40,7 +40,7 @@ def test_packed_grad_cache_equals_padded_full_batch_on_eight_devices(tokenizer):
     """(anchor, positive, negative) x 64, packed per device into 48-token rows, GradCache chunks
     of 96 tokens (2 rows per device), ring MNRL on a 2 x 4 mesh == plain autodiff through the
     padded batch on one device, loss and every parameter gradient within 2e-5."""
-    cfg = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    cfg = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                      intermediate_size=64, max_position_embeddings=64)
     enc = SentenceEncoder.from_config(cfg, tokenizer, pooling=("mean",), dense_dim=16, normalize=True, seed=1,
                                       max_seq_length=32)
@@ -104,15 +104,15 @@ def test_pod_presets_train_packed_with_grad_cache(preset, minilm_dir, tmp_path):
     data = write_triplets(tmp_path / "triplets.jsonl", 96, seed=3)
     config = load_config(str(CONFIGS / preset), [
         "--config.model.name_or_path=", f"--config.model.init.tokenizer={minilm_dir}",
-        "--config.model.init.hidden_size=32", "--config.model.init.num_hidden_layers=2",
+        "--config.model.init.hidden_size=32", "--config.model.init.num_hidden_layers=1",
         "--config.model.init.num_attention_heads=2", "--config.model.init.intermediate_size=64",
         "--config.model.max_seq_length=32", "--config.data.pack_length=48", "--config.train.grad_cache_tokens=96",
         "--config.data.train.tfds.builder=", f"--config.data.train.path={data}", "--config.data.nli_to_triplets=false",
         "--config.data.train.columns=(('anchor','anchor'),('positive','positive'),('negative','negative'))",
-        "--config.eval.sts.tfds.builder=", "--config.train.batch_size=64", "--config.train.num_steps=3",
+        "--config.eval.sts.tfds.builder=", "--config.train.batch_size=64", "--config.train.num_steps=2",
         "--config.train.progress_bar=false", "--config.train.log_every_steps=1", "--config.mesh.fsdp_min_size=256",
         "--config.checkpoint.every_steps=100", "--config.optim.warmup_steps=1", *TINY_POD[preset]])
     result = train.train_and_evaluate(config, tmp_path / "run")
-    assert result.step == 3
+    assert result.step == 2
     steps = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
-    assert len(steps) == 3 and all(np.isfinite(r["loss"]) for r in steps)
+    assert len(steps) == 2 and all(np.isfinite(r["loss"]) for r in steps)

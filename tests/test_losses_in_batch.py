@@ -121,13 +121,11 @@ def test_infonce_matches_sentence_transformers():
 
 ALL_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 CASES = {  # name -> (sides, make_fn kwargs, with text ids)
-    "pairs_every_direction_in_batch_hardness": (
-        2, dict(directions=ALL_DIRECTIONS, hardness_mode="in_batch_negatives", hardness_strength=4.0), False),
-    "hard_negatives_every_direction_ids_learnable": (
+    "pairs_symmetric_per_direction_in_batch_hardness": (
+        2, dict(symmetric=True, hardness_mode="in_batch_negatives", hardness_strength=4.0), False),
+    "hard_negatives_every_direction_joint_ids_learnable": (
         4, dict(directions=ALL_DIRECTIONS, hardness_mode="all_negatives", hardness_strength=2.0,
                 learnable_scale_param=True), True),
-    "hard_negatives_symmetric_per_direction": (
-        3, dict(symmetric=True, hardness_mode="hard_negatives", hardness_strength=5.0), False),
 }
 
 

@@ -98,17 +98,21 @@ def _train_iterator(config: ml_collections.ConfigDict, data: RunData, tokenizer,
         max_seq_length=config.model.max_seq_length, seed=config.seed, shuffle=data.shuffle,
         no_duplicates=d.no_duplicates, buckets=tuple(d.buckets), prefetch=d.prefetch,
         pack_length=d.pack_length, num_shards=batch_shard_count(mesh) // jax.process_count(),
+        row_multiple=max(1, config.train.grad_cache_tokens // max(d.pack_length, 1)),
     )
 
 
 def _compiled_step(config: ml_collections.ConfigDict, parts: builders.TrainParts, data: RunData, mesh: Mesh):
-    """The train step (GradCache when configured), jitted with the state's and batch's shardings."""
-    value_and_grad_fn = None
-    if config.train.grad_cache_chunk:
-        value_and_grad_fn = make_grad_cache_value_and_grad(parts.encode_fn, parts.loss_fn,
-                                                           config.train.grad_cache_chunk)
+    """The train step (GradCache over pairs or packed tokens when configured), jitted with the
+    state's and batch's shardings."""
+    t, value_and_grad_fn = config.train, None
+    if t.grad_cache_chunk or t.grad_cache_tokens:
+        value_and_grad_fn = make_grad_cache_value_and_grad(
+            parts.encode_fn, parts.loss_fn, t.grad_cache_chunk or None, chunk_tokens=t.grad_cache_tokens or None,
+            guide_encode_fn=parts.guide_encode_fn)
     step_fn = make_train_step(parts.encode_fn, parts.loss_fn, parts.optimizer, schedule=parts.schedule,
-                              dropout=config.train.dropout, value_and_grad_fn=value_and_grad_fn)
+                              dropout=t.dropout, value_and_grad_fn=value_and_grad_fn,
+                              guide_encode_fn=parts.guide_encode_fn)
     keys = TOKEN_KEYS + ("text_index",) * bool(config.data.pack_length)
     example = {k: np.zeros((1, 1, 1), np.int32) for k in keys}
     if data.dataset.label_kind is not None:
@@ -145,7 +149,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> LoopResu
         restored = ckpt.restore_latest(manager, parts.abstract)
         if restored is None:
             state, _ = create_train_state(parts.params, parts.optimizer, parts.dropout_rng, mesh,
-                                          config.mesh.fsdp_min_size)
+                                          config.mesh.fsdp_min_size, parts.frozen)
         else:
             state = restored[1]
         iterator = _train_iterator(config, data, encoder.tokenizer, mesh)

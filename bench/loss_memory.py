@@ -2,9 +2,10 @@
 GradCache vs full backprop.
 
 Why: the memory claims of `siamjax.losses.in_batch`, `siamjax.losses.ring` and
-`siamjax.losses.gradcache` are asymptotic, and this makes them numbers. Nothing is executed: every program is AOT-compiled with
-`jax.jit(...).lower(...).compile()` and its `memory_analysis()` read, so large batches cost no
-memory on this machine. Sizes are per device (XLA compiles one SPMD program per device).
+`siamjax.losses.gradcache` are asymptotic, and this makes them numbers. Nothing is executed:
+every program is AOT-compiled with `jax.jit(...).lower(...).compile()` and its
+`memory_analysis()` read, so large batches cost no memory on this machine. Sizes are per device
+(XLA compiles one SPMD program per device).
 
 1. InfoNCE value_and_grad on `[2, B, D]` embeddings: the plain loss (one device, logits
    [B, B]) vs `sharded_infonce` over n fake CPU devices (logits [B/n, B] per device), and the
@@ -133,7 +134,7 @@ def print_table(title, rows):
 
 def main(argv=None) -> int:
     """Compile everything, print both tables (markdown), optionally write them as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1024, 4096, 8192],
                         help="global batches for the sharded-loss table")
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])

@@ -244,23 +244,32 @@ def bench_batch_size(model_dir, s1, s2, *, batch_size, warmup, steps, rounds, ma
     if padded and pack_length:
         runners["jax_padded"] = JaxTrainer(model_dir, max_seq_length, seed, buckets)
     batches = {name: [r.prepare(a, p) for a, p in texts] for name, r in runners.items()}
+    result = {"batch_size": batch_size, "steps": steps, "warmup": warmup, "rounds": rounds,
+              "jax_pack_length": pack_length}
+    result.update(timed_stats(runners, batches, batch_size=batch_size, warmup=warmup, steps=steps,
+                              rounds=rounds, log=log))
+    result["jax_shapes"] = sorted(k[1:] for k in runners["jax"].compiled)
+    timed = slice(warmup, warmup + steps)
+    result["real_tokens_per_pair"] = sum(padded_tokens(b)[1] for b in batches["torch"][timed]) / (steps * batch_size)
+    for name in runners:
+        if name != "torch":
+            result[f"{name}_ratio"] = result[f"{name}_pairs_per_s"] / result["torch_pairs_per_s"]
+    result["ratio"] = result["jax_ratio"]
+    return result
+
+
+def timed_stats(runners: dict, batches: dict, *, batch_size, warmup, steps, rounds, log=print) -> dict:
+    """Interleave the runners, then each one's pairs/s, mean loss, tokens/pair and compile time."""
     times, losses = interleave(runners, batches, batch_size=batch_size, warmup=warmup, steps=steps,
                                rounds=rounds, log=log)
-    names = list(runners)
-    pairs = steps * batch_size
-    timed = slice(warmup, warmup + steps)
-    result = {"batch_size": batch_size, "steps": steps, "warmup": warmup, "rounds": rounds,
-              "round_seconds": times, "jax_pack_length": pack_length,
-              "jax_shapes": sorted(k[1:] for k in runners["jax"].compiled)}
-    result["real_tokens_per_pair"] = sum(padded_tokens(b)[1] for b in batches["torch"][timed]) / pairs
-    for name in names:
+    pairs, timed = steps * batch_size, slice(warmup, warmup + steps)
+    result = {"round_seconds": times}
+    for name, runner in runners.items():
         result[f"{name}_pairs_per_s"] = pairs / sum(times[name])
         result[f"{name}_mean_loss"] = float(np.mean([float(x) for x in losses[name]]))
         result[f"{name}_tokens_per_pair"] = sum(padded_tokens(b)[0] for b in batches[name][timed]) / pairs
         if name != "torch":
-            result[f"{name}_compile_s"] = runners[name].compile_seconds
-            result[f"{name}_ratio"] = result[f"{name}_pairs_per_s"] / result["torch_pairs_per_s"]
-    result["ratio"] = result["jax_ratio"]
+            result[f"{name}_compile_s"] = runner.compile_seconds
     return result
 
 
@@ -305,16 +314,10 @@ def bench_grad_cache(model_dir, s1, s2, *, batch_size, warmup, steps, rounds, ma
                "gc_padded": JaxTrainer(model_dir, max_seq_length, seed, buckets, encoder=encoder,
                                        grad_cache_chunk=chunk)}
     batches = {name: [r.prepare(a, p) for a, p in texts] for name, r in runners.items()}
-    times, losses = interleave(runners, batches, batch_size=batch_size, warmup=warmup, steps=steps,
-                               rounds=rounds, log=log)
-    pairs, timed = steps * batch_size, slice(warmup, warmup + steps)
     result = {"batch_size": batch_size, "steps": steps, "chunk_pairs_padded": chunk,
-              "chunk_tokens_packed": chunk_tokens, "round_seconds": times}
-    for name in runners:
-        result[f"{name}_pairs_per_s"] = pairs / sum(times[name])
-        result[f"{name}_mean_loss"] = float(np.mean([float(x) for x in losses[name]]))
-        result[f"{name}_tokens_per_pair"] = sum(padded_tokens(b)[0] for b in batches[name][timed]) / pairs
-        result[f"{name}_compile_s"] = runners[name].compile_seconds
+              "chunk_tokens_packed": chunk_tokens}
+    result.update(timed_stats(runners, batches, batch_size=batch_size, warmup=warmup, steps=steps,
+                              rounds=rounds, log=log))
     result["packed_over_padded"] = result["gc_packed_pairs_per_s"] / result["gc_padded_pairs_per_s"]
     return result
 

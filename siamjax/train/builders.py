@@ -111,7 +111,8 @@ def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int) -> SentenceEn
     common = dict(dtype=model_cfg.dtype, remat=model_cfg.remat, max_seq_length=model_cfg.max_seq_length)
     if model_cfg.name_or_path:
         try:
-            return SentenceEncoder.from_pretrained(model_cfg.name_or_path, **common)
+            return SentenceEncoder.from_pretrained(model_cfg.name_or_path, verify_weights=model_cfg.get("verify_weights", True),
+                                                   **common)
         except (OSError, ValueError) as err:  # missing folder, offline hub, bad config.json
             raise ConfigError(f"model.name_or_path={model_cfg.name_or_path!r}: {err}") from err
     init = model_cfg.init

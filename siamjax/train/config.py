@@ -48,6 +48,8 @@ def _model_fields() -> ml_collections.ConfigDict:
     g.max_seq_length = 128  # tokens per text after truncation (also the largest bucket)
     g.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (master weights stay f32)
     g.remat = False  # recompute each layer's activations in the backward pass (saves memory)
+    # check at load that every pretrained weight is finite (one pass; False skips it for huge models)
+    g.verify_weights = True
     # Random initialisation (used only when name_or_path is ""): a BERT of this shape.
     g.init = ml_collections.ConfigDict()
     g.init.tokenizer = ""  # folder or hub name of the HF tokenizer giving the vocabulary
@@ -117,7 +119,7 @@ def _train_fields() -> ml_collections.ConfigDict:
     g = ml_collections.ConfigDict()
     g.batch_size = 32  # global batch (pairs/triplets per step), split over all devices
     g.num_epochs = 1.0  # length of training in epochs of the (largest) training set ...
-    g.num_steps = -1  # ... or in steps, if >= 0 (overrides num_epochs)
+    g.num_steps = -1  # ... or in steps, if >= 1 (overrides num_epochs); -1 = use num_epochs
     g.dropout = True  # dropout on while training (as sentence-transformers does)
     g.grad_cache_chunk = 0  # GradCache on padded batches: encode in chunks of this many pairs; 0 = off
     # GradCache on packed batches (data.pack_length > 0): chunks of this many tokens per side on
@@ -222,7 +224,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_loss(config, need)
     need(o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r}: use one of {SCHEDULES}")
     need(o.lr > 0, f"optim.lr={o.lr}: must be positive")
-    need(t.num_steps > 0 or t.num_epochs > 0, "train.num_steps and train.num_epochs are both <= 0")
+    need(t.num_steps == -1 or t.num_steps >= 1,
+         f"train.num_steps={t.num_steps}: must be >= 1, or -1 to train for train.num_epochs")
+    need(t.num_steps >= 1 or t.num_epochs > 0, f"train.num_epochs={t.num_epochs}: must be > 0 "
+         "(or set train.num_steps)")
     need(t.log_every_steps > 0, f"train.log_every_steps={t.log_every_steps}: must be >= 1")
     need(config.checkpoint.every_steps > 0, "checkpoint.every_steps must be >= 1")
     need(config.checkpoint.best_mode in ("max", "min"), "checkpoint.best_mode must be 'max' or 'min'")
@@ -290,3 +295,14 @@ def _check_file(file_cfg, field: str, *, required: bool) -> None:
         raise ConfigError(f"{field}.path={file_cfg.path!r}: file not found")
     if not file_cfg.columns or any(len(pair) != 2 for pair in file_cfg.columns):
         raise ConfigError(f"{field}.columns must be (role, column) pairs, got {file_cfg.columns}")
+    low, high = _pair(file_cfg.score_range, f"{field}.score_range")
+    if not low < high:
+        raise ConfigError(f"{field}.score_range={tuple(file_cfg.score_range)}: must be (low, high) with low < high")
+
+
+def _pair(value, field: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{field}={value!r}: must be two numbers (low, high)") from None
+    return low, high

@@ -118,6 +118,11 @@ def test_config_file_errors(tmp_path):
     (["--config.loss.name=mnrl", "--config.loss.kwargs.ring=true"], r"ring=True .* needs loss.sharded=True"),
     (["--config.loss.name=margin_mse"], r"loss.name='margin_mse' distils teacher data: map a column to the "
      r"'teacher' role"),
+    (["--config.train.num_steps=0"], r"train.num_steps=0: must be >= 1, or -1 to train for train.num_epochs"),
+    (["--config.train.num_steps=-5"], r"train.num_steps=-5: must be >= 1, or -1"),
+    (["--config.train.num_epochs=0"], r"train.num_epochs=0.0: must be > 0 \(or set train.num_steps\)"),
+    (["--config.data.train.score_range=(5.0, 0.0)"], r"data.train.score_range=\(5.0, 0.0\): must be \(low, high\)"),
+    (["--config.eval.sts.score_range=(1.0, 1.0)"], r"eval.sts.score_range=\(1.0, 1.0\)"),
 ])
 def test_validation_errors(overrides, match):
     config = cfg("stsb_minilm.py", "--config.mesh.num_devices=1", *overrides) \

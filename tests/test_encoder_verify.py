@@ -38,7 +38,7 @@ def test_tokenizer_of_another_size(folder, tmp_path):
         (folder / name).unlink()
     words = (folder / "vocab.txt").read_text().splitlines()
     (folder / "vocab.txt").write_text("\n".join(words[:100]) + "\n")
-    with pytest.raises(verify.ModelFolderError, match=r"tokenizer has 100 tokens for 30522 embedding rows"):
+    with pytest.raises(verify.ModelFolderError, match=r"tokenizer has 10\d tokens for 30522 embedding rows"):
         siamjax.SentenceEncoder.from_pretrained(folder)
 
 
@@ -53,7 +53,7 @@ def test_tokenizer_larger_than_the_embeddings(tmp_path):
 
 
 @pytest.mark.parametrize("value,match", [(np.nan, r"1 non-finite value"), (np.inf, r"1 non-finite value"),
-                                         (3e7, r"value of magnitude 3e\+07")])
+                                         (3e7, r"a value of magnitude 3e\+07")])
 def test_non_finite_or_absurd_weights(folder, value, match):
     tensors = load_file(folder / "model.safetensors")
     weight = tensors["encoder.layer.2.output.dense.weight"].copy()
@@ -86,7 +86,7 @@ def test_damaged_header(folder):
     header = json.loads(data[8:8 + length])
     name = "embeddings.word_embeddings.weight"
     header[name]["shape"] = [30522, 385]  # sizes no longer match the byte range
-    blob = json.dumps(header).encode()
+    blob = json.dumps(header, separators=(",", ":")).encode()
     assert len(blob) <= length
     path.write_bytes(bytes(data[:8]) + blob.ljust(length) + bytes(data[8 + length:]))
     with pytest.raises(verify.ModelFolderError, match=rf"tensor '{name}' has \d+ bytes for shape"):

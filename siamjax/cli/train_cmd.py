@@ -18,7 +18,7 @@ from siamjax.cli.logs import LOG_NAME
 from siamjax.data import BadRowError
 from siamjax.data.sampler import DuplicateTextsError
 from siamjax.parallel import DistributedArgs, initialize
-from siamjax.train import ConfigError, export_run, load_config, train_and_evaluate
+from siamjax.train import ConfigError, export_run, load_config, train_and_evaluate, validate
 from siamjax.train.workdir import WorkdirLock, check_writable
 
 
@@ -46,7 +46,8 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run, accepts_overrides=True)
 
 
-def _train(args: argparse.Namespace, overrides: list[str]) -> int:
+def _prepare(args: argparse.Namespace, overrides: list[str]):
+    """The validated config, with the multi-process job joined; nothing is written yet."""
     if "://" in args.workdir:  # pathlib would turn gs://b/r into a local folder "gs:/b/r"
         raise ConfigError(f"--workdir {args.workdir}: URLs are not supported; give a folder every "
                           "process can see (a shared filesystem, or the bucket mounted with gcsfuse)")
@@ -56,6 +57,11 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
                                             process_id=args.process_id))
     except ValueError as err:  # incomplete or inconsistent multi-process flags
         raise ConfigError(str(err)) from err
+    validate(config)
+    return config
+
+
+def _train(args: argparse.Namespace, config) -> int:
     # process 0 holds the workdir through training and export (train_and_evaluate re-enters it)
     with WorkdirLock(args.workdir) if jax.process_index() == 0 else contextlib.nullcontext():
         if config.export.dir:
@@ -72,8 +78,13 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
-    """Handler of `siamjax train`: trains, then exports; returns the exit code."""
+    """Handler of `siamjax train`: checks the config (writing nothing), then trains in the workdir
+    with third-party output going to its log.txt, then exports; returns the exit code."""
     hints = {BadRowError: "set data.train.on_bad_row=skip to skip and count such rows",
              DuplicateTextsError: "lower train.batch_size, de-duplicate the file, or set data.no_duplicates=false"}
-    log = None if "://" in args.workdir else pathlib.Path(args.workdir) / LOG_NAME
-    return run_verb("train", lambda: _train(args, rest), hints=hints, debug=args.debug, log_path=log)
+    prepared = []
+    code = run_verb("train", lambda: prepared.append(_prepare(args, rest)), hints=hints, debug=args.debug)
+    if code != EXIT_OK:
+        return code
+    log = pathlib.Path(args.workdir) / LOG_NAME
+    return run_verb("train", lambda: _train(args, prepared[0]), hints=hints, debug=args.debug, log_path=log)

@@ -1,8 +1,9 @@
 """The run folder's guards: one trainer per workdir, writability checked before the work, and
 storage failures reported as the folder they happened in.
 
-- `WorkdirLock`: an exclusive POSIX lock (`fcntl.lockf`, which also works on NFS) on
-  `<workdir>/lock`, taken by process 0. The kernel drops it when the holder dies, even by
+- `WorkdirLock`: an exclusive `fcntl.flock` on `<workdir>/lock` (Linux emulates it with a
+  byte-range lock on NFS), taken by process 0. Unlike `lockf` it belongs to the open file, so
+  reading the lock file elsewhere in the process cannot silently drop it. The kernel drops it when the holder dies, even by
   SIGKILL, so a stale lock file never blocks the next run; the file's text (host, pid, start)
   only names the holder in the error. Re-entrant within a process, so the CLI can hold it
   across training and export while `train_and_evaluate` takes it too.
@@ -97,10 +98,10 @@ class WorkdirLock:
         self.workdir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             os.close(fd)
-            if err.errno not in (errno.EACCES, errno.EAGAIN):
+            if err.errno not in (errno.EWOULDBLOCK, errno.EACCES):
                 raise
             raise WorkdirBusyError(f"workdir {self.workdir} is in use by another run ({self._holder()}); "
                                    "wait for it to finish, or give another --workdir") from None
@@ -123,5 +124,5 @@ class WorkdirLock:
         entry[1] -= 1
         if entry[1] == 0:
             del _HELD[key]
-            fcntl.lockf(entry[0], fcntl.LOCK_UN)
+            fcntl.flock(entry[0], fcntl.LOCK_UN)
             os.close(entry[0])

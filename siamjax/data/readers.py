@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-from siamjax.data.files import FORMATS, read_lines, suffix_format, table_rows, utf8_error
+from siamjax.data.files import FORMATS, first_line, read_lines, suffix_format, table_rows, utf8_error
 from siamjax.data.records import BadRowError, DataError, PairDataset, RowParser, split_roles
 
 
@@ -50,12 +51,12 @@ TRIPLET_COLUMNS = {"anchor": "anchor", "positive": "positive", "negative": "nega
 def detect_format(path: str | os.PathLike) -> str:
     """The format of a file from its suffix and first line (STS-b files end in .csv but are TSV)."""
     fmt = suffix_format(path)
-    if fmt == "jsonl":
+    if fmt in ("jsonl", "parquet"):
         return fmt
-    lines = read_lines(path)
-    first = next((line for _, line in lines if line.strip()), None)
-    if first is None:
+    found = first_line(path)
+    if found is None:
         raise DataError(f"{path}: file is empty")
+    first = found[1]
     if utf8_error(first):
         raise DataError(f"{path}:1: {utf8_error(first)}")
     fields = first.split("\t")
@@ -81,6 +82,69 @@ def _is_number(text: str) -> bool:
     return True
 
 
+@dataclasses.dataclass
+class PairRows:
+    """A file's validated rows, streamed: `rows` yields (line, texts, label) one at a time.
+
+    `parser` holds the sides, the label role and the rows skipped so far (`on_bad_row="skip"`);
+    `parser.finish(name, rows)` builds the in-memory dataset, and `siamjax data prepare` writes
+    the rows to shards instead, so both see exactly the same rows.
+    """
+
+    parser: RowParser
+    rows: Iterator[tuple[int, tuple[str, ...], Any]]
+
+
+def pair_rows(
+    path: str | os.PathLike,
+    *,
+    columns: Mapping[str, str | int] | None = None,
+    format: str | None = None,  # noqa: A002 - mirrors the config field name
+    header: bool | None = None,
+    quoting: str | None = None,
+    score_range: tuple[float, float] | None = None,
+    normalize_scores: bool = False,
+    num_classes: int | None = None,
+    on_bad_row: str = "error",
+) -> PairRows:
+    """The rows of a pair/triplet/scored-pair file, validated one at a time (see `read_pairs`)."""
+    fmt = detect_format(path) if format in (None, "", "auto") else format
+    if fmt not in PAIR_FORMATS:
+        raise DataError(f"{path}: format must be one of {PAIR_FORMATS}, got {fmt!r}")
+    layout = LAYOUTS.get(fmt)
+    if layout is not None:
+        fmt = layout.format
+        header = layout.header if header is None else header
+        quoting = quoting or layout.quoting
+        columns = dict(layout.columns) if columns is None else columns
+        score_range = layout.score_range if score_range is None else score_range
+    if not columns:
+        raise DataError(f"{path}: no column mapping given (role -> column)")
+    sides, label_role = split_roles(columns)
+    roles = list(sides) + ([label_role] if label_role else [])
+    refs = [columns[r] for r in roles]
+    if header is None:
+        header = fmt not in ("jsonl", "parquet") and not all(isinstance(r, int) for r in refs)
+    parser = RowParser(str(path), sides, label_role, score_range, normalize_scores, num_classes, on_bad_row)
+    names, records = table_rows(path, fmt, header=header, quoting=quoting, reject=parser.reject)
+    _check_refs(path, fmt, header, names, roles, refs)
+
+    def rows():
+        for line_no, record in records:
+            values, missing = _select(record, refs)
+            if missing:
+                n = len(record)
+                parser.reject(line_no, f"no column {', '.join(repr(m) for m in missing)} for "
+                              f"{', '.join(roles[refs.index(m)] for m in missing)}"
+                              + (f": the row has {n} field(s)" if isinstance(record, list) else ""))
+                continue
+            parsed = parser.parse_columns(line_no, values)
+            if parsed is not None:
+                yield line_no, parsed[0], parsed[1]
+
+    return PairRows(parser, rows())
+
+
 def read_pairs(
     path: str | os.PathLike,
     *,
@@ -104,49 +168,22 @@ def read_pairs(
     `quoting` defaults to "none" for tsv (quotes are literal) and "minimal" for csv.
     `normalize_scores=True` maps `score_range` linearly to [0, 1] (STS-b: (0, 5) -> score/5).
     Malformed rows raise `BadRowError` naming file and line, or are skipped and counted with
-    `on_bad_row="skip"` (see `PairDataset.bad_rows`).
+    `on_bad_row="skip"` (see `PairDataset.bad_rows`). Parquet files are read with pyarrow.
     """
-    fmt = detect_format(path) if format in (None, "", "auto") else format
-    if fmt not in PAIR_FORMATS:
-        raise DataError(f"{path}: format must be one of {PAIR_FORMATS}, got {fmt!r}")
-    layout = LAYOUTS.get(fmt)
-    if layout is not None:
-        fmt = layout.format
-        header = layout.header if header is None else header
-        quoting = quoting or layout.quoting
-        columns = dict(layout.columns) if columns is None else columns
-        score_range = layout.score_range if score_range is None else score_range
-    if not columns:
-        raise DataError(f"{path}: no column mapping given (role -> column)")
-    sides, label_role = split_roles(columns)
-    roles = list(sides) + ([label_role] if label_role else [])
-    refs = [columns[r] for r in roles]
-    if header is None:
-        header = fmt != "jsonl" and not all(isinstance(r, int) for r in refs)
-    parser = RowParser(str(path), sides, label_role, score_range, normalize_scores, num_classes, on_bad_row)
-    names, records = table_rows(path, fmt, header=header, quoting=quoting, reject=parser.reject)
-    _check_refs(path, fmt, header, names, roles, refs)
-    rows = []
-    for line_no, record in records:
-        values, missing = _select(record, refs)
-        if missing:
-            n = len(record)
-            parser.reject(line_no, f"no column {', '.join(repr(m) for m in missing)} for "
-                          f"{', '.join(roles[refs.index(m)] for m in missing)}"
-                          + (f": the row has {n} field(s)" if isinstance(record, list) else ""))
-            continue
-        parsed = parser.parse_columns(line_no, values)
-        if parsed is not None:
-            rows.append(parsed)
-    return parser.finish(name or pathlib.Path(path).name, rows)
+    stream = pair_rows(path, columns=columns, format=format, header=header, quoting=quoting,
+                       score_range=score_range, normalize_scores=normalize_scores,
+                       num_classes=num_classes, on_bad_row=on_bad_row)
+    rows = [(texts, label) for _, texts, label in stream.rows]
+    return stream.parser.finish(name or pathlib.Path(path).name, rows)
 
 
 def _check_refs(path, fmt: str, header: bool, names: list[str] | None, roles: list[str], refs: list) -> None:
     """Columns must be names (jsonl, csv/tsv with a header) or 0-based indices (without one)."""
-    if fmt == "jsonl" or header:
+    if fmt in ("jsonl", "parquet") or header:
         bad = [r for r in refs if not isinstance(r, str)]
         if bad:
-            raise DataError(f"{path}: columns must be {'key' if fmt == 'jsonl' else 'header'} names, got {bad}")
+            kind = {"jsonl": "key", "parquet": "column"}.get(fmt, "header")
+            raise DataError(f"{path}: columns must be {kind} names, got {bad}")
         if names is not None:
             for role, ref in zip(roles, refs):
                 if ref not in names:

@@ -1,7 +1,8 @@
 """The training input pipeline: sampler -> this process's slice -> tokenise -> prefetch.
 
 Built from grain datasets: a custom `grain.IterDataset` emits this process's share of each
-global batch (the sampler runs identically on every process), `.map` reads and tokenises it,
+global batch (the sampler runs identically on every process), `.map` reads and tokenises it
+(reading only this process's examples; prepared shards are opened lazily, record by record),
 and `ThreadPrefetchIterDataset` overlaps that with the train step. grain keeps the state of
 the batch the caller actually consumed, so `get_state()` / `set_state()` (and orbax through
 `grain.checkpoint.CheckpointSave/CheckpointRestore`) resume on exactly the next batch.
@@ -37,11 +38,10 @@ class _LocalIndicesIterator(grain.DatasetIterator):
         self._local = sampler.batch_size // process_count
         self._start = process_index * self._local
 
-    def __next__(self) -> tuple[int, list[int], list[int]]:
-        """(dataset, this process's indices, the other processes' indices)."""
+    def __next__(self) -> tuple[int, list[int], int, int]:
+        """(dataset, the global batch's indices, start and end of this process's slice)."""
         d, indices = self._sampler.next()
-        end = self._start + self._local
-        return d, indices[self._start:end], indices[: self._start] + indices[end:]
+        return d, indices, self._start, self._start + self._local
 
     def get_state(self) -> dict[str, Any]:
         return self._sampler.get_state()
@@ -62,9 +62,22 @@ class _LocalIndices(grain.IterDataset):
         return _LocalIndicesIterator(self._make_sampler(), *self._process)
 
 
+def global_text_ids(keys_BxS: np.ndarray) -> np.ndarray:
+    """int32 `[S, B]` text ids of a global batch from its 64-bit text keys `[B, S]`.
+
+    Why ranks instead of the hash itself: the device takes int32, and 32 bits of a hash would
+    collide inside big batches (and mask a true negative); the rank of each key among the global
+    batch's distinct keys is exact, and every process computes the same ranks.
+    """
+    _, inverse = np.unique(np.asarray(keys_BxS, np.uint64), return_inverse=True)
+    return inverse.reshape(np.shape(keys_BxS)).T.astype(np.int32)
+
+
 class _Materialize:
     """Read a local batch from its source and tokenise it into [S, B, L] int32 (+ labels [B]).
 
+    Every batch also carries `text_ids [S, B]` (`global_text_ids`, for false-negative masking)
+    and `dataset` (a 0-d int32: which source it came from; host-side only, not sharded).
     With `pack_length` > 0 each side is packed instead (`tokenization.pack_sides`): rows
     `[S, n * r, pack_length]` plus `text_index [S, n, B / n]`, one packed shard per batch
     device of this process (`num_shards`).
@@ -76,9 +89,10 @@ class _Materialize:
         self._max_seq_length, self._buckets = max_seq_length, buckets
         self._pack_length, self._num_shards = pack_length, num_shards
 
-    def __call__(self, element: tuple[int, list[int], list[int]]) -> dict[str, np.ndarray]:
-        d, indices, others = element
+    def __call__(self, element: tuple[int, list[int], int, int]) -> dict[str, np.ndarray]:
+        d, global_indices, start, end = element
         source = self._sources[d]
+        indices, others = global_indices[start:end], global_indices[:start] + global_indices[end:]
         examples = [source[i] for i in indices]
         sides = [[ex.texts[s] for ex in examples] for s in range(len(examples[0].texts))]
         if self._pack_length:
@@ -95,6 +109,9 @@ class _Materialize:
         if source.label_kind is not None:
             dtype = np.float32 if source.label_kind == "score" else np.int32
             batch["labels"] = np.asarray([ex.label for ex in examples], dtype=dtype)
+        keys = np.asarray([source.example_keys(i) for i in global_indices], np.uint64)
+        batch["text_ids"] = global_text_ids(keys)[:, start:end]
+        batch["dataset"] = np.int32(d)
         return batch
 
     def _rows_elsewhere(self, source, others: list[int], local: int) -> int:
@@ -113,8 +130,11 @@ class TrainIterator(grain.DatasetIterator):
 
     Each batch: int32 `input_ids`, `attention_mask`, `token_type_ids` of shape [S, B_local, L]
     (L a bucket length; packed: [S, rows, pack_length] plus `text_index`
-    [S, shards, B_local / shards]) and `labels` [B_local] (float32 scores or int32 classes)
-    when the dataset has labels. `get_state()` is the state after the last batch returned.
+    [S, shards, B_local / shards]), `labels` [B_local] (float32 scores or int32 classes)
+    when the dataset has labels, int32 `text_ids` [S, B_local] (equal ids = the same text
+    anywhere in the global batch) and `dataset`, the 0-d index of the batch's dataset (for the
+    host: remove it before `to_global_array`). `get_state()` is the state after the last
+    batch returned.
     """
 
     def __init__(self, parent: grain.DatasetIterator, sampler_view: GlobalBatchSampler):
@@ -150,6 +170,11 @@ class TrainIterator(grain.DatasetIterator):
         self._view.set_state(self.get_state())
         return self._view.epochs
 
+    @property
+    def dataset_names(self) -> list[str]:
+        """Names of the datasets, in the order of the batches' `dataset` index."""
+        return [self._view.dataset_name(d) for d in range(len(self._view.sources))]
+
 
 def make_train_iterator(
     datasets,
@@ -162,6 +187,7 @@ def make_train_iterator(
     no_duplicates: bool = True,
     shuffle: bool = True,
     num_epochs: int | None = None,
+    weights: Sequence[float] | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
     buckets: Sequence[int] | None = None,
@@ -175,8 +201,9 @@ def make_train_iterator(
     (reproducible from `seed`, reshuffled each epoch, no text twice in a global batch) and
     materialises only its own `global_batch_size // process_count` rows, which
     `to_global_array` then assembles into one sharded array. `datasets` is a source, a
-    sequence or a name->source mapping of `PairDataset` / tfds sources; several datasets are
-    mixed per batch ("round_robin" or "proportional"). Iterates forever unless `num_epochs`
+    sequence or a name->source mapping of `PairDataset` / tfds / prepared-shard sources; several
+    datasets are mixed per batch ("round_robin" or "proportional", the latter by size or by
+    `weights`), each batch from one dataset. Iterates forever unless `num_epochs`
     is set (then it stops when a dataset cannot fill another batch, logging the leftover).
     `process_index`/`process_count` default to `jax.process_index()`/`jax.process_count()`.
     With several processes each one also measures the token lengths of the other rows so
@@ -198,7 +225,7 @@ def make_train_iterator(
     def make_sampler() -> GlobalBatchSampler:
         return GlobalBatchSampler(sources, global_batch_size=global_batch_size, seed=seed,
                                   mixing=mixing, shuffle=shuffle, num_epochs=num_epochs,
-                                  no_duplicates=no_duplicates)
+                                  no_duplicates=no_duplicates, weights=weights)
 
     view = make_sampler()  # validates the settings now, and answers `epochs` questions
     ds = _LocalIndices(make_sampler, process_index, process_count)
@@ -217,8 +244,8 @@ def _as_sources(datasets) -> list:
         datasets = [datasets]
     sources = list(datasets)
     for src in sources:
-        for attr in ("example_texts", "label_kind", "name", "__getitem__", "__len__"):
+        for attr in ("example_texts", "example_keys", "label_kind", "name", "__getitem__", "__len__"):
             if not hasattr(src, attr):
                 raise TypeError(f"{src!r} is not a pair dataset (missing {attr}); use "
-                                f"read_pairs(...) or a tfds pair source")
+                                f"read_pairs(...), open_shards(...) or a tfds pair source")
     return sources

@@ -3,6 +3,10 @@
 Why a deterministic sampler instead of a grain shuffle buffer: every process must agree on
 the whole global batch (so no text appears twice across hosts — in-batch negatives would
 become false negatives), and the state must be a few integers a checkpoint can hold. The
+sampler runs identically on every process over the *global* batch and looks only at the
+64-bit text keys of each example (`example_keys`; prepared shards keep them in a side file),
+so the no-duplicates rule holds across processes although each process reads the texts of its
+own rows only. The
 order of each dataset is grain's stateless index shuffle, a pure function of
 (seed, epoch, position); the no-duplicates rule defers a conflicting example to a later batch
 instead of dropping it, so batches are always full. The state is the batch counter, one
@@ -13,7 +17,6 @@ therefore capped at one global batch, and overflow is counted and logged, not dr
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -24,21 +27,19 @@ import numpy as np
 log = logging.getLogger(__name__)
 MIXING_CHOICES = ("round_robin", "proportional")
 STATE_VERSION = 1
+# With explicit weights, proportional mixing cycles through a shuffled schedule of at least this
+# many slots, so the share of each dataset is within 1/SCHEDULE_SLOTS of its weight per round.
+SCHEDULE_SLOTS = 1000
 
 
 class TextSource(Protocol):
-    """What the sampler needs from a dataset: its length and the texts of one example."""
+    """What the sampler needs from a dataset: its length and the text keys of one example."""
 
     name: str
 
     def __len__(self) -> int: ...
 
-    def example_texts(self, index: int) -> tuple[str, ...]: ...
-
-
-def text_key(text: str) -> int:
-    """A stable 64-bit key of a text (Python's hash() differs between processes)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+    def example_keys(self, index: int) -> tuple[int, ...]: ...
 
 
 def _derived_seed(*parts: int) -> int:
@@ -65,7 +66,7 @@ class _Stream:
         self.keys = functools.lru_cache(maxsize=1 << 16)(self._keys)
 
     def _keys(self, index: int) -> frozenset[int]:
-        return frozenset(text_key(t) for t in self.source.example_texts(index))
+        return frozenset(self.source.example_keys(index))
 
     @property
     def epoch(self) -> float:
@@ -129,16 +130,23 @@ class GlobalBatchSampler:
     """Yields (dataset index, global batch indices); identical on every process.
 
     Mixing is per batch (each batch comes from one dataset, as in sentence-transformers,
-    so S and the label type are uniform inside a batch): "round_robin" cycles through the
-    datasets; "proportional" draws datasets in proportion to their size, through a shuffled
-    schedule with one slot per batch of each dataset, reshuffled every round.
+    so S, the label type and the in-batch negatives' domain are uniform inside a batch):
+    "round_robin" cycles through the datasets; "proportional" draws datasets through a
+    shuffled schedule, reshuffled every round, with one slot per batch of each dataset (so in
+    proportion to their size) or, with `weights`, slots in proportion to the weights (at least
+    `SCHEDULE_SLOTS` per round, so each share is exact to 0.1% after every round).
     """
 
     def __init__(self, sources: Sequence[TextSource], *, global_batch_size: int, seed: int,
                  mixing: str = "round_robin", shuffle: bool = True,
-                 num_epochs: int | None = None, no_duplicates: bool = True):
+                 num_epochs: int | None = None, no_duplicates: bool = True,
+                 weights: Sequence[float] | None = None):
         if mixing not in MIXING_CHOICES:
             raise ValueError(f"mixing must be one of {MIXING_CHOICES}, got {mixing!r}")
+        if weights is not None and (mixing != "proportional" or len(weights) != len(sources)
+                                    or not all(w > 0 for w in weights)):
+            raise ValueError(f"weights {list(weights)} need mixing='proportional' and one positive "
+                             f"weight per dataset ({len(sources)})")
         if global_batch_size < 1:
             raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
         if not sources:
@@ -149,6 +157,8 @@ class GlobalBatchSampler:
                     num_epochs=num_epochs, no_duplicates=no_duplicates)
             for d, src in enumerate(self.sources)]
         counts = np.array([max(1, len(src) // global_batch_size) for src in self.sources])
+        if weights is not None:
+            counts = _apportion(weights, max(int(counts.sum()), SCHEDULE_SLOTS))
         self._slot_ends = np.cumsum(counts)
         self._schedule = grain.MapDataset.range(int(counts.sum())).shuffle(
             seed=_derived_seed(seed, len(self.sources), 0x5EED)).repeat(None)
@@ -156,7 +166,8 @@ class GlobalBatchSampler:
         self.fingerprint = {
             "datasets": [f"{src.name}:{len(src)}" for src in self.sources],
             "global_batch_size": global_batch_size, "seed": seed, "mixing": mixing,
-            "shuffle": shuffle, "num_epochs": num_epochs, "no_duplicates": no_duplicates}
+            "shuffle": shuffle, "num_epochs": num_epochs, "no_duplicates": no_duplicates,
+            "weights": None if weights is None else [float(w) for w in weights]}
 
     def dataset_for_step(self, step: int) -> int:
         """Which dataset batch number `step` comes from (a pure function of seed and step)."""
@@ -176,6 +187,10 @@ class GlobalBatchSampler:
             raise StopIteration
         self.step += 1
         return d, batch
+
+    def dataset_name(self, d: int) -> str:
+        """The name of dataset number `d`."""
+        return self.sources[d].name
 
     @property
     def epochs(self) -> dict[str, float]:
@@ -205,3 +220,12 @@ class GlobalBatchSampler:
             stream.cursor = int(state["cursors"][d])
             stream.deferred = [int(i) for i in state["deferred"][d]]
             stream.dropped = int(state["dropped_duplicates"][d])
+
+
+def _apportion(weights: Sequence[float], slots: int) -> np.ndarray:
+    """`slots` integer slots split in proportion to `weights` (largest remainder; each >= 1)."""
+    share = np.asarray(weights, np.float64) / float(np.sum(weights)) * slots
+    counts = np.floor(share).astype(np.int64)
+    order = np.argsort(-(share - counts), kind="stable")
+    counts[order[: slots - int(counts.sum())]] += 1
+    return np.maximum(counts, 1)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from siamjax.data.records import Example, PairDataset, label_kind_of, split_roles
+from siamjax.data.records import Example, PairDataset, label_kind_of, split_roles, text_key
 
 
 class TfdsPairSource:
@@ -51,8 +51,12 @@ class TfdsPairSource:
         return tuple(_to_str(record[f]) for f in self._features)
 
     def example_texts(self, index: int) -> tuple[str, ...]:
-        """The texts of one example (the sampler's duplicate check)."""
+        """The texts of one example."""
         return self._texts(self._record(int(index)))
+
+    def example_keys(self, index: int) -> tuple[int, ...]:
+        """`text_key` of each text of one example (the sampler's duplicate check, text ids)."""
+        return tuple(text_key(t) for t in self.example_texts(index))
 
     def __getitem__(self, index: int) -> Example:
         record = self._record(int(index))

@@ -98,6 +98,17 @@ class PairDataset:
         if (self.labels is None) != (self.label_kind is None):
             raise ValueError(f"{self.name}: labels and label_kind must be given together")
 
+    @classmethod
+    def from_examples(cls, name: str, sides: tuple[str, ...], label_kind: str | None,
+                      examples: Sequence[Example], info: dict[str, int] | None = None) -> "PairDataset":
+        """An in-memory dataset of `Example`s (how lazy sources materialise themselves)."""
+        texts = tuple(list(col) for col in zip(*(ex.texts for ex in examples)))
+        labels = None
+        if label_kind is not None:
+            dtype = np.float32 if label_kind == "score" else np.int32
+            labels = np.asarray([ex.label for ex in examples], dtype=dtype)
+        return cls(name, sides, texts, labels, label_kind, info=dict(info or {}))
+
     @property
     def num_sides(self) -> int:
         """S, the number of texts per example (2 pairs, 3 triplets, 2+K with K negatives)."""

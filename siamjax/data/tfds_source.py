@@ -9,8 +9,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
-import numpy as np
-
 from siamjax.data.records import Example, PairDataset, label_kind_of, split_roles, text_key
 
 
@@ -75,13 +73,8 @@ class TfdsPairSource:
     def materialize(self) -> PairDataset:
         """Read the whole split into memory (e.g. to convert NLI pairs into triplets)."""
         examples = [self[i] for i in range(len(self))]
-        texts = tuple(list(col) for col in zip(*(ex.texts for ex in examples)))
-        labels = None
-        if self.label_kind is not None:
-            dtype = np.float32 if self.label_kind == "score" else np.int32
-            labels = np.asarray([ex.label for ex in examples], dtype=dtype)
-        return PairDataset(self.name, self.sides, texts, labels, self.label_kind,
-                           info={"bad_rows_skipped_at_build": self.num_bad_rows})
+        return PairDataset.from_examples(self.name, self.sides, self.label_kind, examples,
+                                         info={"bad_rows_skipped_at_build": self.num_bad_rows})
 
 
 def _to_str(value) -> str:

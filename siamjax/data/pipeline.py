@@ -18,6 +18,7 @@ import grain
 import jax
 import numpy as np
 
+from siamjax.data.records import Example
 from siamjax.data.sampler import GlobalBatchSampler
 from siamjax.data.tokenization import pack_sides, token_lengths, tokenize_sides
 from siamjax.encoder import rows
@@ -125,6 +126,34 @@ class _Materialize:
             self._pack_length, shards)) for s in range(len(texts[0])))
 
 
+class _Prompted:
+    """A source whose texts get a fixed prompt per side (sentence-transformers' `prompts`).
+
+    The text keys stay those of the raw texts: the no-duplicates rule and the text ids are
+    about the data, and every text of a side gets the same prompt.
+    """
+
+    def __init__(self, source, prompts: Mapping[str, str]):
+        unknown = sorted(set(prompts) - set(source.sides))
+        if unknown:
+            raise ValueError(f"{source.name}: prompts for {unknown}, which are not its sides {source.sides}")
+        self._source, self._prompts = source, tuple(prompts.get(side, "") for side in source.sides)
+        self.name, self.label_kind, self.sides = source.name, source.label_kind, source.sides
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> Example:
+        example = self._source[index]
+        return Example(tuple(p + t for p, t in zip(self._prompts, example.texts)), example.label)
+
+    def example_texts(self, index: int) -> tuple[str, ...]:
+        return tuple(p + t for p, t in zip(self._prompts, self._source.example_texts(index)))
+
+    def example_keys(self, index: int) -> tuple[int, ...]:
+        return self._source.example_keys(index)
+
+
 class TrainIterator(grain.DatasetIterator):
     """Endless iterator of host-local batches with a checkpointable, JSON-able state.
 
@@ -188,6 +217,7 @@ def make_train_iterator(
     shuffle: bool = True,
     num_epochs: int | None = None,
     weights: Sequence[float] | None = None,
+    prompts: Sequence[Mapping[str, str] | None] | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
     buckets: Sequence[int] | None = None,
@@ -203,7 +233,8 @@ def make_train_iterator(
     `to_global_array` then assembles into one sharded array. `datasets` is a source, a
     sequence or a name->source mapping of `PairDataset` / tfds / prepared-shard sources; several
     datasets are mixed per batch ("round_robin" or "proportional", the latter by size or by
-    `weights`), each batch from one dataset. Iterates forever unless `num_epochs`
+    `weights`), each batch from one dataset; `prompts` gives each dataset's side -> prompt text,
+    prepended before tokenising. Iterates forever unless `num_epochs`
     is set (then it stops when a dataset cannot fill another batch, logging the leftover).
     `process_index`/`process_count` default to `jax.process_index()`/`jax.process_count()`.
     With several processes each one also measures the token lengths of the other rows so
@@ -213,6 +244,10 @@ def make_train_iterator(
     devices), so each device's rows hold exactly its own texts.
     """
     sources = _as_sources(datasets)
+    if prompts is not None:
+        if len(prompts) != len(sources):
+            raise ValueError(f"{len(prompts)} prompt mappings for {len(sources)} datasets")
+        sources = [_Prompted(src, p) if p else src for src, p in zip(sources, prompts)]
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:

@@ -76,11 +76,14 @@ class _Writers:
         self.keys = open(self.directory / KEYS_FILE, "wb")
         self.pending: list[tuple[int, ...]] = []
         self.rows = 0
+        self.label_max = None  # the largest int label written (class count of class labels)
 
     def write(self, texts: tuple[str, ...], label) -> None:
         record = json.dumps({"t": list(texts), "l": label}, ensure_ascii=False).encode("utf-8")
         self.shards[self.rows % self.num_shards].write(record)
         self.pending.append(tuple(text_key(t) for t in texts))
+        if isinstance(label, int):
+            self.label_max = label if self.label_max is None else max(self.label_max, label)
         self.rows += 1
         if len(self.pending) >= _FLUSH_ROWS:
             self.flush()
@@ -139,6 +142,7 @@ def prepare_shards(
         index = {
             "version": INDEX_VERSION, "rows": writers.rows, "sides": list(sides),
             "label_kind": label_kind_of(label_role), "columns": [[r, c] for r, c in columns.items()],
+            "num_classes": None if writers.label_max is None else writers.label_max + 1,
             "num_shards": num_shards,
             "shard_rows": [len(range(k, writers.rows, num_shards)) for k in range(num_shards)],
             "keys": KEYS_FILE, "sources": sources, "bad_rows": len(bad),
@@ -207,6 +211,7 @@ class ShardSource:
         self.sides = tuple(self.index["sides"])
         self.label_kind = self.index["label_kind"]
         self.num_bad_rows = int(self.index["bad_rows"])
+        self.num_classes = self.index["num_classes"]  # class/NLI labels: the largest + 1
         self.info: dict[str, int] = {}
         n, counts = self.index["num_shards"], self.index["shard_rows"]
         self._num_shards = n

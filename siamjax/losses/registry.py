@@ -175,6 +175,8 @@ _REGISTRY: dict[str, _Spec] = {
     "softmax": _Spec(dict(concat_rep=True, concat_diff=True, concat_mul=False), _softmax_build, _softmax_init),
 }
 LOSS_NAMES = tuple(sorted(_REGISTRY))
+# The losses whose LossFn takes `text_ids_SxB` (false-negative masking); the others reject it.
+TEXT_ID_LOSSES = ("infonce", "mnrl")
 _COMMON = ("matryoshka_dims", "matryoshka_weights", "matryoshka_normalize", "mesh", "batch_axes")
 
 

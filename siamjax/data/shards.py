@@ -104,7 +104,7 @@ def prepare_shards(
     inputs: str | Sequence[str],
     output: str | os.PathLike,
     *,
-    columns: Mapping[str, str | int],
+    columns: Mapping[str, str | int] | None,
     num_shards: int = 8,
     format: str | None = None,  # noqa: A002 - mirrors read_pairs
     header: bool | None = None,
@@ -119,7 +119,8 @@ def prepare_shards(
     """Write the rows of `inputs` (files or glob patterns, concatenated in order) as a prepared
     folder at `output`; returns the index written to `output/index.json`.
 
-    Options are those of `read_pairs`; every input file is read with the same ones. The folder
+    Options are those of `read_pairs` (`columns` None: a named layout's own, e.g. "stsb");
+    every input file is read with the same ones. The folder
     must not exist or be empty. On any error (e.g. a `BadRowError` naming `FILE:LINE`) the
     files written so far are removed and the error propagates.
     """
@@ -129,6 +130,7 @@ def prepare_shards(
     out = pathlib.Path(output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: the output folder exists and is not empty")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     writers = _Writers(out, num_shards)
     try:
@@ -141,7 +143,7 @@ def prepare_shards(
             raise DataError(f"{', '.join(map(str, files))}: no data rows ({len(bad)} bad row(s) skipped)")
         index = {
             "version": INDEX_VERSION, "rows": writers.rows, "sides": list(sides),
-            "label_kind": label_kind_of(label_role), "columns": [[r, c] for r, c in columns.items()],
+            "label_kind": label_kind_of(label_role), "columns": None if columns is None else [[r, c] for r, c in columns.items()],
             "num_classes": None if writers.label_max is None else writers.label_max + 1,
             "num_shards": num_shards,
             "shard_rows": [len(range(k, writers.rows, num_shards)) for k in range(num_shards)],
@@ -153,6 +155,8 @@ def prepare_shards(
         writers.close()
         for path in [out / KEYS_FILE] + [out / shard_file(k, num_shards) for k in range(num_shards)]:
             path.unlink(missing_ok=True)
+        if created:
+            out.rmdir()
         raise
     return index
 

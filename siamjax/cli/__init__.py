@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from siamjax.cli import data_cmd, encode_cmd, eval_cmd, export_cmd, search_cmd, train_cmd
+from siamjax.cli import data_cmd, encode_cmd, eval_cmd, export_cmd, mine_cmd, search_cmd, train_cmd
 
-_VERBS = (train_cmd, export_cmd, eval_cmd, encode_cmd, search_cmd, data_cmd)
+_VERBS = (train_cmd, export_cmd, eval_cmd, encode_cmd, search_cmd, data_cmd, mine_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

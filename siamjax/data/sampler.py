@@ -7,8 +7,7 @@ sampler runs identically on every process over the *global* batch and looks only
 64-bit text keys of each example (`example_keys`; prepared shards keep them in a side file),
 so the no-duplicates rule holds across processes although each process reads the texts of its
 own rows only. The
-order of each dataset is grain's stateless index shuffle, a pure function of
-(seed, epoch, position); the no-duplicates rule defers a conflicting example to a later batch
+no-duplicates rule defers a conflicting example to a later batch
 instead of dropping it, so batches are always full. The state is the batch counter, one
 cursor per dataset and the (usually tiny) list of deferred examples. A text repeated in more
 examples than there are batches per epoch cannot be placed every time; the deferred list is
@@ -21,7 +20,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import grain
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -47,6 +45,49 @@ def _derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
+def _hash_rounds(x, mask: int, key: int):
+    """One pass of Kensler's keyed hash: a bijection of [0, mask] (uint32 arithmetic)."""
+    u = np.uint32
+    p = u(key)
+    x = x ^ p
+    x = x * u(0xE170893D)
+    x = x ^ (p >> u(16))
+    x = x ^ ((x & u(mask)) >> u(4))
+    x = x ^ (p >> u(8))
+    x = x * u(0x0929EB3F)
+    x = x ^ (p >> u(23))
+    x = x ^ ((x & u(mask)) >> u(1))
+    x = x * (u(1) | (p >> u(27)))
+    x = x * u(0x6935FA69)
+    x = x ^ ((x & u(mask)) >> u(11))
+    x = x * u(0x74DCB303)
+    x = x ^ ((x & u(mask)) >> u(2))
+    x = x * u(0x9E501CC3)
+    x = x ^ ((x & u(mask)) >> u(2))
+    x = x * u(0xC860A3DF)
+    x = x & u(mask)
+    return x ^ (x >> u(5))
+
+
+def permute(positions, size: int, key: int) -> np.ndarray:
+    """The images of `positions` (ints in [0, size)) under a keyed permutation of [0, size).
+
+    Kensler's stateless permutation ("Correlated Multi-Jittered Sampling", 2013): a keyed hash
+    that is a bijection of the next power-of-two range, with cycle walking back into [0, size).
+    Vectorised, so a batch of positions costs microseconds and nothing is stored.
+    """
+    if not 0 < size <= 2**32:
+        raise ValueError(f"permute: size must be in [1, 2**32], got {size}")
+    mask = (1 << max(1, (size - 1).bit_length())) - 1
+    x = np.asarray(positions, np.int64).astype(np.uint32)
+    todo = np.ones(x.shape, bool)
+    with np.errstate(over="ignore"):
+        while todo.any():
+            x[todo] = _hash_rounds(x[todo], mask, key)
+            todo = x >= size
+    return (x.astype(np.int64) + key) % size
+
+
 class _Stream:
     """One dataset's endless (or `num_epochs`-long) stream of no-duplicate batches."""
 
@@ -55,10 +96,7 @@ class _Stream:
         self.source, self.size, self.batch_size = source, len(source), batch_size
         if self.size == 0:
             raise ValueError(f"dataset {source.name!r} is empty")
-        order = grain.MapDataset.range(self.size)
-        if shuffle:  # grain reshuffles each epoch with seed + epoch.
-            order = order.shuffle(seed=seed)
-        self.order = order.repeat(None)
+        self.seed, self.shuffle = seed, shuffle
         self.limit = None if num_epochs is None else num_epochs * self.size
         self.no_duplicates = no_duplicates
         # dropped: examples skipped because the deferred list overflowed (see module doc).
@@ -67,6 +105,17 @@ class _Stream:
 
     def _keys(self, index: int) -> frozenset[int]:
         return frozenset(self.source.example_keys(index))
+
+    def order(self, start: int, count: int) -> np.ndarray:
+        """Dataset indices at stream positions [start, start + count): each epoch a new permutation."""
+        epoch, within = np.divmod(np.arange(start, start + count, dtype=np.int64), self.size)
+        if not self.shuffle:
+            return within
+        out = np.empty_like(within)
+        for e in np.unique(epoch):
+            at = epoch == e
+            out[at] = permute(within[at], self.size, _derived_seed(self.seed, int(e)))
+        return out
 
     @property
     def epoch(self) -> float:
@@ -88,6 +137,7 @@ class _Stream:
             else:
                 deferred.append(index)
         cursor, scanned = self.cursor, 0
+        ahead = self.order(cursor, self.batch_size)  # indices fetched a batch at a time
         while len(batch) < self.batch_size:
             if self.limit is not None and cursor >= self.limit:
                 return None
@@ -96,7 +146,9 @@ class _Stream:
                     f"dataset {self.source.name!r}: cannot fill a batch of {self.batch_size} "
                     f"examples without repeating a text (only {len(batch)} fit after scanning "
                     f"a whole epoch); lower the global batch size or pass no_duplicates=False")
-            index = int(self.order[cursor])
+            if scanned >= len(ahead):
+                ahead = np.concatenate([ahead, self.order(cursor, self.batch_size)])
+            index = int(ahead[scanned])
             cursor += 1
             scanned += 1
             if self._fits(index, seen):
@@ -160,8 +212,7 @@ class GlobalBatchSampler:
         if weights is not None:
             counts = _apportion(weights, max(int(counts.sum()), SCHEDULE_SLOTS))
         self._slot_ends = np.cumsum(counts)
-        self._schedule = grain.MapDataset.range(int(counts.sum())).shuffle(
-            seed=_derived_seed(seed, len(self.sources), 0x5EED)).repeat(None)
+        self._schedule_seed = _derived_seed(seed, len(self.sources), 0x5EED)
         self.step = 0
         self.fingerprint = {
             "datasets": [f"{src.name}:{len(src)}" for src in self.sources],
@@ -173,7 +224,8 @@ class GlobalBatchSampler:
         """Which dataset batch number `step` comes from (a pure function of seed and step)."""
         if self.mixing == "round_robin":
             return step % len(self.streams)
-        slot = int(self._schedule[step])
+        rounds, within = divmod(step, int(self._slot_ends[-1]))
+        slot = int(permute([within], int(self._slot_ends[-1]), _derived_seed(self._schedule_seed, rounds))[0])
         return int(np.searchsorted(self._slot_ends, slot, side="right"))
 
     def next(self) -> tuple[int, list[int]]:

@@ -1,0 +1,195 @@
+"""Several training datasets in one run (`data.datasets`): three datasets with different columns
+and losses train together, every batch comes from one dataset, proportional mixing follows the
+weights, 2 processes x 4 devices equal 1 x 8, and SIGKILL + resume replays the batch sequence."""
+import csv
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from siamjax.data import GlobalBatchSampler, make_train_iterator, read_pairs
+from siamjax.train.config import ConfigError, validate
+from siamjax.train.config_file import load_config
+
+from config_fixtures import TINY_FIELDS, WORDS, read_jsonl
+from test_multiprocess import finish, start
+from test_train import cli, wait_for_checkpoint
+
+STEPS = 9
+# name -> (file, columns, own loss ("" = the run's sharded MNRL), weight, text suffixes per side)
+DATASETS = {
+    "nli": ("nli.tsv", (("premise", "premise"), ("entailed", "entailed"), ("contradicted", "contradicted")),
+            "triplet", 0.2, ("p", "e", "c")),
+    "qa": ("qa.jsonl", (("question", "question"), ("answer", "answer")), "", 0.5, ("q", "a")),
+    "sts": ("sts.csv", (("s1", "s1"), ("s2", "s2"), ("score", "score")), "cosent", 0.3, ("s", "t")),
+}
+SIZES = {"nli": 48, "qa": 96, "sts": 64}
+
+
+def write_data(root: pathlib.Path) -> None:
+    """The three files: NLI-style triplets (tsv), question/answer pairs (jsonl), scored pairs (csv).
+    Every text ends in its side's letter and row number (e.g. "q12"), so a batch shows its source."""
+    rng = np.random.default_rng(0)
+    words = lambda: " ".join(rng.choice(WORDS, rng.integers(2, 7)))  # noqa: E731
+    with open(root / "nli.tsv", "w") as f:
+        f.write("premise\tentailed\tcontradicted\n")
+        f.writelines(f"{words()} p{i}\t{words()} e{i}\t{words()} c{i}\n" for i in range(SIZES["nli"]))
+    with open(root / "qa.jsonl", "w") as f:
+        f.writelines(json.dumps({"question": f"{words()} q{i}", "answer": f"{words()} a{i}"}) + "\n"
+                     for i in range(SIZES["qa"]))
+    with open(root / "sts.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["s1", "s2", "score"])
+        writer.writerows([f"{words()} s{i}", f"{words()} t{i}", round(float(rng.random()), 3)]
+                         for i in range(SIZES["sts"]))
+
+
+def write_config(path: pathlib.Path, root: pathlib.Path, tokenizer) -> pathlib.Path:
+    """A config module with the three datasets (proportional mixing by weight), sharded MNRL as the
+    run loss, constant learning rate and no dropout (so every layout computes the same steps)."""
+    tiny = "".join(f"    c.{name} = {value!r}\n" for name, value in TINY_FIELDS.items())
+    groups = "".join(
+        f"    g = train_dataset()\n    g.path = {str(root / file)!r}\n    g.columns = {columns!r}\n"
+        f"    g.loss.name = {loss!r}\n    g.weight = {weight!r}\n    c.data.datasets[{name!r}] = g\n"
+        for name, (file, columns, loss, weight, _) in DATASETS.items())
+    path.write_text(
+        "from siamjax.train.config import default_config, train_dataset\n\n\ndef get_config(arg=None):\n"
+        f"    c = default_config()\n    c.model.init.tokenizer = {str(tokenizer)!r}\n{tiny}{groups}"
+        "    c.data.mixing = 'proportional'\n    c.model.max_seq_length = 16\n    c.data.buckets = (16,)\n"
+        "    c.loss.name = 'mnrl'\n    c.loss.sharded = True\n    c.optim.lr = 1e-3\n"
+        "    c.optim.schedule = 'constant'\n    c.optim.warmup_steps = 0\n    c.train.dropout = False\n"
+        f"    c.train.num_steps = {STEPS}\n    c.checkpoint.every_steps = 100\n    return c\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, minilm_dir):
+    root = tmp_path_factory.mktemp("multi")
+    write_data(root)
+    return write_config(root / "multi.py", root, minilm_dir), root
+
+
+def sources(root):
+    return [read_pairs(root / file, columns=dict(columns), name=name)
+            for name, (file, columns, *_) in DATASETS.items()]
+
+
+def test_every_batch_comes_from_one_dataset(setup, minilm_dir):
+    """Decoded texts of every batch carry the suffixes of one dataset; S and labels follow it."""
+    _, root = setup
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    weights = [spec[3] for spec in DATASETS.values()]
+    it = make_train_iterator(sources(root), tokenizer, global_batch_size=16, max_seq_length=16, seed=0,
+                             mixing="proportional", weights=weights, prefetch=0)
+    names, seen = list(DATASETS), set()
+    for _ in range(30):
+        batch = next(it)
+        d = int(batch["dataset"])
+        suffixes = DATASETS[names[d]][4]
+        assert batch["input_ids"].shape[0] == len(suffixes) and ("labels" in batch) == (names[d] == "sts")
+        for side, letter in enumerate(suffixes):
+            for text in tokenizer.batch_decode(batch["input_ids"][side], skip_special_tokens=True):
+                assert text.split()[-1].rstrip("0123456789") == letter, (names[d], text)
+        seen.add(d)
+    it.close()
+    assert seen == {0, 1, 2}
+
+
+def test_proportions_over_1000_batches_follow_the_weights(setup):
+    _, root = setup
+    weights = np.array([spec[3] for spec in DATASETS.values()])
+    sampler = GlobalBatchSampler(sources(root), global_batch_size=16, seed=3, mixing="proportional",
+                                 weights=weights)
+    picks = np.bincount([sampler.next()[0] for _ in range(1000)], minlength=3) / 1000
+    np.testing.assert_allclose(picks, weights, atol=0.03)
+    by_size = GlobalBatchSampler(sources(root), global_batch_size=16, seed=3, mixing="proportional")
+    sizes = np.array([SIZES[name] // 16 for name in DATASETS])
+    picks = np.bincount([by_size.next()[0] for _ in range(sizes.sum() * 10)], minlength=3)
+    np.testing.assert_array_equal(picks, sizes * 10)  # no weights: one slot per batch of each dataset
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data.mixing": "round_robin"}, "weights are set for"),
+    ({"data.datasets.qa.loss.name": "nope"}, r"data.datasets.qa.loss.name='nope': unknown"),
+    ({"data.train.path": "x.jsonl"}, "data.train and data.datasets are both set"),
+    ({"data.datasets.qa.prompts": (("query", "q: "),)}, r"prompts names \['query'\], which are not text sides"),
+    ({"data.datasets.qa.shards": "/nowhere"}, "path and shards are both set"),
+])
+def test_bad_dataset_settings_name_the_field(setup, change, message):
+    config, _ = setup
+    c = load_config(str(config), [])
+    for name, value in change.items():
+        group, field = name.rsplit(".", 1)
+        target = c
+        for part in group.split("."):
+            target = target[part]
+        target[field] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(c)
+
+
+@pytest.fixture(scope="module")
+def runs(setup, tmp_path_factory):
+    """{"1x8": workdir, "2x4": workdir}: the same run in both layouts, side by side."""
+    config, _ = setup
+    out = tmp_path_factory.mktemp("runs")
+    procs = {name: start(*layout, config, out / name) for name, layout in {"1x8": (1, 8), "2x4": (2, 4)}.items()}
+    try:
+        for proc in procs.values():
+            finish(proc)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                proc.communicate(timeout=60)
+    return {name: out / name for name in procs}
+
+
+def per_step(workdir, *keys):
+    return {r["step"]: tuple(r.get(k) for k in keys) for r in read_jsonl(pathlib.Path(workdir) / "metrics.jsonl")
+            if "loss" in r}
+
+
+@pytest.mark.slow
+def test_three_datasets_train_together_and_two_processes_equal_one(runs):
+    one, two = per_step(runs["1x8"], "dataset", "loss"), per_step(runs["2x4"], "dataset", "loss")
+    assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
+    assert [one[s][0] for s in one] == [two[s][0] for s in one], "both layouts draw the same datasets"
+    assert {one[s][0] for s in one} == {0, 1, 2}
+    np.testing.assert_allclose([two[s][1] for s in one], [one[s][1] for s in one], atol=1e-5, rtol=0)
+    records = [r for r in read_jsonl(runs["1x8"] / "metrics.jsonl") if "loss" in r]
+    for r in records:  # each step reports its loss under its dataset's name, too
+        name = list(DATASETS)[r["dataset"]]
+        assert r[f"loss/{name}"] == r["loss"] and not [k for k in r if k.startswith("loss/") and k != f"loss/{name}"]
+    info = json.loads((runs["1x8"] / "run_info.json").read_text())
+    assert info["datasets"] == list(DATASETS)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_replay_the_batch_sequence(setup, runs, tmp_path):
+    """A 1 x 8 run killed (SIGKILL) after a checkpoint and restarted sees the batches, datasets
+    and losses of the uninterrupted 1 x 8 run, step for step."""
+    config, _ = setup
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    run = tmp_path / "killed"
+    first = subprocess.Popen(cli(config, run, "--config.train.num_steps=100000", "--config.checkpoint.every_steps=3"),
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        killed_after = wait_for_checkpoint(run, first, 3)
+    finally:
+        first.kill()
+        first.communicate(timeout=60)
+    assert first.returncode == -signal.SIGKILL and killed_after < STEPS
+    resumed = subprocess.run(cli(config, run, "--config.checkpoint.every_steps=3"), env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    resumed_at = re.search(r"resumed from \S+/(\d+)", resumed.stdout + resumed.stderr)
+    assert resumed_at and int(resumed_at.group(1)) < STEPS, "the kill must land before the last step"
+    keys = ("dataset", "batch_fingerprint", "loss")
+    assert per_step(run, *keys) == per_step(runs["1x8"], *keys)

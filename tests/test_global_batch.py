@@ -23,9 +23,9 @@ class ReadLog(ShardSource):
         super().__init__(directory)
         self.read: set[int] = set()
 
-    def _record(self, index):
+    def _position(self, index):
         self.read.add(int(index))
-        return super()._record(index)
+        return super()._position(index)
 
 
 @pytest.fixture(scope="module")

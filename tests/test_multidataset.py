@@ -3,7 +3,6 @@ and losses train together, every batch comes from one dataset, proportional mixi
 weights, 2 processes x 4 devices equal 1 x 8, and SIGKILL + resume replays the batch sequence."""
 import csv
 import json
-import os
 import pathlib
 import re
 import signal
@@ -16,12 +15,15 @@ from transformers import AutoTokenizer
 from siamjax.data import GlobalBatchSampler, make_train_iterator, read_pairs
 from siamjax.train.config import ConfigError, validate
 from siamjax.train.config_file import load_config
+from siamjax.train.experiment import prepare_data
+from siamjax.train.loop import batch_fingerprint
 
 from config_fixtures import TINY_FIELDS, WORDS, read_jsonl
-from test_multiprocess import finish, start
-from test_train import cli, wait_for_checkpoint
+from test_multiprocess import start, start_two, stop_all
+from test_train import wait_for_checkpoint
 
-STEPS = 9
+STEPS = 12
+RUN_TIMEOUT_S = 900  # three compiled steps per run, two runs at once, on a shared 2-core machine
 # name -> (file, columns, own loss ("" = the run's sharded MNRL), weight, text suffixes per side)
 DATASETS = {
     "nli": ("nli.tsv", (("premise", "premise"), ("entailed", "entailed"), ("contradicted", "contradicted")),
@@ -134,21 +136,40 @@ def test_bad_dataset_settings_name_the_field(setup, change, message):
         validate(c)
 
 
+def finish(proc) -> str:
+    """The output of a started launch, which must exit 0 within RUN_TIMEOUT_S."""
+    try:
+        out = proc.communicate(timeout=RUN_TIMEOUT_S)[0]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # the launcher stops its processes on INT
+        out = proc.communicate(timeout=60)[0]
+        raise AssertionError(f"{proc.args} did not finish in {RUN_TIMEOUT_S}s:\n{out[-6000:]}") from None
+    assert proc.returncode == 0, f"{proc.args} exited {proc.returncode}:\n{out[-6000:]}"
+    return out
+
+
 @pytest.fixture(scope="module")
 def runs(setup, tmp_path_factory):
-    """{"1x8": workdir, "2x4": workdir}: the same run in both layouts, side by side."""
+    """The same run as 1 process x 8 devices (uninterrupted) and as 2 processes x 4 devices, the
+    latter killed with SIGKILL (both processes) after its step-3 checkpoint and restarted."""
     config, _ = setup
     out = tmp_path_factory.mktemp("runs")
-    procs = {name: start(*layout, config, out / name) for name, layout in {"1x8": (1, 8), "2x4": (2, 4)}.items()}
+    one = start(1, 8, config, out / "1x8")
+    two = start_two(config, out / "2x4", "--config.checkpoint.every_steps=3", heartbeat_s=60)
     try:
-        for proc in procs.values():
-            finish(proc)
+        wait_for_checkpoint(out / "2x4", two[0], 3, timeout=RUN_TIMEOUT_S)
     finally:
-        for proc in procs.values():
+        stop_all(two)  # SIGKILL: no chance to save or clean up
+    assert [p.returncode for p in two] == [-signal.SIGKILL] * 2
+    resumed = start(2, 4, config, out / "2x4", "--config.checkpoint.every_steps=3")
+    try:
+        logs = {"2x4": finish(resumed), "1x8": finish(one)}
+    finally:
+        for proc in (one, resumed):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
                 proc.communicate(timeout=60)
-    return {name: out / name for name in procs}
+    return {name: out / name for name in logs}, logs
 
 
 def per_step(workdir, *keys):
@@ -156,40 +177,44 @@ def per_step(workdir, *keys):
             if "loss" in r}
 
 
+def expected_batches(config, minilm_dir, process_index, process_count):
+    """{step: (dataset, fingerprint)} of the host batches process `process_index` must see,
+    from the pipeline alone (no training)."""
+    c = load_config(str(config), [])
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    data = prepare_data(c, tokenizer)
+    it = make_train_iterator([ts.source for ts in data.sets], tokenizer, global_batch_size=c.train.batch_size,
+                             max_seq_length=c.model.max_seq_length, seed=c.seed, mixing=c.data.mixing,
+                             weights=[ts.weight for ts in data.sets], buckets=tuple(c.data.buckets),
+                             process_index=process_index, process_count=process_count, prefetch=0)
+    batches = {step: next(it) for step in range(1, STEPS + 1)}
+    it.close()
+    return {step: (int(b["dataset"]), batch_fingerprint(b)) for step, b in batches.items()}
+
+
 @pytest.mark.slow
 def test_three_datasets_train_together_and_two_processes_equal_one(runs):
-    one, two = per_step(runs["1x8"], "dataset", "loss"), per_step(runs["2x4"], "dataset", "loss")
+    workdirs, _ = runs
+    one, two = per_step(workdirs["1x8"], "dataset", "loss"), per_step(workdirs["2x4"], "dataset", "loss")
     assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
     assert [one[s][0] for s in one] == [two[s][0] for s in one], "both layouts draw the same datasets"
     assert {one[s][0] for s in one} == {0, 1, 2}
     np.testing.assert_allclose([two[s][1] for s in one], [one[s][1] for s in one], atol=1e-5, rtol=0)
-    records = [r for r in read_jsonl(runs["1x8"] / "metrics.jsonl") if "loss" in r]
-    for r in records:  # each step reports its loss under its dataset's name, too
-        name = list(DATASETS)[r["dataset"]]
-        assert r[f"loss/{name}"] == r["loss"] and not [k for k in r if k.startswith("loss/") and k != f"loss/{name}"]
-    info = json.loads((runs["1x8"] / "run_info.json").read_text())
+    for r in (r for r in read_jsonl(workdirs["1x8"] / "metrics.jsonl") if "loss" in r):
+        name = list(DATASETS)[r["dataset"]]  # each step also reports its loss under its dataset's name
+        assert r[f"loss/{name}"] == r["loss"] and [k for k in r if k.startswith("loss/")] == [f"loss/{name}"]
+    info = json.loads((workdirs["1x8"] / "run_info.json").read_text())
     assert info["datasets"] == list(DATASETS)
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_replay_the_batch_sequence(setup, runs, tmp_path):
-    """A 1 x 8 run killed (SIGKILL) after a checkpoint and restarted sees the batches, datasets
-    and losses of the uninterrupted 1 x 8 run, step for step."""
+def test_sigkill_and_resume_replay_the_batch_sequence(setup, runs, minilm_dir):
+    """Every host batch of both runs, the killed-and-resumed one included, is the batch the
+    pipeline gives for that step and process: same dataset, same bytes."""
     config, _ = setup
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    run = tmp_path / "killed"
-    first = subprocess.Popen(cli(config, run, "--config.train.num_steps=100000", "--config.checkpoint.every_steps=3"),
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        killed_after = wait_for_checkpoint(run, first, 3)
-    finally:
-        first.kill()
-        first.communicate(timeout=60)
-    assert first.returncode == -signal.SIGKILL and killed_after < STEPS
-    resumed = subprocess.run(cli(config, run, "--config.checkpoint.every_steps=3"), env=env,
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    resumed_at = re.search(r"resumed from \S+/(\d+)", resumed.stdout + resumed.stderr)
+    workdirs, logs = runs
+    resumed_at = re.search(r"resumed from \S+/(\d+)", logs["2x4"])
     assert resumed_at and int(resumed_at.group(1)) < STEPS, "the kill must land before the last step"
-    keys = ("dataset", "batch_fingerprint", "loss")
-    assert per_step(run, *keys) == per_step(runs["1x8"], *keys)
+    for name, processes in (("1x8", 1), ("2x4", 2)):  # process 0 logs its own batches
+        logged = per_step(workdirs[name], "dataset", "batch_fingerprint")
+        assert logged == expected_batches(config, minilm_dir, 0, processes), name

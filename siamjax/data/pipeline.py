@@ -94,7 +94,8 @@ class _Materialize:
         d, global_indices, start, end = element
         source = self._sources[d]
         indices, others = global_indices[start:end], global_indices[:start] + global_indices[end:]
-        examples = [source[i] for i in indices]
+        getitems = getattr(source, "__getitems__", None)  # grain's batched-read protocol
+        examples = getitems(indices) if getitems else [source[i] for i in indices]
         sides = [[ex.texts[s] for ex in examples] for s in range(len(examples[0].texts))]
         if self._pack_length:
             batch = pack_sides(self._tokenizer, sides, max_seq_length=self._max_seq_length,
@@ -144,7 +145,13 @@ class _Prompted:
         return len(self._source)
 
     def __getitem__(self, index: int) -> Example:
-        example = self._source[index]
+        return self._prompted(self._source[index])
+
+    def __getitems__(self, indices) -> list[Example]:
+        getitems = getattr(self._source, "__getitems__", None)
+        return [self._prompted(ex) for ex in (getitems(indices) if getitems else [self._source[i] for i in indices])]
+
+    def _prompted(self, example: Example) -> Example:
         return Example(tuple(p + t for p, t in zip(self._prompts, example.texts)), example.label)
 
     def example_texts(self, index: int) -> tuple[str, ...]:

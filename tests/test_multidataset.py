@@ -6,7 +6,6 @@ import json
 import pathlib
 import re
 import signal
-import subprocess
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from siamjax.train.experiment import prepare_data
 from siamjax.train.loop import batch_fingerprint
 
 from config_fixtures import TINY_FIELDS, WORDS, read_jsonl
-from test_multiprocess import start, start_two, stop_all
+from test_multiprocess import finish, start, start_two, stop_all
 from test_train import wait_for_checkpoint
 
 STEPS = 12
@@ -136,18 +135,6 @@ def test_bad_dataset_settings_name_the_field(setup, change, message):
         validate(c)
 
 
-def finish(proc) -> str:
-    """The output of a started launch, which must exit 0 within RUN_TIMEOUT_S."""
-    try:
-        out = proc.communicate(timeout=RUN_TIMEOUT_S)[0]
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)  # the launcher stops its processes on INT
-        out = proc.communicate(timeout=60)[0]
-        raise AssertionError(f"{proc.args} did not finish in {RUN_TIMEOUT_S}s:\n{out[-6000:]}") from None
-    assert proc.returncode == 0, f"{proc.args} exited {proc.returncode}:\n{out[-6000:]}"
-    return out
-
-
 @pytest.fixture(scope="module")
 def runs(setup, tmp_path_factory):
     """The same run as 1 process x 8 devices (uninterrupted) and as 2 processes x 4 devices, the
@@ -163,7 +150,7 @@ def runs(setup, tmp_path_factory):
     assert [p.returncode for p in two] == [-signal.SIGKILL] * 2
     resumed = start(2, 4, config, out / "2x4", "--config.checkpoint.every_steps=3")
     try:
-        logs = {"2x4": finish(resumed), "1x8": finish(one)}
+        logs = {"2x4": finish(resumed, RUN_TIMEOUT_S), "1x8": finish(one, RUN_TIMEOUT_S)}
     finally:
         for proc in (one, resumed):
             if proc.poll() is None:

@@ -64,14 +64,14 @@ def start(num_processes, devices_per_process, config, workdir, *overrides):
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(proc):
+def finish(proc, timeout=RUN_TIMEOUT_S):
     """Waits (bounded) for a started launch; fails with its output unless it exited 0."""
     try:
-        out = proc.communicate(timeout=RUN_TIMEOUT_S)[0]
+        out = proc.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGINT)  # the launcher stops its processes on INT
         out = proc.communicate(timeout=60)[0]
-        raise AssertionError(f"{proc.args} did not finish in {RUN_TIMEOUT_S}s:\n{out[-6000:]}") from None
+        raise AssertionError(f"{proc.args} did not finish in {timeout}s:\n{out[-6000:]}") from None
     assert proc.returncode == 0, f"{proc.args} exited {proc.returncode}:\n{out[-6000:]}"
     return out
 

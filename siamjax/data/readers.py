@@ -145,34 +145,21 @@ def pair_rows(
     return PairRows(parser, rows())
 
 
-def read_pairs(
-    path: str | os.PathLike,
-    *,
-    columns: Mapping[str, str | int] | None = None,
-    format: str | None = None,  # noqa: A002 - mirrors the config field name
-    header: bool | None = None,
-    quoting: str | None = None,
-    score_range: tuple[float, float] | None = None,
-    normalize_scores: bool = False,
-    num_classes: int | None = None,
-    on_bad_row: str = "error",
-    name: str | None = None,
-) -> PairDataset:
+def read_pairs(path: str | os.PathLike, *, name: str | None = None, **options) -> PairDataset:
     """Read a local pair/triplet/scored-pair file into a validated in-memory `PairDataset`.
 
     Why a declared mapping: files in the wild name and order their columns differently; the
     mapping says which column plays which role, so the rest of the pipeline sees one shape.
-    `format` None or "auto" detects it (`detect_format`); a named layout ("stsb", "sick")
-    supplies its own reading options, columns and score range, which explicit arguments
-    override. `header=None` means "has a header unless every column is given by index";
-    `quoting` defaults to "none" for tsv (quotes are literal) and "minimal" for csv.
-    `normalize_scores=True` maps `score_range` linearly to [0, 1] (STS-b: (0, 5) -> score/5).
-    Malformed rows raise `BadRowError` naming file and line, or are skipped and counted with
-    `on_bad_row="skip"` (see `PairDataset.bad_rows`). Parquet files are read with pyarrow.
+    `options` are those of `pair_rows`: `columns` (role -> column), `format` (None or "auto"
+    detects it, `detect_format`; a named layout, "stsb" or "sick", supplies its own reading
+    options, columns and score range, which explicit arguments override), `header` (None: has a
+    header unless every column is given by index), `quoting` ("none" for tsv, quotes literal;
+    "minimal" for csv), `score_range`, `normalize_scores` (True maps `score_range` linearly to
+    [0, 1]; STS-b: (0, 5) -> score/5), `num_classes` and `on_bad_row`: malformed rows raise
+    `BadRowError` naming file and line, or are skipped and counted with "skip" (see
+    `PairDataset.bad_rows`). Parquet files are read with pyarrow. `name` defaults to the file name.
     """
-    stream = pair_rows(path, columns=columns, format=format, header=header, quoting=quoting,
-                       score_range=score_range, normalize_scores=normalize_scores,
-                       num_classes=num_classes, on_bad_row=on_bad_row)
+    stream = pair_rows(path, **options)
     rows = [(texts, label) for _, texts, label in stream.rows]
     return stream.parser.finish(name or pathlib.Path(path).name, rows)
 

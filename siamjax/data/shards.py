@@ -108,21 +108,15 @@ def prepare_shards(
     *,
     columns: Mapping[str, str | int] | None,
     num_shards: int = 8,
-    format: str | None = None,  # noqa: A002 - mirrors read_pairs
-    header: bool | None = None,
-    quoting: str | None = None,
-    score_range: tuple[float, float] | None = None,
-    normalize_scores: bool = False,
-    num_classes: int | None = None,
-    on_bad_row: str = "error",
     show_progress: bool = False,
     on_file: Callable[[pathlib.Path], None] | None = None,
+    **options,
 ) -> dict:
     """Write the rows of `inputs` (files or glob patterns, concatenated in order) as a prepared
     folder at `output`; returns the index written to `output/index.json`.
 
-    Options are those of `read_pairs` (`columns` None: a named layout's own, e.g. "stsb");
-    every input file is read with the same ones. The folder
+    `columns` and `options` are those of `pair_rows` / `read_pairs` (`columns` None: a named
+    layout's own, e.g. "stsb"); every input file is read with the same ones. The folder
     must not exist or be empty. On any error (e.g. a `BadRowError` naming `FILE:LINE`) the
     files written so far are removed and the error propagates.
     """
@@ -136,10 +130,8 @@ def prepare_shards(
     out.mkdir(parents=True, exist_ok=True)
     writers = _Writers(out, num_shards)
     try:
-        sources, sides, label_role, bad = _write_rows(files, writers, dict(
-            columns=columns, format=format, header=header, quoting=quoting, score_range=score_range,
-            normalize_scores=normalize_scores, num_classes=num_classes, on_bad_row=on_bad_row),
-            show_progress, on_file)
+        sources, sides, label_role, bad = _write_rows(files, writers, dict(options, columns=columns),
+                                                      show_progress, on_file)
         writers.close()
         if writers.rows == 0:
             raise DataError(f"{', '.join(map(str, files))}: no data rows ({len(bad)} bad row(s) skipped)")

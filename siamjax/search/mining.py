@@ -116,7 +116,13 @@ def _columns(dataset, anchor_column_name, positive_column_name) -> tuple[str, st
     return anchor, positive_column_name, anchors, positives
 
 
-def _check_window(range_min: int, range_max: int, num_negatives: int) -> None:
+def _window(range_min: int, range_max: int | None, num_negatives: int, max_positives: int, filtered: bool) -> int:
+    """`range_max` (by default room for the negatives, 10x more if a filter may drop candidates,
+    plus the positives), after checking the window holds `num_negatives` candidates."""
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be at least 1, got num_negatives={num_negatives}.")
+    if range_max is None:
+        range_max = range_min + num_negatives * (10 if filtered else 1) + max_positives
     if range_min < 0:
         raise ValueError(f"range_min must be non-negative, got range_min={range_min}.")
     if range_min >= range_max:
@@ -127,6 +133,7 @@ def _check_window(range_min: int, range_max: int, num_negatives: int) -> None:
                          f"candidates remain after skipping the first range_min={range_min} of "
                          f"range_max={range_max}. Consider decreasing num_negatives or range_min, or "
                          "increasing range_max.")
+    return range_max
 
 
 def _normalize_format(output_format: str, output_scores: bool, include_positives: bool) -> tuple[str, bool]:
@@ -150,26 +157,15 @@ def mine_hard_negatives(
     positive_column_name: str | None = None,
     corpus: Sequence[str] | None = None,
     *,
-    range_min: int = 0,
-    range_max: int | None = None,
-    max_score: float | None = None,
-    min_score: float | None = None,
-    absolute_margin: float | None = None,
-    relative_margin: float | None = None,
-    num_negatives: int = 3,
-    sampling_strategy: str = "top",
-    query_prompt_name: str | None = None,
-    query_prompt: str | None = None,
-    corpus_prompt_name: str | None = None,
-    corpus_prompt: str | None = None,
-    include_positives: bool = False,
-    output_format: str = "triplet",
-    output_scores: bool = False,
-    batch_size: int = 32,
-    query_chunk_size: int = 16384,
-    mesh: jax.sharding.Mesh | None = None,
-    rng: random.Random | None = None,
-    show_progress: bool = True,
+    range_min: int = 0, range_max: int | None = None,
+    max_score: float | None = None, min_score: float | None = None,
+    absolute_margin: float | None = None, relative_margin: float | None = None,
+    num_negatives: int = 3, sampling_strategy: str = "top",
+    query_prompt_name: str | None = None, query_prompt: str | None = None,
+    corpus_prompt_name: str | None = None, corpus_prompt: str | None = None,
+    include_positives: bool = False, output_format: str = "triplet", output_scores: bool = False,
+    batch_size: int = 32, query_chunk_size: int = 16384, mesh: jax.sharding.Mesh | None = None,
+    rng: random.Random | None = None, show_progress: bool = True,
 ) -> dict[str, list]:
     """Add mined hard negatives to (anchor, positive) pairs; sentence-transformers' options.
 
@@ -187,38 +183,20 @@ def mine_hard_negatives(
     output_format, output_scores = _normalize_format(output_format, output_scores, include_positives)
     if sampling_strategy not in SAMPLING_STRATEGIES:
         raise ValueError(f"sampling_strategy must be one of {SAMPLING_STRATEGIES}, got {sampling_strategy!r}")
-    if num_negatives < 1:
-        raise ValueError(f"num_negatives must be at least 1, got num_negatives={num_negatives}.")
     max_positives = max(collections.Counter(queries_all).values())
-    if range_max is None:
-        filtered = absolute_margin is not None or relative_margin is not None or max_score is not None
-        range_max = range_min + num_negatives * (10 if filtered else 1) + max_positives
-    _check_window(range_min, range_max, num_negatives)
+    filtered = absolute_margin is not None or relative_margin is not None or max_score is not None
+    range_max = _window(range_min, range_max, num_negatives, max_positives, filtered)
 
-    corpus = list(dict.fromkeys(list(corpus or positives) + positives))
-    corpus_idx = {text: i for i, text in enumerate(corpus)}
-    queries = list(dict.fromkeys(queries_all))
-    positive_indices: list[list[int]] = [[] for _ in queries]
-    query_idx = {q: i for i, q in enumerate(queries)}
-    for query, positive in zip(queries_all, positives):
-        if corpus_idx[positive] not in positive_indices[query_idx[query]]:
-            positive_indices[query_idx[query]].append(corpus_idx[positive])
-
+    corpus, queries, positive_indices = _dedupe(queries_all, positives, corpus)
     mesh = search_mesh() if mesh is None else mesh
     embed = functools.partial(encode_sharded, model, mesh=mesh, batch_size=batch_size, show_progress=show_progress)
     corpus_emb = embed([_prompt(model, corpus_prompt, corpus_prompt_name, _DOCUMENT_PROMPTS) + t for t in corpus],
                        desc="encode corpus")
     query_emb = embed([_prompt(model, query_prompt, query_prompt_name, ("query",)) + q for q in queries],
                       desc="encode queries")
-    width = range_max + max_positives
-    scores, indices = semantic_search(query_emb, corpus_emb, min(width, len(corpus)), score="cosine",
-                                      query_chunk_size=query_chunk_size, mesh=mesh, show_progress=show_progress)
-    scores = np.pad(scores, ((0, 0), (0, width - scores.shape[1])), constant_values=-np.inf)
-    indices = np.pad(indices, ((0, 0), (0, width - indices.shape[1])), constant_values=-1)
-    q_rows = np.repeat(np.arange(len(queries)), [len(p) for p in positive_indices])
-    pos_rows = np.concatenate([np.asarray(p, np.int64) for p in positive_indices])
-    positive_scores = np.sum(query_emb[q_rows] * corpus_emb[pos_rows], axis=1, dtype=np.float32)
-
+    scores, indices, positive_scores = _candidates(query_emb, corpus_emb, positive_indices, range_max + max_positives,
+                                                   query_chunk_size=query_chunk_size, mesh=mesh,
+                                                   show_progress=show_progress)
     scores = _filter(scores, indices, positive_indices, positive_scores, include_positives=include_positives,
                      absolute_margin=absolute_margin, relative_margin=relative_margin, max_score=max_score,
                      min_score=min_score)
@@ -229,6 +207,33 @@ def mine_hard_negatives(
                          queries=queries, corpus=corpus, positive_indices=positive_indices,
                          positive_scores=positive_scores, negative_scores=negative_scores,
                          negative_indices=negative_indices)
+
+
+def _dedupe(queries_all: list[str], positives: list[str], corpus) -> tuple[list[str], list[str], list[list[int]]]:
+    """(corpus, distinct queries, each query's positives as corpus indices), as sentence-transformers
+    builds them: the corpus (default: the positives) plus every positive, each text once."""
+    corpus = list(dict.fromkeys(list(corpus or positives) + positives))
+    corpus_idx = {text: i for i, text in enumerate(corpus)}
+    queries = list(dict.fromkeys(queries_all))
+    query_idx = {q: i for i, q in enumerate(queries)}
+    positive_indices: list[list[int]] = [[] for _ in queries]
+    for query, positive in zip(queries_all, positives):
+        if corpus_idx[positive] not in positive_indices[query_idx[query]]:
+            positive_indices[query_idx[query]].append(corpus_idx[positive])
+    return corpus, queries, positive_indices
+
+
+def _candidates(query_emb, corpus_emb, positive_indices, width: int, **search_options):
+    """(scores, corpus indices) `[Q, width]` of each query's nearest corpus texts (padded with
+    -inf / -1 past the corpus size), and the score of every (query, positive) pair, in order."""
+    scores, indices = semantic_search(query_emb, corpus_emb, min(width, len(corpus_emb)), score="cosine",
+                                      **search_options)
+    scores = np.pad(scores, ((0, 0), (0, width - scores.shape[1])), constant_values=-np.inf)
+    indices = np.pad(indices, ((0, 0), (0, width - indices.shape[1])), constant_values=-1)
+    q_rows = np.repeat(np.arange(len(positive_indices)), [len(p) for p in positive_indices])
+    pos_rows = np.concatenate([np.asarray(p, np.int64) for p in positive_indices])
+    positive_scores = np.sum(query_emb[q_rows] * corpus_emb[pos_rows], axis=1, dtype=np.float32)
+    return scores, indices, positive_scores
 
 
 def _filter(scores_QxK, indices_QxK, positive_indices, positive_scores_P, *, include_positives: bool,

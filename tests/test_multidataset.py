@@ -102,6 +102,22 @@ def test_every_batch_comes_from_one_dataset(setup, minilm_dir):
     assert seen == {0, 1, 2}
 
 
+def test_prompts_are_prepended_per_side_and_keep_the_text_ids(setup, minilm_dir):
+    _, root = setup
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    kwargs = dict(global_batch_size=16, max_seq_length=16, seed=0, prefetch=0)
+    plain = make_train_iterator(sources(root)[1:2], tokenizer, **kwargs)
+    prompted = make_train_iterator(sources(root)[1:2], tokenizer, prompts=[{"question": "query:"}], **kwargs)
+    a, b = next(plain), next(prompted)
+    plain.close(), prompted.close()
+    questions = tokenizer.batch_decode(b["input_ids"][0], skip_special_tokens=True)
+    assert all(q.startswith("query :") for q in questions)
+    assert tokenizer.batch_decode(b["input_ids"][1]) == tokenizer.batch_decode(a["input_ids"][1])
+    np.testing.assert_array_equal(a["text_ids"], b["text_ids"])  # ids are about the data, not the prompt
+    with pytest.raises(ValueError, match=r"prompts for \['anchor'\], which are not its sides"):
+        make_train_iterator(sources(root)[1:2], tokenizer, prompts=[{"anchor": "q: "}], **kwargs)
+
+
 def test_proportions_over_1000_batches_follow_the_weights(setup):
     _, root = setup
     weights = np.array([spec[3] for spec in DATASETS.values()])

@@ -39,10 +39,11 @@ class _LocalIndicesIterator(grain.DatasetIterator):
         self._local = sampler.batch_size // process_count
         self._start = process_index * self._local
 
-    def __next__(self) -> tuple[int, list[int], int, int]:
-        """(dataset, the global batch's indices, start and end of this process's slice)."""
+    def __next__(self) -> tuple[int, list[int], int, int, list[tuple[int, ...]]]:
+        """(dataset, the global batch's indices, start and end of this process's slice, the
+        batch's text keys)."""
         d, indices = self._sampler.next()
-        return d, indices, self._start, self._start + self._local
+        return d, indices, self._start, self._start + self._local, self._sampler.example_keys(d, indices)
 
     def get_state(self) -> dict[str, Any]:
         return self._sampler.get_state()
@@ -90,8 +91,8 @@ class _Materialize:
         self._max_seq_length, self._buckets = max_seq_length, buckets
         self._pack_length, self._num_shards = pack_length, num_shards
 
-    def __call__(self, element: tuple[int, list[int], int, int]) -> dict[str, np.ndarray]:
-        d, global_indices, start, end = element
+    def __call__(self, element: tuple[int, list[int], int, int, list]) -> dict[str, np.ndarray]:
+        d, global_indices, start, end, keys = element
         source = self._sources[d]
         indices, others = global_indices[start:end], global_indices[:start] + global_indices[end:]
         getitems = getattr(source, "__getitems__", None)  # grain's batched-read protocol
@@ -111,8 +112,7 @@ class _Materialize:
         if source.label_kind is not None:
             dtype = np.float32 if source.label_kind == "score" else np.int32
             batch["labels"] = np.asarray([ex.label for ex in examples], dtype=dtype)
-        keys = np.asarray([source.example_keys(i) for i in global_indices], np.uint64)
-        batch["text_ids"] = global_text_ids(keys)[:, start:end]
+        batch["text_ids"] = global_text_ids(np.asarray(keys, np.uint64))[:, start:end]
         batch["dataset"] = np.int32(d)
         return batch
 
@@ -206,10 +206,6 @@ class TrainIterator(grain.DatasetIterator):
         self._view.set_state(self.get_state())
         return self._view.epochs
 
-    @property
-    def dataset_names(self) -> list[str]:
-        """Names of the datasets, in the order of the batches' `dataset` index."""
-        return [self._view.dataset_name(d) for d in range(len(self._view.sources))]
 
 
 def make_train_iterator(

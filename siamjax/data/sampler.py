@@ -103,8 +103,8 @@ class _Stream:
         self.cursor, self.deferred, self.dropped = 0, [], 0
         self.keys = functools.lru_cache(maxsize=1 << 16)(self._keys)
 
-    def _keys(self, index: int) -> frozenset[int]:
-        return frozenset(self.source.example_keys(index))
+    def _keys(self, index: int) -> tuple[int, ...]:
+        return tuple(self.source.example_keys(index))
 
     def order(self, start: int, count: int) -> np.ndarray:
         """Dataset indices at stream positions [start, start + count): each epoch a new permutation."""
@@ -170,7 +170,7 @@ class _Stream:
                         self.source.name, self.dropped)
 
     def _fits(self, index: int, seen: set[int]) -> bool:
-        return not self.no_duplicates or self.keys(index).isdisjoint(seen)
+        return not self.no_duplicates or seen.isdisjoint(self.keys(index))
 
     def _add(self, index: int, batch: list[int], seen: set[int]) -> None:
         batch.append(index)
@@ -240,9 +240,9 @@ class GlobalBatchSampler:
         self.step += 1
         return d, batch
 
-    def dataset_name(self, d: int) -> str:
-        """The name of dataset number `d`."""
-        return self.sources[d].name
+    def example_keys(self, d: int, indices: Sequence[int]) -> list[tuple[int, ...]]:
+        """The text keys of examples of dataset `d` (cached from sampling, read if not)."""
+        return [self.streams[d].keys(i) for i in indices]
 
     @property
     def epochs(self) -> dict[str, float]:

@@ -108,7 +108,16 @@ def test_config_file_errors(tmp_path):
      r"grad_cache_chunk=5 must divide train.batch_size=32"),
     (["--config.data.pack_length=64"], r"data.pack_length=64: must be 0 \(off\) or >= model.max_seq_length=128"),
     (["--config.data.pack_length=128", "--config.train.grad_cache_chunk=8"],
-     r"data.pack_length=128 with train.grad_cache_chunk=8: GradCache"),
+     r"train.grad_cache_chunk=8 with data.pack_length=128: packed batches are chunked by tokens"),
+    (["--config.data.pack_length=128", "--config.train.grad_cache_tokens=1000"],
+     r"train.grad_cache_tokens=1000 must be a multiple of data.pack_length=128"),
+    (["--config.data.pack_length=0", "--config.train.grad_cache_tokens=1024"],
+     r"train.grad_cache_tokens=1024 chunks packed rows"),
+    (["--config.loss.name=gist"], r"loss.name='gist' needs a guide model: set loss.guide"),
+    (["--config.loss.guide=/some/model"], r"loss.guide='/some/model' is only used by \('gist',\)"),
+    (["--config.loss.name=mnrl", "--config.loss.kwargs.ring=true"], r"ring=True .* needs loss.sharded=True"),
+    (["--config.loss.name=margin_mse"], r"loss.name='margin_mse' distils teacher data: map a column to the "
+     r"'teacher' role"),
 ])
 def test_validation_errors(overrides, match):
     config = cfg("stsb_minilm.py", "--config.mesh.num_devices=1", *overrides) \

@@ -18,7 +18,7 @@ import grain
 import jax
 import numpy as np
 
-from siamjax.data.records import Example
+from siamjax.data.records import LABEL_DTYPES, Example
 from siamjax.data.sampler import GlobalBatchSampler
 from siamjax.data.tokenization import pack_sides, token_lengths, tokenize_sides
 from siamjax.encoder import rows
@@ -86,10 +86,10 @@ class _Materialize:
     """
 
     def __init__(self, sources, tokenizer, max_seq_length: int, buckets: tuple[int, ...],
-                 pack_length: int = 0, num_shards: int = 1):
+                 pack_length: int = 0, num_shards: int = 1, row_multiple: int = 1):
         self._sources, self._tokenizer = sources, tokenizer
         self._max_seq_length, self._buckets = max_seq_length, buckets
-        self._pack_length, self._num_shards = pack_length, num_shards
+        self._pack_length, self._num_shards, self._row_multiple = pack_length, num_shards, row_multiple
 
     def __call__(self, element: tuple[int, list[int], int, int, list]) -> dict[str, np.ndarray]:
         d, global_indices, start, end, keys = element
@@ -101,7 +101,8 @@ class _Materialize:
         if self._pack_length:
             batch = pack_sides(self._tokenizer, sides, max_seq_length=self._max_seq_length,
                                row_length=self._pack_length, num_shards=self._num_shards,
-                               min_rows=self._rows_elsewhere(source, others, len(indices)))
+                               min_rows=self._rows_elsewhere(source, others, len(indices)),
+                               row_multiple=self._row_multiple)
         else:
             longest_elsewhere = 0
             if others and len(self._buckets) > 1:  # every process must pick the same bucket
@@ -110,8 +111,7 @@ class _Materialize:
             batch = tokenize_sides(self._tokenizer, sides, max_seq_length=self._max_seq_length,
                                    buckets=self._buckets, min_length=longest_elsewhere)
         if source.label_kind is not None:
-            dtype = np.float32 if source.label_kind == "score" else np.int32
-            batch["labels"] = np.asarray([ex.label for ex in examples], dtype=dtype)
+            batch["labels"] = np.asarray([ex.label for ex in examples], dtype=LABEL_DTYPES[source.label_kind])
         batch["text_ids"] = global_text_ids(np.asarray(keys, np.uint64))[:, start:end]
         batch["dataset"] = np.int32(d)
         return batch
@@ -166,11 +166,11 @@ class TrainIterator(grain.DatasetIterator):
 
     Each batch: int32 `input_ids`, `attention_mask`, `token_type_ids` of shape [S, B_local, L]
     (L a bucket length; packed: [S, rows, pack_length] plus `text_index`
-    [S, shards, B_local / shards]), `labels` [B_local] (float32 scores or int32 classes)
-    when the dataset has labels, int32 `text_ids` [S, B_local] (equal ids = the same text
-    anywhere in the global batch) and `dataset`, the 0-d index of the batch's dataset (for the
-    host: remove it before `to_global_array`). `get_state()` is the state after the last
-    batch returned.
+    [S, shards, B_local / shards]), `labels` [B_local, ...] (float32 scores or teacher
+    targets, int32 classes) when the dataset has labels, int32 `text_ids` [S, B_local] (equal
+    ids = the same text anywhere in the global batch) and `dataset`, the 0-d index of the
+    batch's dataset (for the host: remove it before `to_global_array`). `get_state()` is the
+    state after the last batch returned.
     """
 
     def __init__(self, parent: grain.DatasetIterator, sampler_view: GlobalBatchSampler):
@@ -226,6 +226,7 @@ def make_train_iterator(
     buckets: Sequence[int] | None = None,
     pack_length: int = 0,
     num_shards: int = 1,
+    row_multiple: int = 1,
     prefetch: int = 2,
 ) -> TrainIterator:
     """Build the training iterator over one or several pair/triplet datasets.
@@ -237,24 +238,18 @@ def make_train_iterator(
     sequence or a name->source mapping of `PairDataset` / tfds / prepared-shard sources; several
     datasets are mixed per batch ("round_robin" or "proportional", the latter by size or by
     `weights`), each batch from one dataset; `prompts` gives each dataset's side -> prompt text,
-    prepended before tokenising. Iterates forever unless `num_epochs`
-    is set (then it stops when a dataset cannot fill another batch, logging the leftover).
+    prepended before tokenising. Iterates forever unless `num_epochs` is set (then it stops
+    when a dataset cannot fill another batch, logging the leftover).
     `process_index`/`process_count` default to `jax.process_index()`/`jax.process_count()`.
     With several processes each one also measures the token lengths of the other rows so
     all pick the same bucket length; `buckets=(max_seq_length,)` skips that work.
     `pack_length` > 0 packs each side into rows of that many tokens instead of padding
     (`siamjax.encoder.rows`), in `num_shards` shards per process (this process's batch
-    devices), so each device's rows hold exactly its own texts.
+    devices), so each device's rows hold exactly its own texts; each shard's row count is a
+    multiple of `row_multiple` (GradCache chunks of whole packed rows).
     """
-    sources = _as_sources(datasets)
-    if prompts is not None:
-        if len(prompts) != len(sources):
-            raise ValueError(f"{len(prompts)} prompt mappings for {len(sources)} datasets")
-        sources = [_Prompted(src, p) if p else src for src, p in zip(sources, prompts)]
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    sources = _with_prompts(_as_sources(datasets), prompts)
+    process_index, process_count = _process(process_index, process_count)
     # packed rows are split per device, so each of them needs whole pairs too
     check_batch_divisible(global_batch_size, process_count * num_shards if pack_length else 1,
                           process_count, field="global_batch_size")
@@ -267,12 +262,30 @@ def make_train_iterator(
 
     view = make_sampler()  # validates the settings now, and answers `epochs` questions
     ds = _LocalIndices(make_sampler, process_index, process_count)
-    ds = ds.map(_Materialize(sources, tokenizer, max_seq_length, buckets, pack_length, num_shards))
+    ds = ds.map(_Materialize(sources, tokenizer, max_seq_length, buckets, pack_length, num_shards, row_multiple))
     if prefetch > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
     iterator = TrainIterator(iter(ds), view)
     _LIVE_ITERATORS.add(iterator)
     return iterator
+
+
+def _with_prompts(sources: list, prompts) -> list:
+    """Each source with its side -> prompt mapping applied (None or {} = as it is)."""
+    if prompts is None:
+        return sources
+    if len(prompts) != len(sources):
+        raise ValueError(f"{len(prompts)} prompt mappings for {len(sources)} datasets")
+    return [_Prompted(src, p) if p else src for src, p in zip(sources, prompts)]
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    """(index, count) of this process, from JAX unless given; checked."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    return process_index, process_count
 
 
 def _as_sources(datasets) -> list:

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from siamjax.data.records import DataError
+
 log = logging.getLogger(__name__)
 MIXING_CHOICES = ("round_robin", "proportional")
 STATE_VERSION = 1
@@ -88,6 +90,11 @@ def permute(positions, size: int, key: int) -> np.ndarray:
     return (x.astype(np.int64) + key) % size
 
 
+class DuplicateTextsError(DataError):
+    """A dataset whose texts repeat so much that no batch without a repeated text exists; the fix
+    is a smaller batch or allowing repeats (callers name their own setting for each)."""
+
+
 class _Stream:
     """One dataset's endless (or `num_epochs`-long) stream of no-duplicate batches."""
 
@@ -142,10 +149,10 @@ class _Stream:
             if self.limit is not None and cursor >= self.limit:
                 return None
             if scanned >= self.size:
-                raise ValueError(
+                raise DuplicateTextsError(
                     f"dataset {self.source.name!r}: cannot fill a batch of {self.batch_size} "
                     f"examples without repeating a text (only {len(batch)} fit after scanning "
-                    f"a whole epoch); lower the global batch size or pass no_duplicates=False")
+                    f"a whole epoch): too few distinct texts for this batch size")
             if scanned >= len(ahead):
                 ahead = np.concatenate([ahead, self.order(cursor, self.batch_size)])
             index = int(ahead[scanned])

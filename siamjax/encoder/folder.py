@@ -15,9 +15,10 @@ import pathlib
 
 import numpy as np
 from huggingface_hub import snapshot_download
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from siamjax.encoder import hf_names
+from siamjax.encoder.verify import load_safetensors
 from siamjax.encoder.bert import BertConfig
 from siamjax.encoder.model import DenseConfig, EncoderSpec
 from siamjax.encoder.pooling import PoolingConfig
@@ -99,12 +100,12 @@ def bert_config_from_hf(config: dict, source: str) -> BertConfig:
 def _weights(folder: pathlib.Path, what: str) -> dict[str, np.ndarray]:
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     if single.is_file():
-        return load_file(single)
+        return load_safetensors(single)
     if index.is_file():
         shards = sorted(set(_read_json(index)["weight_map"].values()))
         tensors = {}
         for shard in shards:
-            tensors.update(load_file(folder / shard))
+            tensors.update(load_safetensors(folder / shard))
         return tensors
     pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
     if pickles:

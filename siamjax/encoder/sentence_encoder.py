@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from siamjax import similarity as sim
-from siamjax.encoder import folder, hf_names, rows
+from siamjax.encoder import folder, hf_names, rows, verify
 from siamjax.encoder.bert import BertConfig
 from siamjax.encoder.model import (DenseConfig, EncoderSpec, abstract_params, init_params,
                                    make_encode_fn)
@@ -77,14 +77,19 @@ class SentenceEncoder:
     @classmethod
     def from_pretrained(cls, path_or_name: str | os.PathLike, *, dtype: Any = "float32",
                         param_dtype: Any = "float32", remat: bool = False,
-                        max_seq_length: int | None = None) -> "SentenceEncoder":
+                        max_seq_length: int | None = None, verify_weights: bool = True) -> "SentenceEncoder":
         """Load a sentence-transformers folder, a plain HF folder (mean pooling) or a hub name.
 
         `dtype` is the compute dtype ("bfloat16" for mixed precision); `remat` recomputes each
-        layer's activations in the backward pass to save memory when training.
+        layer's activations in the backward pass to save memory when training. The folder is
+        verified (`siamjax.encoder.verify`: safetensors sizes, tokenizer vs embeddings, and, unless
+        `verify_weights=False`, every weight finite), so a damaged folder is an error, not garbage.
         """
         path = folder.resolve(path_or_name)
         loaded = folder.read_folder(path)
+        if verify_weights:
+            verify.check_weights(loaded.tensors, str(loaded.transformer_dir))
+            verify.check_weights(loaded.dense_tensors, str(path / "2_Dense"))
         graphdef, abstract = abstract_params(loaded.spec, param_dtype=_dtype(param_dtype))
         del graphdef
         names = hf_names.transformer_names(loaded.spec.bert)
@@ -98,6 +103,7 @@ class SentenceEncoder:
             tokenizer = AutoTokenizer.from_pretrained(str(loaded.transformer_dir))
         except Exception as err:
             raise ValueError(f"{loaded.transformer_dir}: could not load the tokenizer ({err})") from err
+        verify.check_tokenizer(loaded.transformer_dir, tokenizer, loaded.spec.bert.vocab_size)
         limit = loaded.max_seq_length if max_seq_length is None else int(max_seq_length)
         if limit > loaded.spec.bert.max_tokens:
             raise ValueError(f"max_seq_length {limit} exceeds the model's {loaded.spec.bert.max_tokens} positions")

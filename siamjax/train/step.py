@@ -21,8 +21,8 @@ from siamjax.losses import LossFn
 from siamjax.parallel import batch_shardings, replicated
 from siamjax.train.state import TrainState
 
-# value_and_grad_fn(params, batch, rng) -> (loss, grads): replaces autodiff (GradCache).
-ValueAndGradFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, Any]]
+# value_and_grad_fn(params, batch, rng, frozen) -> (loss, grads): replaces autodiff (GradCache).
+ValueAndGradFn = Callable[[Any, dict, jax.Array, Any], tuple[jax.Array, Any]]
 
 
 def split_sides(batch: dict) -> dict:
@@ -52,15 +52,21 @@ def make_embed_fn(encode_fn: EncodeFn):
     return embed
 
 
-def make_loss_fn(embed_fn, loss_fn: LossFn):
-    """total_loss(params, batch, rng) -> scalar: embed every side, then score with `loss_fn`.
+def make_loss_fn(embed_fn, loss_fn: LossFn, guide_embed_fn=None):
+    """total_loss(params, batch, rng, frozen) -> scalar: embed every side, then score with `loss_fn`.
 
     `batch["text_ids"]` ([S, B], when present) goes to the loss for false-negative masking.
+    With `guide_embed_fn` (GIST), the frozen guide encoder (`frozen["guide"]`, no dropout, no
+    gradient) embeds the same sides inside the same step, and the loss gets `guide_SxBxD`.
     """
 
-    def total_loss(params, batch, rng):
-        emb_SxBxD = embed_fn(params["encoder"], split_sides(batch), rng)
-        return loss_fn(emb_SxBxD, batch.get("labels"), params["loss"], batch.get("text_ids"))
+    def total_loss(params, batch, rng, frozen=None):
+        sides = split_sides(batch)
+        emb_SxBxD = embed_fn(params["encoder"], sides, rng)
+        extra = {}
+        if guide_embed_fn is not None:
+            extra["guide_SxBxD"] = jax.lax.stop_gradient(guide_embed_fn(frozen["guide"], sides, None))
+        return loss_fn(emb_SxBxD, batch.get("labels"), params["loss"], batch.get("text_ids"), **extra)
 
     return total_loss
 
@@ -69,9 +75,9 @@ def on_loss_slot(value_and_grad_fn: ValueAndGradFn, slot: str) -> ValueAndGradFn
     """The same value_and_grad over params whose "loss" maps slot -> parameters (a run with one
     loss per dataset): the loss sees only `slot`'s parameters, the others get zero gradients."""
 
-    def slot_value_and_grad(params, batch, rng):
+    def slot_value_and_grad(params, batch, rng, frozen=None):
         view = {**params, "loss": params["loss"][slot]}
-        loss, grads = value_and_grad_fn(view, batch, rng)
+        loss, grads = value_and_grad_fn(view, batch, rng, frozen)
         loss_grads = {k: (grads["loss"] if k == slot else jax.tree.map(jnp.zeros_like, v))
                       for k, v in params["loss"].items()}
         return loss, {**grads, "loss": loss_grads}
@@ -87,24 +93,27 @@ def make_train_step(
     schedule: optax.Schedule | None = None,
     dropout: bool = True,
     value_and_grad_fn: ValueAndGradFn | None = None,
+    guide_encode_fn: EncodeFn | None = None,
     loss_slot: str | None = None,
 ):
     """The pure step `train_step(state, batch) -> (state, metrics)`.
 
     Metrics are device scalars (`loss`, `grad_norm`, `learning_rate`); the loop fetches them
     one step late so the host never waits on the device. `value_and_grad_fn` replaces plain
-    autodiff, e.g. with GradCache (same gradients, O(chunk) activation memory). `loss_slot`:
+    autodiff, e.g. with GradCache (same gradients, O(chunk) activation memory).
+    `guide_encode_fn`: GIST's frozen guide encoder, run on `state.frozen["guide"]`. `loss_slot`:
     in a run with one loss per dataset, which entry of params["loss"] this step's loss uses.
     """
     embed_fn = make_embed_fn(encode_fn)
     if value_and_grad_fn is None:
-        value_and_grad_fn = jax.value_and_grad(make_loss_fn(embed_fn, loss_fn))
+        guide_embed_fn = None if guide_encode_fn is None else make_embed_fn(guide_encode_fn)
+        value_and_grad_fn = jax.value_and_grad(make_loss_fn(embed_fn, loss_fn, guide_embed_fn))
     if loss_slot is not None:
         value_and_grad_fn = on_loss_slot(value_and_grad_fn, loss_slot)
 
     def train_step(state: TrainState, batch: dict):
         rng = jax.random.fold_in(state.rng, state.step) if dropout else None
-        loss, grads = value_and_grad_fn(state.params, batch, rng)
+        loss, grads = value_and_grad_fn(state.params, batch, rng, state.frozen)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}

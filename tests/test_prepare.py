@@ -65,6 +65,17 @@ def test_prepared_rows_equal_the_file_rows(fmt, tmp_path):
     assert_same_rows(open_shards(tmp_path / "out"), read_pairs(path, columns=COLUMNS))
 
 
+def test_teacher_targets_survive_preparing(tmp_path):
+    records = [{"q": f"q{i}", "p": f"p{i}", "m": [0.1 * i, 1 / 3]} for i in range(7)]
+    columns = {"anchor": "q", "positive": "p", "teacher": "m"}
+    path = write_jsonl(tmp_path / "t.jsonl", records)
+    source, dataset = open_shards(prepare_shards(str(path), tmp_path / "out", columns=columns, num_shards=2)
+                                  and tmp_path / "out"), read_pairs(path, columns=columns)
+    assert source.label_kind == "teacher" == dataset.label_kind
+    for i in range(7):
+        np.testing.assert_array_equal(np.asarray(source[i].label, np.float32), dataset[i].label)
+
+
 def test_a_glob_of_files_is_prepared_in_order(tmp_path):
     write_jsonl(tmp_path / "part-1.jsonl", rows(30, seed=1))
     write_jsonl(tmp_path / "part-0.jsonl", rows(20, seed=0))

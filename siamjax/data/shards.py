@@ -98,6 +98,8 @@ class _Writers:
         self.label_max = None  # the largest int label written (class count of class labels)
 
     def write(self, texts: tuple[str, ...], label) -> None:
+        if isinstance(label, np.ndarray):  # teacher targets: float32 values, exact through JSON
+            label = label.tolist()
         record = json.dumps({"t": list(texts), "l": label}, ensure_ascii=False).encode("utf-8")
         self.shards[self.rows % self.num_shards].write(record)
         self.pending.append(tuple(text_key(t) for t in texts))

@@ -137,6 +137,8 @@ def test_proportions_over_1000_batches_follow_the_weights(setup):
     ({"data.train.path": "x.jsonl"}, "data.train and data.datasets are both set"),
     ({"data.datasets.qa.prompts": (("query", "q: "),)}, r"prompts names \['query'\], which are not text sides"),
     ({"data.datasets.qa.shards": "/nowhere"}, "path and shards are both set"),
+    ({"data.datasets.qa.loss.name": "gist"}, r"data.datasets.qa.loss.name='gist': a guided loss needs loss.guide"),
+    ({"data.datasets.qa.loss.name": "margin_mse"}, r"data.datasets.qa.loss.name='margin_mse' distils teacher data"),
 ])
 def test_bad_dataset_settings_name_the_field(setup, change, message):
     config, _ = setup

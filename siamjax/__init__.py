@@ -11,6 +11,8 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from siamjax import evaluation, losses, quantization, search
 from siamjax.encoder import BertConfig, DistilBertConfig, ModernBertConfig, MPNetConfig, SentenceEncoder
+from siamjax.search import mining  # siamjax.mining.mine_hard_negatives, as sentence-transformers' util
 
 __version__ = "0.1.0"
-__all__ = ["BertConfig", "DistilBertConfig", "MPNetConfig", "ModernBertConfig", "SentenceEncoder", "evaluation", "losses", "quantization", "search", "__version__"]
+__all__ = ["BertConfig", "DistilBertConfig", "MPNetConfig", "ModernBertConfig", "SentenceEncoder", "evaluation",
+           "losses", "mining", "quantization", "search", "__version__"]

@@ -158,7 +158,7 @@ def test_proportional_mixing_follows_dataset_sizes():
 
 
 def test_processes_get_disjoint_slices_of_the_same_global_batch(tokenizer, stsb_dev):
-    kwargs = dict(global_batch_size=16, max_seq_length=64, seed=5, prefetch=0)
+    kwargs = dict(global_batch_size=16, max_seq_length=64, seed=2, prefetch=0)
     whole = _take(make_train_iterator(stsb_dev, tokenizer, process_index=0, process_count=1,
                                       **kwargs), 3)
     parts = [_take(make_train_iterator(stsb_dev, tokenizer, process_index=p, process_count=2,
@@ -249,14 +249,16 @@ def test_to_global_array_shards_the_batch_dimension(tokenizer, stsb_dev):
     it = make_train_iterator(stsb_dev, tokenizer, global_batch_size=16, max_seq_length=64,
                              seed=0, prefetch=0)
     local = next(it)
+    assert local.pop("dataset") == 0  # host-side: which dataset the batch came from
     batch = to_global_array(local, mesh)
     assert batch["input_ids"].sharding.spec == P(None, ("data", "fsdp"), None)
+    assert batch["text_ids"].sharding.spec == P(None, ("data", "fsdp"))
     assert batch["labels"].sharding.spec == P(("data", "fsdp"))
     for key, value in local.items():
         np.testing.assert_array_equal(np.asarray(batch[key]), value)
         assert batch[key].dtype == value.dtype
     assert batch["input_ids"].addressable_shards[0].data.shape[1] == 2  # 16 rows / 8 devices
     with pytest.raises(ValueError, match="not divisible by the 8 devices"):
-        to_global_array({k: v[..., :12, :] if v.ndim == 3 else v[:12] for k, v in local.items()},
+        to_global_array({k: v[..., :12, :] if v.ndim == 3 else v[..., :12] for k, v in local.items()},
                         mesh)
     it.close()

@@ -64,14 +64,14 @@ def start(num_processes, devices_per_process, config, workdir, *overrides):
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(proc):
+def finish(proc, timeout=RUN_TIMEOUT_S):
     """Waits (bounded) for a started launch; fails with its output unless it exited 0."""
     try:
-        out = proc.communicate(timeout=RUN_TIMEOUT_S)[0]
+        out = proc.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGINT)  # the launcher stops its processes on INT
         out = proc.communicate(timeout=60)[0]
-        raise AssertionError(f"{proc.args} did not finish in {RUN_TIMEOUT_S}s:\n{out[-6000:]}") from None
+        raise AssertionError(f"{proc.args} did not finish in {timeout}s:\n{out[-6000:]}") from None
     assert proc.returncode == 0, f"{proc.args} exited {proc.returncode}:\n{out[-6000:]}"
     return out
 
@@ -186,15 +186,16 @@ def test_checkpoint_resumes_in_the_other_layout(runs, tiny, tmp_path, src, dst, 
     assert_params_close(final_params(workdir), final_params(runs["1x8"]))
 
 
-def start_two(config, workdir, heartbeat_s=5):
-    """Two `siamjax train` processes x 4 devices wired by flags, training "forever"."""
+def start_two(config, workdir, *overrides, heartbeat_s=5):
+    """Two `siamjax train` processes x 4 devices wired by flags, training "forever" (unless an
+    override says otherwise)."""
     port = portpicker.pick_unused_port()
     procs = []
     for i in range(2):
         env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
                    SIAMJAX_HEARTBEAT_TIMEOUT=str(heartbeat_s))
         cmd = [sys.executable, "-m", "siamjax.cli", "train", "--config", str(config), "--workdir", str(workdir),
-               "--config.train.num_steps=100000", "--config.checkpoint.every_steps=100000",
+               "--config.train.num_steps=100000", "--config.checkpoint.every_steps=100000", *overrides,
                "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)]
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))

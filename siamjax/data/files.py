@@ -1,31 +1,40 @@
 """Reading table files row by row: the one low-level reader behind every verb.
 
-Training, every evaluator, `siamjax encode`/`search` and the tfds builders read their files here,
-so a file gets the same treatment and the same `FILE:LINE: what is wrong` message everywhere:
-- bytes are read whole (`.gz` is decompressed) and a UTF-8 byte-order mark is dropped;
+Training, every evaluator, `siamjax encode`/`search`, `siamjax data prepare` and the tfds builders
+read their files here, so a file gets the same treatment and the same `FILE:LINE: what is wrong`
+message everywhere:
+- files are streamed line by line (`.gz` is decompressed), never held whole, so a prepared
+  dataset can be made from a file larger than memory; a UTF-8 byte-order mark is dropped;
 - lines end at `\\n` (a `\\r\\n` ending counts as one); a lone `\\r` is text, never a new row;
 - bytes that are not UTF-8 are kept as surrogates, so only the rows that hold them are rejected;
 - formats: jsonl (one JSON object per line), tsv (tab-split, quotes are literal, as in STS-b),
-  csv (RFC 4180 quoting, fields may span lines), txt (one text per line).
-Rows come back as (first line number, fields): a dict for jsonl and for csv/tsv read with their
-header, a list of strings for csv/tsv without a header, the line itself for txt.
+  csv (RFC 4180 quoting, fields may span lines), txt (one text per line), parquet (read in
+  record batches with pyarrow, the format of Hugging Face datasets; a row's "line" is its row
+  number from 1).
+Rows come back as (first line number, fields): a dict for jsonl, parquet and csv/tsv read with
+their header, a list of strings for csv/tsv without a header, the line itself for txt.
 """
 from __future__ import annotations
 
 import csv
 import gzip
+import itertools
 import json
 import os
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+
+import pyarrow.parquet as pq
 
 from siamjax.data.records import BadRowError, DataError
 
 # reject(line, reason): raises BadRowError, or records the row as skipped and returns.
 Reject = Callable[[int, str], None]
 
-FORMATS = ("jsonl", "csv", "tsv", "txt")
-_SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".txt": "txt"}
+FORMATS = ("jsonl", "csv", "tsv", "txt", "parquet")
+_SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".txt": "txt",
+                   ".parquet": "parquet"}
+_PARQUET_BATCH_ROWS = 4096  # rows decoded at a time: bounded memory whatever the file size
 QUOTING = ("none", "minimal")
 csv.field_size_limit(2**31 - 1)  # corpus documents can be long
 
@@ -38,19 +47,39 @@ def suffix_format(path: str | os.PathLike) -> str | None:
 
 def read_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
     """(line number from 1, text without its line ending) of every line of a text file."""
-    path = pathlib.Path(path)
+    return list(iter_lines(path))
+
+
+def _check_file(path: pathlib.Path) -> None:
     if not path.is_file():
         raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """`read_lines`, streamed: one line at a time, so memory does not grow with the file.
+
+    The file is checked (exists, is a file) when this is called, not on the first `next`.
+    """
+    path = pathlib.Path(path)
+    _check_file(path)
+    return _stream_lines(path)
+
+
+def _stream_lines(path: pathlib.Path) -> Iterator[tuple[int, str]]:
     try:
         with (gzip.open if path.suffix.lower() == ".gz" else open)(path, "rb") as f:
-            data = f.read()
+            for n, raw in enumerate(f, start=1):  # binary files split on b"\n" only
+                line = raw.decode("utf-8", errors="surrogateescape")
+                if n == 1:
+                    line = line.removeprefix("\ufeff")
+                yield n, line.removesuffix("\n").removesuffix("\r")
     except (OSError, EOFError) as err:
         raise DataError(f"{path}: cannot read ({err})") from err
-    text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline ends the last line; it does not start a new one
-    return [(n, line.removesuffix("\r")) for n, line in enumerate(lines, start=1)]
+
+
+def first_line(path: str | os.PathLike) -> tuple[int, str] | None:
+    """The first non-blank line (number, text) of a text file, or None; reads no further."""
+    return next(((n, line) for n, line in iter_lines(path) if line.strip()), None)
 
 
 def utf8_error(text: str) -> str | None:
@@ -69,7 +98,7 @@ def raise_bad_row(path: str) -> Reject:
     return reject
 
 
-def jsonl_rows(lines: list[tuple[int, str]], reject: Reject) -> Iterator[tuple[int, dict]]:
+def jsonl_rows(lines: Iterable[tuple[int, str]], reject: Reject) -> Iterator[tuple[int, dict]]:
     """(line, object) of every non-blank jsonl line; bad lines go to `reject`."""
     for line_no, line in lines:
         if not line.strip():
@@ -88,7 +117,7 @@ def jsonl_rows(lines: list[tuple[int, str]], reject: Reject) -> Iterator[tuple[i
         reject(line_no, reason)
 
 
-def delimited_rows(path: str, lines: list[tuple[int, str]], fmt: str, reject: Reject,
+def delimited_rows(path: str, lines: Iterable[tuple[int, str]], fmt: str, reject: Reject,
                    quoting: str | None = None) -> Iterator[tuple[int, list[str]]]:
     """(first line, fields) of every non-blank csv/tsv record; rows that are not UTF-8 go to
     `reject`.
@@ -111,10 +140,16 @@ def delimited_rows(path: str, lines: list[tuple[int, str]], fmt: str, reject: Re
                     continue
                 yield line_no, line.split(delimiter)
         return
-    numbers = [n for n, _ in lines]
-    reader = csv.reader((line + "\n" for _, line in lines), delimiter=delimiter, quoting=csv.QUOTE_MINIMAL)
+    numbers: list[int] = []  # line numbers the csv reader has consumed (only the last is kept)
+
+    def feed():
+        for n, line in lines:
+            numbers[:] = [n]
+            yield line + "\n"
+
+    reader = csv.reader(feed(), delimiter=delimiter, quoting=csv.QUOTE_MINIMAL)
     while True:
-        start = numbers[reader.line_num] if reader.line_num < len(numbers) else None
+        start = numbers[0] + 1 if numbers else 1  # the record starts on the line after the last one read
         try:
             fields = next(reader)
         except StopIteration:
@@ -129,23 +164,53 @@ def delimited_rows(path: str, lines: list[tuple[int, str]], fmt: str, reject: Re
             yield start, fields
 
 
+def parquet_rows(path: str | os.PathLike) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    """(column names, (row number from 1, {column: value})) of a parquet file, streamed in
+    record batches so memory stays bounded however large the file is."""
+    _check_file(pathlib.Path(path))
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid/OSError for a file that is not parquet
+        raise DataError(f"{path}: cannot read parquet ({err})") from err
+    names = list(parquet.schema_arrow.names)
+    if parquet.metadata.num_rows == 0:
+        raise DataError(f"{path}: file is empty")
+
+    def rows():
+        n = 0
+        for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
+            for record in batch.to_pylist():
+                n += 1
+                yield n, record
+
+    return names, rows()
+
+
 def table_rows(path: str | os.PathLike, fmt: str, *, header: bool = True, quoting: str | None = None,
                reject: Reject | None = None) -> tuple[list[str] | None, Iterator[tuple[int, dict | list | str]]]:
     """(header names or None, rows) of a file in format `fmt` (see the module docstring).
 
     csv/tsv read `header=True` give their first record's names and rows as {column: value};
-    bad rows go to `reject` (default: `BadRowError` naming file and line).
+    bad rows go to `reject` (default: `BadRowError` naming file and line). Rows are streamed.
     """
     if fmt not in FORMATS:
         raise DataError(f"{path}: format must be one of {FORMATS}, got {fmt!r}")
-    path_str, lines = str(path), read_lines(path)
+    if fmt == "parquet":
+        return parquet_rows(path)
+    path_str, lines = str(path), iter_lines(path)
     reject = reject or raise_bad_row(path_str)
-    if not any(line.strip() for _, line in lines):
+    head = []  # blank lines before the first text, then that line
+    for item in lines:
+        head.append(item)
+        if item[1].strip():
+            break
+    else:
         raise DataError(f"{path_str}: file is empty")
+    lines = itertools.chain(head, lines)
     if fmt == "jsonl":
         return None, jsonl_rows(lines, reject)
     if fmt == "txt":
-        return None, iter(lines)
+        return None, lines
     rows = delimited_rows(path_str, lines, fmt, reject, quoting)
     if not header:
         return None, rows

@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-from siamjax.data.files import FORMATS, read_lines, suffix_format, table_rows, utf8_error
+from siamjax.data.files import FORMATS, first_line, read_lines, suffix_format, table_rows, utf8_error
 from siamjax.data.records import BadRowError, DataError, PairDataset, RowParser, split_roles
 
 
@@ -51,19 +52,19 @@ STS_SCORE_RANGE = (0.0, 5.0)  # the default range of STS scores in csv/tsv/jsonl
 def detect_format(path: str | os.PathLike) -> str:
     """The format of a file from its suffix and first line (STS-b files end in .csv but are TSV).
 
-    A suffix that names no known format (".parquet", ".dat") is an error rather than a guess from
+    A suffix that names no known format (".dat", ".xml") is an error rather than a guess from
     the first line: a jsonl line holds commas too, and a wrong guess reads as missing columns."""
     fmt = suffix_format(path)
-    if fmt == "jsonl":
+    if fmt in ("jsonl", "parquet"):
         return fmt
     suffixes = [x for x in pathlib.Path(path).suffixes if x.lower() != ".gz"]
     if fmt is None and suffixes:
         raise DataError(f"{path}: cannot tell the format from the unknown suffix {suffixes[-1]!r}; give it "
                         f"(one of {', '.join(PAIR_FORMATS[1:])}: data.*.format in a config, --format in eval)")
-    lines = read_lines(path)
-    first = next((line for _, line in lines if line.strip()), None)
-    if first is None:
+    found = first_line(path)
+    if found is None:
         raise DataError(f"{path}: file is empty")
+    first = found[1]
     if utf8_error(first):
         raise DataError(f"{path}:1: {utf8_error(first)}")
     fields = first.split("\t")
@@ -89,7 +90,20 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def read_pairs(
+@dataclasses.dataclass
+class PairRows:
+    """A file's validated rows, streamed: `rows` yields (line, texts, label) one at a time.
+
+    `parser` holds the sides, the label role and the rows skipped so far (`on_bad_row="skip"`);
+    `parser.finish(name, rows)` builds the in-memory dataset, and `siamjax data prepare` writes
+    the rows to shards instead, so both see exactly the same rows.
+    """
+
+    parser: RowParser
+    rows: Iterator[tuple[int, tuple[str, ...], Any]]
+
+
+def pair_rows(
     path: str | os.PathLike,
     *,
     columns: Mapping[str, str | int] | None = None,
@@ -100,20 +114,8 @@ def read_pairs(
     normalize_scores: bool = False,
     num_classes: int | None = None,
     on_bad_row: str = "error",
-    name: str | None = None,
-) -> PairDataset:
-    """Read a local pair/triplet/scored-pair file into a validated in-memory `PairDataset`.
-
-    Why a declared mapping: files in the wild name and order their columns differently; the
-    mapping says which column plays which role, so the rest of the pipeline sees one shape.
-    `format` None or "auto" detects it (`detect_format`); a named layout ("stsb", "sick")
-    supplies its own reading options, columns and score range, which explicit arguments
-    override. `header=None` means "has a header unless every column is given by index";
-    `quoting` defaults to "none" for tsv (quotes are literal) and "minimal" for csv.
-    `normalize_scores=True` maps `score_range` linearly to [0, 1] (STS-b: (0, 5) -> score/5).
-    Malformed rows raise `BadRowError` naming file and line, or are skipped and counted with
-    `on_bad_row="skip"` (see `PairDataset.bad_rows`).
-    """
+) -> PairRows:
+    """The rows of a pair/triplet/scored-pair file, validated one at a time (see `read_pairs`)."""
     fmt = detect_format(path) if format in (None, "", "auto") else format
     if fmt not in PAIR_FORMATS:
         raise DataError(f"{path}: format must be one of {PAIR_FORMATS}, got {fmt!r}")
@@ -130,31 +132,53 @@ def read_pairs(
     roles = list(sides) + ([label_role] if label_role else [])
     refs = [columns[r] for r in roles]
     if header is None:
-        header = fmt != "jsonl" and not all(isinstance(r, int) for r in refs)
+        header = fmt not in ("jsonl", "parquet") and not all(isinstance(r, int) for r in refs)
     parser = RowParser(str(path), sides, label_role, score_range, normalize_scores, num_classes, on_bad_row)
     names, records = table_rows(path, fmt, header=header, quoting=quoting, reject=parser.reject)
     _check_refs(path, fmt, header, names, roles, refs)
-    rows = []
-    for line_no, record in records:
-        values, missing = _select(record, refs)
-        if missing:
-            n = len(record)
-            parser.reject(line_no, f"no column {', '.join(repr(m) for m in missing)} for "
-                          f"{', '.join(roles[refs.index(m)] for m in missing)}"
-                          + (f": the row has {n} field(s)" if isinstance(record, list) else ""))
-            continue
-        parsed = parser.parse_columns(line_no, values)
-        if parsed is not None:
-            rows.append(parsed)
-    return parser.finish(name or pathlib.Path(path).name, rows)
+
+    def rows():
+        for line_no, record in records:
+            values, missing = _select(record, refs)
+            if missing:
+                n = len(record)
+                parser.reject(line_no, f"no column {', '.join(repr(m) for m in missing)} for "
+                              f"{', '.join(roles[refs.index(m)] for m in missing)}"
+                              + (f": the row has {n} field(s)" if isinstance(record, list) else ""))
+                continue
+            parsed = parser.parse_columns(line_no, values)
+            if parsed is not None:
+                yield line_no, parsed[0], parsed[1]
+
+    return PairRows(parser, rows())
+
+
+def read_pairs(path: str | os.PathLike, *, name: str | None = None, **options) -> PairDataset:
+    """Read a local pair/triplet/scored-pair file into a validated in-memory `PairDataset`.
+
+    Why a declared mapping: files in the wild name and order their columns differently; the
+    mapping says which column plays which role, so the rest of the pipeline sees one shape.
+    `options` are those of `pair_rows`: `columns` (role -> column), `format` (None or "auto"
+    detects it, `detect_format`; a named layout, "stsb" or "sick", supplies its own reading
+    options, columns and score range, which explicit arguments override), `header` (None: has a
+    header unless every column is given by index), `quoting` ("none" for tsv, quotes literal;
+    "minimal" for csv), `score_range`, `normalize_scores` (True maps `score_range` linearly to
+    [0, 1]; STS-b: (0, 5) -> score/5), `num_classes` and `on_bad_row`: malformed rows raise
+    `BadRowError` naming file and line, or are skipped and counted with "skip" (see
+    `PairDataset.bad_rows`). Parquet files are read with pyarrow. `name` defaults to the file name.
+    """
+    stream = pair_rows(path, **options)
+    rows = [(texts, label) for _, texts, label in stream.rows]
+    return stream.parser.finish(name or pathlib.Path(path).name, rows)
 
 
 def _check_refs(path, fmt: str, header: bool, names: list[str] | None, roles: list[str], refs: list) -> None:
     """Columns must be names (jsonl, csv/tsv with a header) or 0-based indices (without one)."""
-    if fmt == "jsonl" or header:
+    if fmt in ("jsonl", "parquet") or header:
         bad = [r for r in refs if not isinstance(r, str)]
         if bad:
-            raise DataError(f"{path}: columns must be {'key' if fmt == 'jsonl' else 'header'} names, got {bad}")
+            kind = {"jsonl": "key", "parquet": "column"}.get(fmt, "header")
+            raise DataError(f"{path}: columns must be {kind} names, got {bad}")
         if names is not None:
             for role, ref in zip(roles, refs):
                 if ref not in names:

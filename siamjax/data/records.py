@@ -8,9 +8,11 @@ the file is finished. Nothing is dropped silently.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +31,19 @@ LABEL_DTYPES = {"score": np.float32, "teacher": np.float32, "class": np.int32, "
 # Canonical NLI classes (SNLI/MultiNLI order: 0 entailment, 1 neutral, 2 contradiction).
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 _NLI_ALIASES = {name: i for i, name in enumerate(NLI_LABELS)} | {"0": 0, "1": 1, "2": 2}
+
+
+def normalize_text(text: str) -> str:
+    """The form in which two texts count as the same: Unicode NFC, whitespace runs collapsed to one
+    space, no leading/trailing space (tokenizers see no difference between those variants)."""
+    return unicodedata.normalize("NFC", " ".join(text.split()))
+
+
+def text_key(text: str) -> int:
+    """A stable 64-bit key of a text's normalised form (Python's hash() differs between
+    processes): equal keys = the same text for the no-duplicates rule and the loss's text ids."""
+    digest = hashlib.blake2b(normalize_text(text).encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 class DataError(ValueError):
@@ -89,6 +104,17 @@ class PairDataset:
         if (self.labels is None) != (self.label_kind is None):
             raise ValueError(f"{self.name}: labels and label_kind must be given together")
 
+    @classmethod
+    def from_examples(cls, name: str, sides: tuple[str, ...], label_kind: str | None,
+                      examples: Sequence[Example], info: dict[str, int] | None = None) -> "PairDataset":
+        """An in-memory dataset of `Example`s (how lazy sources materialise themselves)."""
+        texts = tuple(list(col) for col in zip(*(ex.texts for ex in examples)))
+        labels = None
+        if label_kind is not None:
+            dtype = np.float32 if label_kind == "score" else np.int32
+            labels = np.asarray([ex.label for ex in examples], dtype=dtype)
+        return cls(name, sides, texts, labels, label_kind, info=dict(info or {}))
+
     @property
     def num_sides(self) -> int:
         """S, the number of texts per example (2 pairs, 3 triplets, 2+K with K negatives)."""
@@ -110,8 +136,12 @@ class PairDataset:
         return Example(tuple(col[index] for col in self.texts), label)
 
     def example_texts(self, index: int) -> tuple[str, ...]:
-        """The texts of one example, without building the label (used by the sampler)."""
+        """The texts of one example, without building the label."""
         return tuple(col[int(index)] for col in self.texts)
+
+    def example_keys(self, index: int) -> tuple[int, ...]:
+        """`text_key` of each text of one example (the sampler's duplicate check, text ids)."""
+        return tuple(text_key(t) for t in self.example_texts(index))
 
 
 def check_on_bad_row(on_bad_row: str) -> str:

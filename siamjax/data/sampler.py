@@ -3,8 +3,11 @@
 Why a deterministic sampler instead of a grain shuffle buffer: every process must agree on
 the whole global batch (so no text appears twice across hosts — in-batch negatives would
 become false negatives), and the state must be a few integers a checkpoint can hold. The
-order of each dataset is grain's stateless index shuffle, a pure function of
-(seed, epoch, position); the no-duplicates rule defers a conflicting example to a later batch
+sampler runs identically on every process over the *global* batch and looks only at the
+64-bit text keys of each example (`example_keys`; prepared shards keep them in a side file),
+so the no-duplicates rule holds across processes although each process reads the texts of its
+own rows only. The
+no-duplicates rule defers a conflicting example to a later batch
 instead of dropping it, so batches are always full. The state is the batch counter, one
 cursor per dataset and the (usually tiny) list of deferred examples. A text repeated in more
 examples than there are batches per epoch cannot be placed every time; the deferred list is
@@ -13,12 +16,10 @@ therefore capped at one global batch, and overflow is counted and logged, not dr
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import grain
 import numpy as np
 
 from siamjax.data.records import DataError
@@ -26,26 +27,67 @@ from siamjax.data.records import DataError
 log = logging.getLogger(__name__)
 MIXING_CHOICES = ("round_robin", "proportional")
 STATE_VERSION = 1
+# With explicit weights, proportional mixing cycles through a shuffled schedule of at least this
+# many slots, so the share of each dataset is within 1/SCHEDULE_SLOTS of its weight per round.
+SCHEDULE_SLOTS = 1000
 
 
 class TextSource(Protocol):
-    """What the sampler needs from a dataset: its length and the texts of one example."""
+    """What the sampler needs from a dataset: its length and the text keys of one example."""
 
     name: str
 
     def __len__(self) -> int: ...
 
-    def example_texts(self, index: int) -> tuple[str, ...]: ...
-
-
-def text_key(text: str) -> int:
-    """A stable 64-bit key of a text (Python's hash() differs between processes)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+    def example_keys(self, index: int) -> tuple[int, ...]: ...
 
 
 def _derived_seed(*parts: int) -> int:
     """A 32-bit seed from several integers, so streams of different datasets differ."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _hash_rounds(x, mask: int, key: int):
+    """One pass of Kensler's keyed hash: a bijection of [0, mask] (uint32 arithmetic)."""
+    u = np.uint32
+    p = u(key)
+    x = x ^ p
+    x = x * u(0xE170893D)
+    x = x ^ (p >> u(16))
+    x = x ^ ((x & u(mask)) >> u(4))
+    x = x ^ (p >> u(8))
+    x = x * u(0x0929EB3F)
+    x = x ^ (p >> u(23))
+    x = x ^ ((x & u(mask)) >> u(1))
+    x = x * (u(1) | (p >> u(27)))
+    x = x * u(0x6935FA69)
+    x = x ^ ((x & u(mask)) >> u(11))
+    x = x * u(0x74DCB303)
+    x = x ^ ((x & u(mask)) >> u(2))
+    x = x * u(0x9E501CC3)
+    x = x ^ ((x & u(mask)) >> u(2))
+    x = x * u(0xC860A3DF)
+    x = x & u(mask)
+    return x ^ (x >> u(5))
+
+
+def permute(positions, size: int, key: int) -> np.ndarray:
+    """The images of `positions` (ints in [0, size)) under a keyed permutation of [0, size).
+
+    Kensler's stateless permutation ("Correlated Multi-Jittered Sampling", 2013): a keyed hash
+    that is a bijection of the next power-of-two range, with cycle walking back into [0, size).
+    Vectorised, so a batch of positions costs microseconds and nothing is stored.
+    """
+    if not 0 < size <= 2**32:
+        raise ValueError(f"permute: size must be in [1, 2**32], got {size}")
+    mask = (1 << max(1, (size - 1).bit_length())) - 1
+    x = np.asarray(positions, np.int64).astype(np.uint32)
+    todo = np.ones(x.shape, bool)
+    with np.errstate(over="ignore"):
+        while todo.any():
+            x[todo] = _hash_rounds(x[todo], mask, key)
+            todo = x >= size
+    return (x.astype(np.int64) + key) % size
 
 
 class DuplicateTextsError(DataError):
@@ -61,18 +103,26 @@ class _Stream:
         self.source, self.size, self.batch_size = source, len(source), batch_size
         if self.size == 0:
             raise ValueError(f"dataset {source.name!r} is empty")
-        order = grain.MapDataset.range(self.size)
-        if shuffle:  # grain reshuffles each epoch with seed + epoch.
-            order = order.shuffle(seed=seed)
-        self.order = order.repeat(None)
+        self.seed, self.shuffle = seed, shuffle
         self.limit = None if num_epochs is None else num_epochs * self.size
         self.no_duplicates = no_duplicates
         # dropped: examples skipped because the deferred list overflowed (see module doc).
         self.cursor, self.deferred, self.dropped = 0, [], 0
         self.keys = functools.lru_cache(maxsize=1 << 16)(self._keys)
 
-    def _keys(self, index: int) -> frozenset[int]:
-        return frozenset(text_key(t) for t in self.source.example_texts(index))
+    def _keys(self, index: int) -> tuple[int, ...]:
+        return tuple(self.source.example_keys(index))
+
+    def order(self, start: int, count: int) -> np.ndarray:
+        """Dataset indices at stream positions [start, start + count): each epoch a new permutation."""
+        epoch, within = np.divmod(np.arange(start, start + count, dtype=np.int64), self.size)
+        if not self.shuffle:
+            return within
+        out = np.empty_like(within)
+        for e in np.unique(epoch):
+            at = epoch == e
+            out[at] = permute(within[at], self.size, _derived_seed(self.seed, int(e)))
+        return out
 
     @property
     def epoch(self) -> float:
@@ -94,6 +144,7 @@ class _Stream:
             else:
                 deferred.append(index)
         cursor, scanned = self.cursor, 0
+        ahead = self.order(cursor, self.batch_size)  # indices fetched a batch at a time
         while len(batch) < self.batch_size:
             if self.limit is not None and cursor >= self.limit:
                 return None
@@ -102,7 +153,9 @@ class _Stream:
                     f"dataset {self.source.name!r}: cannot fill a batch of {self.batch_size} "
                     f"examples without repeating a text (only {len(batch)} fit after scanning "
                     f"a whole epoch): too few distinct texts for this batch size")
-            index = int(self.order[cursor])
+            if scanned >= len(ahead):
+                ahead = np.concatenate([ahead, self.order(cursor, self.batch_size)])
+            index = int(ahead[scanned])
             cursor += 1
             scanned += 1
             if self._fits(index, seen):
@@ -124,7 +177,7 @@ class _Stream:
                         self.source.name, self.dropped)
 
     def _fits(self, index: int, seen: set[int]) -> bool:
-        return not self.no_duplicates or self.keys(index).isdisjoint(seen)
+        return not self.no_duplicates or seen.isdisjoint(self.keys(index))
 
     def _add(self, index: int, batch: list[int], seen: set[int]) -> None:
         batch.append(index)
@@ -136,16 +189,23 @@ class GlobalBatchSampler:
     """Yields (dataset index, global batch indices); identical on every process.
 
     Mixing is per batch (each batch comes from one dataset, as in sentence-transformers,
-    so S and the label type are uniform inside a batch): "round_robin" cycles through the
-    datasets; "proportional" draws datasets in proportion to their size, through a shuffled
-    schedule with one slot per batch of each dataset, reshuffled every round.
+    so S, the label type and the in-batch negatives' domain are uniform inside a batch):
+    "round_robin" cycles through the datasets; "proportional" draws datasets through a
+    shuffled schedule, reshuffled every round, with one slot per batch of each dataset (so in
+    proportion to their size) or, with `weights`, slots in proportion to the weights (at least
+    `SCHEDULE_SLOTS` per round, so each share is exact to 0.1% after every round).
     """
 
     def __init__(self, sources: Sequence[TextSource], *, global_batch_size: int, seed: int,
                  mixing: str = "round_robin", shuffle: bool = True,
-                 num_epochs: int | None = None, no_duplicates: bool = True):
+                 num_epochs: int | None = None, no_duplicates: bool = True,
+                 weights: Sequence[float] | None = None):
         if mixing not in MIXING_CHOICES:
             raise ValueError(f"mixing must be one of {MIXING_CHOICES}, got {mixing!r}")
+        if weights is not None and (mixing != "proportional" or len(weights) != len(sources)
+                                    or not all(w > 0 for w in weights)):
+            raise ValueError(f"weights {list(weights)} need mixing='proportional' and one positive "
+                             f"weight per dataset ({len(sources)})")
         if global_batch_size < 1:
             raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
         if not sources:
@@ -156,20 +216,23 @@ class GlobalBatchSampler:
                     num_epochs=num_epochs, no_duplicates=no_duplicates)
             for d, src in enumerate(self.sources)]
         counts = np.array([max(1, len(src) // global_batch_size) for src in self.sources])
+        if weights is not None:
+            counts = _apportion(weights, max(int(counts.sum()), SCHEDULE_SLOTS))
         self._slot_ends = np.cumsum(counts)
-        self._schedule = grain.MapDataset.range(int(counts.sum())).shuffle(
-            seed=_derived_seed(seed, len(self.sources), 0x5EED)).repeat(None)
+        self._schedule_seed = _derived_seed(seed, len(self.sources), 0x5EED)
         self.step = 0
         self.fingerprint = {
             "datasets": [f"{src.name}:{len(src)}" for src in self.sources],
             "global_batch_size": global_batch_size, "seed": seed, "mixing": mixing,
-            "shuffle": shuffle, "num_epochs": num_epochs, "no_duplicates": no_duplicates}
+            "shuffle": shuffle, "num_epochs": num_epochs, "no_duplicates": no_duplicates,
+            "weights": None if weights is None else [float(w) for w in weights]}
 
     def dataset_for_step(self, step: int) -> int:
         """Which dataset batch number `step` comes from (a pure function of seed and step)."""
         if self.mixing == "round_robin":
             return step % len(self.streams)
-        slot = int(self._schedule[step])
+        rounds, within = divmod(step, int(self._slot_ends[-1]))
+        slot = int(permute([within], int(self._slot_ends[-1]), _derived_seed(self._schedule_seed, rounds))[0])
         return int(np.searchsorted(self._slot_ends, slot, side="right"))
 
     def next(self) -> tuple[int, list[int]]:
@@ -183,6 +246,10 @@ class GlobalBatchSampler:
             raise StopIteration
         self.step += 1
         return d, batch
+
+    def example_keys(self, d: int, indices: Sequence[int]) -> list[tuple[int, ...]]:
+        """The text keys of examples of dataset `d` (cached from sampling, read if not)."""
+        return [self.streams[d].keys(i) for i in indices]
 
     @property
     def epochs(self) -> dict[str, float]:
@@ -212,3 +279,12 @@ class GlobalBatchSampler:
             stream.cursor = int(state["cursors"][d])
             stream.deferred = [int(i) for i in state["deferred"][d]]
             stream.dropped = int(state["dropped_duplicates"][d])
+
+
+def _apportion(weights: Sequence[float], slots: int) -> np.ndarray:
+    """`slots` integer slots split in proportion to `weights` (largest remainder; each >= 1)."""
+    share = np.asarray(weights, np.float64) / float(np.sum(weights)) * slots
+    counts = np.floor(share).astype(np.int64)
+    order = np.argsort(-(share - counts), kind="stable")
+    counts[order[: slots - int(counts.sum())]] += 1
+    return np.maximum(counts, 1)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
-import numpy as np
-
-from siamjax.data.records import Example, PairDataset, label_kind_of, split_roles
+from siamjax.data.records import Example, PairDataset, label_kind_of, split_roles, text_key
 
 
 class TfdsPairSource:
@@ -51,8 +49,12 @@ class TfdsPairSource:
         return tuple(_to_str(record[f]) for f in self._features)
 
     def example_texts(self, index: int) -> tuple[str, ...]:
-        """The texts of one example (the sampler's duplicate check)."""
+        """The texts of one example."""
         return self._texts(self._record(int(index)))
+
+    def example_keys(self, index: int) -> tuple[int, ...]:
+        """`text_key` of each text of one example (the sampler's duplicate check, text ids)."""
+        return tuple(text_key(t) for t in self.example_texts(index))
 
     def __getitem__(self, index: int) -> Example:
         record = self._record(int(index))
@@ -71,13 +73,8 @@ class TfdsPairSource:
     def materialize(self) -> PairDataset:
         """Read the whole split into memory (e.g. to convert NLI pairs into triplets)."""
         examples = [self[i] for i in range(len(self))]
-        texts = tuple(list(col) for col in zip(*(ex.texts for ex in examples)))
-        labels = None
-        if self.label_kind is not None:
-            dtype = np.float32 if self.label_kind == "score" else np.int32
-            labels = np.asarray([ex.label for ex in examples], dtype=dtype)
-        return PairDataset(self.name, self.sides, texts, labels, self.label_kind,
-                           info={"bad_rows_skipped_at_build": self.num_bad_rows})
+        return PairDataset.from_examples(self.name, self.sides, self.label_kind, examples,
+                                         info={"bad_rows_skipped_at_build": self.num_bad_rows})
 
 
 def _to_str(value) -> str:

@@ -9,7 +9,7 @@ from siamjax.losses.in_batch import (infonce_loss, learnable_scale, make_infonce
 from siamjax.losses.pairs import (angle_loss, contrastive_loss, cosent_loss, cosine_mse_loss,
                                   init_softmax_head, mega_batch_margin_loss, online_contrastive_loss,
                                   softmax_loss)
-from siamjax.losses.registry import (GUIDED_LOSSES, LOSS_NAMES, TEACHER_LOSSES, LossFn, get_loss,
+from siamjax.losses.registry import (GUIDED_LOSSES, LOSS_NAMES, TEACHER_LOSSES, TEXT_ID_LOSSES, LossFn, get_loss,
                                      init_loss_params, matryoshka)
 from siamjax.losses.regularizers import gor_loss
 from siamjax.losses.triplets import (batch_all_triplet_loss, batch_hard_triplet_loss,
@@ -17,7 +17,7 @@ from siamjax.losses.triplets import (batch_all_triplet_loss, batch_hard_triplet_
 
 __all__ = [
     "DIRECTIONS", "GUIDED_LOSSES", "HARDNESS_MODES", "LOSS_NAMES", "LossFn", "MnrlSpec", "PARTITION_MODES",
-    "TEACHER_LOSSES", "angle_loss", "batch_all_triplet_loss", "batch_hard_triplet_loss",
+    "TEACHER_LOSSES", "TEXT_ID_LOSSES", "angle_loss", "batch_all_triplet_loss", "batch_hard_triplet_loss",
     "batch_semi_hard_triplet_loss", "contrastive_loss", "cosent_loss", "cosine_mse_loss",
     "distill_kl_div_loss", "embed_distill_loss", "get_loss", "gist_loss", "gor_loss",
     "grad_cache_value_and_grad", "infonce_loss", "init_loss_params", "init_softmax_head",

@@ -260,6 +260,8 @@ _REGISTRY: dict[str, _Spec] = {
                  _whole_batch_builder("gor", gor_loss)),
 }
 LOSS_NAMES = tuple(sorted(_REGISTRY))
+# The losses whose LossFn takes `text_ids_SxB` (false-negative masking); the others reject it.
+TEXT_ID_LOSSES = ("infonce", "mnrl")
 _COMMON = ("matryoshka_dims", "matryoshka_weights", "matryoshka_normalize", "mesh", "batch_axes")
 
 

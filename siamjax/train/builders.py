@@ -1,4 +1,4 @@
-"""Config groups -> the typed objects a training run is made of: datasets, encoder, loss,
+"""Config groups -> the typed objects a training run is made of: datasets, encoder, losses,
 optimizer, evaluator, and `TrainParts`, which holds them with the state's sharded layout.
 
 Only entry points call these (the experiment and the CLI read configs); everything they return
@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 from transformers import AutoTokenizer
 
 from siamjax import losses
-from siamjax.data import concat_datasets, in_memory, nli_to_triplets, read_pairs, tfds_builders
+from siamjax.data import concat_datasets, in_memory, nli_to_triplets, open_shards, read_pairs, tfds_builders
 from siamjax.data.records import NLI_LABELS
 from siamjax.encoder import BertConfig, SentenceEncoder
 from siamjax.encoder.sentence_encoder import check_attention
@@ -27,8 +27,25 @@ from siamjax.encoder.model import EncodeFn
 from siamjax.evaluation import STSEvaluator
 from siamjax.parallel import BATCH_AXES
 from siamjax.train import optim
-from siamjax.train.config import ConfigError
+from siamjax.train.config import ConfigError, train_groups
 from siamjax.train.state import TrainState, state_shardings
+
+# The loss slot of the datasets that use the run's `loss` group; a dataset with its own
+# `loss.name` has a slot named after it. With one slot, params["loss"] holds that loss's
+# parameters; with several, params["loss"] maps slot -> parameters.
+RUN_LOSS = "_run"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSet:
+    """One training dataset of a run: its source and how it is used."""
+
+    name: str                  # the data.datasets key ("train" for data.train)
+    source: object             # PairDataset, ShardSource or tfds pair source
+    weight: float              # proportional mixing weight; 0 = by size
+    loss_slot: str             # RUN_LOSS or the dataset's own loss slot
+    prompts: dict[str, str]    # side role -> prompt text
+    num_labels: int | None     # classes of its labels (class/NLI), else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +59,7 @@ class TrainParts:
     """
 
     encoder: SentenceEncoder
-    loss_fn: losses.LossFn
+    loss_fns: dict[str, losses.LossFn]  # loss slot -> LossFn
     params: dict
     optimizer: optax.GradientTransformation
     schedule: optax.Schedule
@@ -57,19 +74,26 @@ class TrainParts:
         """The pure encoder the step vmaps over the sides of a batch."""
         return self.encoder.encode_fn
 
+    def loss_params_path(self, slot: str) -> tuple[str, ...]:
+        """Where the parameters of loss `slot` live in `params`."""
+        return ("loss",) if len(self.loss_fns) == 1 else ("loss", slot)
+
     @property
     def guide_encode_fn(self) -> EncodeFn | None:
         """The frozen guide's pure encoder (GIST), or None."""
         return None if self.guide is None else self.guide.encode_fn
 
 
-def read_dataset(file_cfg: ml_collections.ConfigDict):
-    """A `PairDataset` (or tfds pair source) from one `data.*` / `eval.*` group.
+def read_dataset(file_cfg: ml_collections.ConfigDict, name: str | None = None):
+    """A `PairDataset` (or tfds / prepared-shard pair source) from one `data.*` / `eval.*` group.
 
     A tfds builder is used when `tfds.builder` is set (several builder configs are
-    concatenated, e.g. SNLI + MultiNLI = AllNLI); otherwise the local file at `path` is read
-    through the declared (role, column) pairs in their order.
+    concatenated, e.g. SNLI + MultiNLI = AllNLI), a prepared folder when `shards` is set
+    (opened lazily); otherwise the local file at `path` is read through the declared
+    (role, column) pairs in their order. `name` names the dataset (default: file/folder name).
     """
+    if file_cfg.get("shards", ""):
+        return open_shards(file_cfg.shards, name)
     if file_cfg.tfds.builder:
         tf = file_cfg.tfds
         data_dir = tf.data_dir if "://" in tf.data_dir else str(pathlib.Path(tf.data_dir).expanduser())
@@ -91,20 +115,54 @@ def read_dataset(file_cfg: ml_collections.ConfigDict):
         score_range=(float(lo), float(hi)),
         normalize_scores=file_cfg.normalize_scores,
         on_bad_row=file_cfg.on_bad_row,
+        name=name,
     )
 
 
-def read_train_set(config: ml_collections.ConfigDict, seed: int):
-    """The training dataset (NLI files turned into triplets when asked) and its class count."""
-    train_set = read_dataset(config.train)
-    if config.nli_to_triplets:
-        train_set = nli_to_triplets(in_memory(train_set), seed=seed, symmetric=config.nli_symmetric)
-    num_labels = None
-    if train_set.label_kind == "nli":
-        num_labels = len(NLI_LABELS)
-    elif train_set.label_kind == "class":
-        num_labels = int(in_memory(train_set).labels.max()) + 1
-    return train_set, num_labels
+def class_count(source) -> int | None:
+    """Classes of a source's labels: 3 for NLI, max + 1 for class labels, None otherwise."""
+    if source.label_kind == "nli":
+        return len(NLI_LABELS)
+    if source.label_kind == "class":
+        known = getattr(source, "num_classes", None)
+        return int(known) if known is not None else int(in_memory(source).labels.max()) + 1
+    return None
+
+
+def read_train_sets(data_cfg: ml_collections.ConfigDict, seed: int) -> list[TrainSet]:
+    """The training datasets of `data.datasets` (or `data.train`), NLI data turned into triplets
+    when `data.nli_to_triplets` asks."""
+    many = len(data_cfg.datasets) > 0
+    sets = []
+    for name, group in train_groups(data_cfg).items():
+        source = read_dataset(group, name if many else None)
+        if data_cfg.nli_to_triplets:
+            source = nli_to_triplets(in_memory(source), seed=seed, symmetric=data_cfg.nli_symmetric)
+        sets.append(TrainSet(name=name, source=source, weight=float(group.weight),
+                             loss_slot=name if group.loss.name else RUN_LOSS,
+                             prompts=dict(group.prompts or ()), num_labels=class_count(source)))
+    return sets
+
+
+def loss_slot_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+    """slot -> loss group: the run's `loss`, plus one per dataset with its own `loss.name`
+    (sharded as `loss.sharded` says). Derived from the config alone, so export rebuilds it."""
+    slots = {RUN_LOSS: config.loss}
+    if len(config.data.datasets):
+        for name, group in train_groups(config.data).items():
+            if group.loss.name:
+                slots[name] = ml_collections.ConfigDict({"name": group.loss.name, "kwargs": group.loss.kwargs,
+                                                         "sharded": config.loss.sharded})
+    return slots
+
+
+def slot_labels(sets: list[TrainSet]) -> dict[str, int | None]:
+    """Class count per loss slot (the largest among the datasets sharing the slot)."""
+    counts: dict[str, int | None] = {RUN_LOSS: None}
+    for ts in sets:
+        known = [n for n in (counts.get(ts.loss_slot), ts.num_labels) if n is not None]
+        counts[ts.loss_slot] = max(known) if known else None
+    return counts
 
 
 def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int) -> SentenceEncoder:
@@ -136,7 +194,8 @@ def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int) -> SentenceEn
     )
 
 
-def build_loss(loss_cfg: ml_collections.ConfigDict, mesh: Mesh, dim: int, num_labels: int | None, rng):
+def build_loss(loss_cfg: ml_collections.ConfigDict, mesh: Mesh, dim: int, num_labels: int | None, rng,
+               field: str = "loss"):
     """(registry LossFn, initial learnable loss params) for `loss.name` and `loss.kwargs`."""
     kwargs = dict(loss_cfg.kwargs.items())
     try:
@@ -145,8 +204,19 @@ def build_loss(loss_cfg: ml_collections.ConfigDict, mesh: Mesh, dim: int, num_la
             kwargs.update(mesh=mesh, batch_axes=BATCH_AXES)
         loss_fn = losses.get_loss(loss_cfg.name, **kwargs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"loss.name={loss_cfg.name!r} / loss.kwargs: {err}") from err
+        raise ConfigError(f"{field}.name={loss_cfg.name!r} / {field}.kwargs: {err}") from err
     return loss_fn, loss_params
+
+
+def build_losses(config: ml_collections.ConfigDict, mesh: Mesh, dim: int,
+                 labels: dict[str, int | None], rng) -> tuple[dict[str, losses.LossFn], dict]:
+    """(slot -> LossFn, loss params): the run loss's own params with one slot, slot -> params with several."""
+    fns, params = {}, {}
+    for i, (slot, loss_cfg) in enumerate(loss_slot_configs(config).items()):
+        field = "loss" if slot == RUN_LOSS else f"data.datasets.{slot}.loss"
+        slot_rng = rng if slot == RUN_LOSS else jax.random.fold_in(rng, i)
+        fns[slot], params[slot] = build_loss(loss_cfg, mesh, dim, labels.get(slot), slot_rng, field)
+    return fns, (params[RUN_LOSS] if len(fns) == 1 else params)
 
 
 def build_guide(loss_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
@@ -180,32 +250,37 @@ def build_optimizer(optim_cfg: ml_collections.ConfigDict, total_steps: int):
     return optimizer, schedule
 
 
-def total_steps_for(train_cfg: ml_collections.ConfigDict, dataset_size: int) -> int:
-    """Steps of the run: `num_steps`, or `num_epochs` full batches of the training set."""
+def steps_per_epoch(batch_size: int, sizes: list[int]) -> int:
+    """Steps of one epoch: the full global batches of all training datasets together."""
+    return max(1, sum(size // batch_size for size in sizes))
+
+
+def total_steps_for(train_cfg: ml_collections.ConfigDict, sizes: list[int]) -> int:
+    """Steps of the run: `num_steps`, or `num_epochs` epochs (`steps_per_epoch`)."""
     if train_cfg.num_steps > 0:
         return int(train_cfg.num_steps)
-    steps = int(train_cfg.num_epochs * (dataset_size // train_cfg.batch_size))
+    steps = int(train_cfg.num_epochs * sum(size // train_cfg.batch_size for size in sizes))
     if steps <= 0:
         raise ConfigError(
-            f"train.num_epochs={train_cfg.num_epochs} x {dataset_size} examples / batch "
+            f"train.num_epochs={train_cfg.num_epochs} x {sum(sizes)} examples / batch "
             f"{train_cfg.batch_size} gives 0 steps; lower train.batch_size or set train.num_steps"
         )
     return steps
 
 
 def build_parts(config: ml_collections.ConfigDict, mesh: Mesh, *, total_steps: int,
-                num_labels: int | None, encoder: SentenceEncoder | None = None) -> TrainParts:
-    """Encoder (unless given), loss, optimizer and the state's abstract/sharded layout, for
-    train and export."""
+                num_labels: dict[str, int | None], encoder: SentenceEncoder | None = None) -> TrainParts:
+    """Encoder (unless given), losses, optimizer and the state's abstract/sharded layout, for
+    train and export. `num_labels`: class count per loss slot (`slot_labels`)."""
     encoder = build_encoder(config.model, config.seed) if encoder is None else encoder
     loss_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    loss_fn, loss_params = build_loss(config.loss, mesh, encoder.embedding_dim, num_labels, loss_rng)
+    loss_fns, loss_params = build_losses(config, mesh, encoder.embedding_dim, num_labels, loss_rng)
     optimizer, schedule = build_optimizer(config.optim, total_steps)
     params = {"encoder": encoder.params, "loss": loss_params}
     guide = build_guide(config.loss, config.model, encoder)
     frozen = {} if guide is None else {"guide": guide.params}
     abstract, shardings = state_shardings(params, optimizer, mesh, config.mesh.fsdp_min_size, frozen)
-    return TrainParts(encoder=encoder, loss_fn=loss_fn, params=params, optimizer=optimizer,
+    return TrainParts(encoder=encoder, loss_fns=loss_fns, params=params, optimizer=optimizer,
                       schedule=schedule, abstract=abstract, shardings=shardings, dropout_rng=dropout_rng,
                       guide=guide, frozen=frozen)
 

@@ -8,12 +8,16 @@ functions take typed arguments.
 """
 from __future__ import annotations
 
+import json
 import pathlib
+import re
 
 import jax
 import ml_collections
 
-from siamjax.data.records import ON_BAD_ROW_CHOICES
+from siamjax.data.records import ON_BAD_ROW_CHOICES, split_roles
+from siamjax.data.sampler import MIXING_CHOICES
+from siamjax.data.shards import INDEX_FILE
 from siamjax.losses import GUIDED_LOSSES, LOSS_NAMES, TEACHER_LOSSES
 from siamjax.parallel import check_batch_divisible, resolve_mesh_shape
 from siamjax.train.optim import SCHEDULES
@@ -69,7 +73,15 @@ def _model_fields() -> ml_collections.ConfigDict:
 def _data_fields() -> ml_collections.ConfigDict:
     """The training data and how batches are formed from it."""
     g = ml_collections.ConfigDict()
-    g.train = file_dataset()  # the training file (pairs, triplets or scored pairs)
+    g.train = train_dataset()  # the training data (pairs, triplets or scored pairs) when `datasets` is empty
+    # Several training datasets: name -> train_dataset() group (replaces `train`; give one or the
+    # other). Each batch comes from one dataset (in-batch negatives stay in-domain), in name order
+    # for round_robin; metrics are also logged per dataset as loss/<name>.
+    g.datasets = ml_collections.ConfigDict()
+    g.mixing = "round_robin"  # which dataset each batch comes from: "round_robin" or "proportional"
+    # Emit text ids with every batch, so MNRL/InfoNCE masks in-batch candidates whose (normalised)
+    # text equals the row's query or positive (false negatives); other losses ignore them.
+    g.text_ids = True
     g.nli_to_triplets = False  # turn an NLI file (premise, hypothesis, nli_label) into triplets
     g.nli_symmetric = False  # ... also use hypotheses as anchors (SBERT training_nli_v2)
     g.shuffle = True  # reshuffle each epoch (reproducible from seed)
@@ -172,12 +184,31 @@ def _export_fields() -> ml_collections.ConfigDict:
     return g
 
 
+def train_dataset() -> ml_collections.ConfigDict:
+    """Fields of one training dataset: its source (`file_dataset` fields, or prepared shards)
+    plus its sampling weight, its own loss and its prompts."""
+    d = file_dataset()
+    # proportional mixing: this dataset's share of batches, relative to the others' weights;
+    # 0 = in proportion to its size (give every dataset a weight, or none)
+    d.weight = 0.0
+    d.loss = ml_collections.ConfigDict()  # this dataset's loss; name "" = the run's `loss` group
+    d.loss.name = ""
+    d.loss.kwargs = ml_collections.ConfigDict()  # options of that loss (as loss.kwargs)
+    # side role -> text prepended to that side's texts before tokenising, e.g. (("anchor", "query: "),);
+    # prompt tokens are pooled with the text (sentence-transformers' include_prompt=True)
+    d.prompts = ()
+    return d
+
+
 def file_dataset() -> ml_collections.ConfigDict:
-    """Fields of one dataset: a local jsonl/csv/tsv file read through a column mapping, or a
-    siamjax tfds builder."""
+    """Fields of one dataset: a local jsonl/csv/tsv/parquet file read through a column mapping,
+    a folder of prepared shards, or a siamjax tfds builder."""
     d = ml_collections.ConfigDict()
-    d.path = ""  # the file (.jsonl, .csv, .tsv, optionally .gz)
-    d.format = ""  # "jsonl", "csv" or "tsv"; "" = from the suffix
+    d.path = ""  # the file (.jsonl, .csv, .tsv, .parquet; text files optionally .gz)
+    # Instead of `path`: a folder written by `siamjax data prepare` (array_record shards read
+    # lazily, each process reading only its own rows; columns and labels come from its index)
+    d.shards = ""
+    d.format = ""  # "jsonl", "csv", "tsv" or "parquet"; "" = from the suffix
     # role -> column (header name or 0-based index): text sides in order, then optionally one
     # label role "score", "label", "nli_label" or "teacher" (distillation targets: a number or
     # a JSON list per row), as (role, column) pairs in order, e.g.
@@ -220,7 +251,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(m.attention != "cudnn" or m.dtype == "bfloat16",
          "model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention has no float32 kernel)")
     need(m.max_seq_length >= 8, f"model.max_seq_length={m.max_seq_length}: must be >= 8")
-    _check_file(d.train, "data.train", required=True)
+    _check_train_data(d)
     _check_file(config.eval.sts, "eval.sts", required=False)
     need(all(b > 0 for b in d.buckets), f"data.buckets={d.buckets}: lengths must be positive")
     need(d.pack_length == 0 or d.pack_length >= m.max_seq_length,
@@ -252,6 +283,63 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f"train.grad_cache_chunk={t.grad_cache_chunk} must divide train.batch_size={t.batch_size}")
 
 
+def train_groups(data_cfg: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+    """The training dataset groups by field name: `data.datasets`' entries (in name order), or
+    {"train": data.train} when `data.datasets` is empty."""
+    if len(data_cfg.datasets):
+        return {name: data_cfg.datasets[name] for name in sorted(data_cfg.datasets)}
+    return {"train": data_cfg.train}
+
+
+def _check_train_data(d: ml_collections.ConfigDict) -> None:
+    """`data.train` or `data.datasets`, each group's source, weight, loss and prompts."""
+    if d.mixing not in MIXING_CHOICES:
+        raise ConfigError(f"data.mixing={d.mixing!r}: use one of {MIXING_CHOICES}")
+    if len(d.datasets) and (d.train.path or d.train.shards or d.train.tfds.builder):
+        raise ConfigError("data.train and data.datasets are both set: give one (data.datasets for several)")
+    groups = train_groups(d)
+    many = len(d.datasets) > 0
+    fields = {name: f"data.datasets.{name}" if many else "data.train" for name in groups}
+    for name, group in groups.items():
+        field = fields[name]
+        if many and not re.fullmatch(r"[A-Za-z][\w-]*", name):
+            raise ConfigError(f"{field}: dataset names must start with a letter and hold only letters, "
+                              "digits, '_' and '-'")
+        if not isinstance(group, ml_collections.ConfigDict) or "weight" not in group:
+            raise ConfigError(f"{field}: expected a group made by siamjax.train.config.train_dataset()")
+        _check_file(group, field, required=True)
+        _check_training_group(group, field, many, d)
+    weighted = [name for name, group in groups.items() if group.weight > 0]
+    if weighted and (len(weighted) != len(groups) or d.mixing != "proportional"):
+        raise ConfigError(f"data.datasets weights are set for {weighted}: give every dataset a weight > 0 "
+                          "and set data.mixing='proportional' (or leave all weights at 0: by size)")
+
+
+def _check_training_group(group, field: str, many: bool, d) -> None:
+    """Weight, loss override, prompts and whole-dataset options of one training dataset."""
+    if group.weight < 0:
+        raise ConfigError(f"{field}.weight={group.weight}: must be >= 0 (0 = by dataset size)")
+    if group.loss.name and group.loss.name not in LOSS_NAMES:
+        raise ConfigError(f"{field}.loss.name={group.loss.name!r}: unknown; valid: {', '.join(LOSS_NAMES)}")
+    if group.loss.name and not many:
+        raise ConfigError(f"{field}.loss.name is set: with one dataset set loss.name instead")
+    if group.shards and (d.group_by_length or d.nli_to_triplets):
+        option = "data.group_by_length" if d.group_by_length else "data.nli_to_triplets"
+        raise ConfigError(f"{field}.shards with {option}: that option reads the whole dataset into memory; "
+                          "turn it off (prepare NLI triplets before sharding)")
+    prompts = dict(group.prompts) if group.prompts else {}
+    if any(not isinstance(v, str) for v in prompts.values()) or len(prompts) != len(group.prompts or ()):
+        raise ConfigError(f"{field}.prompts must be (side role, prompt text) pairs, got {group.prompts}")
+    if prompts and not group.tfds.builder:
+        if group.shards:
+            sides = json.loads((pathlib.Path(group.shards) / INDEX_FILE).read_text())["sides"]
+        else:
+            sides, _ = split_roles(dict(group.columns))
+        unknown = sorted(set(prompts) - set(sides))
+        if unknown:
+            raise ConfigError(f"{field}.prompts names {unknown}, which are not text sides of its data {list(sides)}")
+
+
 def _check_grad_cache(t, d, need) -> None:
     """GradCache chunks pairs of padded batches, or tokens (whole packed rows) of packed ones."""
     need(t.grad_cache_chunk >= 0 and t.grad_cache_tokens >= 0, "train.grad_cache_chunk / grad_cache_tokens must be >= 0")
@@ -277,24 +365,40 @@ def _check_loss(config, need) -> None:
         need(not loss.guide, f"loss.guide={loss.guide!r} is only used by {GUIDED_LOSSES}, not loss.name={loss.name!r}")
     need(not loss.kwargs.get("ring", False) or loss.sharded,
          "loss.kwargs.ring=True passes candidate blocks between devices: it needs loss.sharded=True")
-    if loss.name in TEACHER_LOSSES:
-        train = config.data.train
-        roles = [role for role, _ in train.columns] if not train.tfds.builder else []
-        need("teacher" in roles, f"loss.name={loss.name!r} distils teacher data: map a column to the 'teacher' "
-             f"role in data.train.columns (got roles {roles or 'of a tfds builder'})")
+    many = len(config.data.datasets) > 0
+    for name, group in train_groups(config.data).items():
+        field = f"data.datasets.{name}" if many else "data.train"
+        own = group.loss.name if many else ""
+        need(own not in GUIDED_LOSSES, f"{field}.loss.name={own!r}: a guided loss needs loss.guide; "
+             f"make it the run's loss (loss.name, loss.guide) instead")
+        if (own or loss.name) in TEACHER_LOSSES and not group.shards:
+            roles = [role for role, _ in group.columns] if not group.tfds.builder else []
+            name_field = f"{field}.loss.name" if own else "loss.name"
+            need("teacher" in roles, f"{name_field}={own or loss.name!r} distils teacher data: map a column "
+                 f"to the 'teacher' role in {field}.columns (got roles {roles or 'of a tfds builder'})")
 
 
 def _check_file(file_cfg, field: str, *, required: bool) -> None:
     """The data file must exist (if required or given) and on_bad_row must be a known policy."""
     if file_cfg.on_bad_row not in ON_BAD_ROW_CHOICES:
         raise ConfigError(f"{field}.on_bad_row={file_cfg.on_bad_row!r}: use one of {ON_BAD_ROW_CHOICES}")
+    given = [k for k, v in (("path", file_cfg.path), ("shards", file_cfg.get("shards", "")),
+                            ("tfds.builder", file_cfg.tfds.builder)) if v]
+    if len(given) > 1:
+        raise ConfigError(f"{field}: {' and '.join(given)} are both set; give one source")
     if file_cfg.tfds.builder:
         if file_cfg.tfds.builder not in TFDS_BUILDERS:
             raise ConfigError(f"{field}.tfds.builder={file_cfg.tfds.builder!r}: use one of {TFDS_BUILDERS}")
         return
+    if file_cfg.get("shards", ""):
+        if not (pathlib.Path(file_cfg.shards) / INDEX_FILE).is_file():
+            raise ConfigError(f"{field}.shards={file_cfg.shards!r}: not a prepared dataset (no {INDEX_FILE}; "
+                              "make one with `siamjax data prepare`)")
+        return
     if not file_cfg.path:
         if required:
-            raise ConfigError(f"{field}.path is empty: give the training file (or {field}.tfds.builder)")
+            raise ConfigError(f"{field}.path is empty: give the training file ({field}.shards or "
+                              f"{field}.tfds.builder)")
         return
     if not pathlib.Path(file_cfg.path).is_file():
         raise ConfigError(f"{field}.path={file_cfg.path!r}: file not found")

@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from siamjax.data import in_memory, length_grouped, make_train_iterator
 from siamjax.encoder import SentenceEncoder
 from siamjax.encoder.rows import TOKEN_KEYS
-from siamjax.losses import make_grad_cache_value_and_grad
+from siamjax.losses import TEXT_ID_LOSSES, make_grad_cache_value_and_grad
 from siamjax.parallel import batch_shard_count, make_mesh, to_global_array
 from siamjax.train import builders, checkpoint as ckpt
 from siamjax.train.config import validate
@@ -36,18 +36,22 @@ from siamjax.train.workdir import WorkdirLock, check_writable, storage_errors
 from siamjax.train.step import compile_train_step, make_train_step
 
 log = logging.getLogger(__name__)
-RUN_INFO = "run_info.json"  # facts about the run the config alone does not fix (class count)
+RUN_INFO = "run_info.json"  # facts about the run the config alone does not fix (class counts)
 
 
 @dataclasses.dataclass
 class RunData:
     """The training data of a run, ready for the iterator."""
 
-    dataset: object            # PairDataset or tfds pair source
-    num_labels: int | None     # classes of a softmax-style loss, else None
+    sets: list[builders.TrainSet]  # the training datasets, in batch `dataset` index order
     total_steps: int
     steps_per_epoch: int
     shuffle: bool              # False once length grouping fixed the order
+
+    @property
+    def num_labels(self) -> dict[str, int | None]:
+        """Class count per loss slot."""
+        return builders.slot_labels(self.sets)
 
 
 def _write_json(path: pathlib.Path, record: dict) -> None:
@@ -77,47 +81,100 @@ def _manager(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, read_o
 
 
 def prepare_data(config: ml_collections.ConfigDict, tokenizer) -> RunData:
-    """Reads the training set and fixes the run length (and the length-grouped order)."""
+    """Reads (or opens) the training sets and fixes the run length (and the length-grouped order)."""
     t, d = config.train, config.data
-    dataset, num_labels = builders.read_train_set(d, config.seed)
-    total = builders.total_steps_for(t, len(dataset))
-    steps_per_epoch = max(1, len(dataset) // t.batch_size)
+    sets = builders.read_train_sets(d, config.seed)
+    for ts in sets:
+        if getattr(ts.source, "num_bad_rows", 0) and jax.process_index() == 0:
+            field = f"data.datasets.{ts.name}" if len(d.datasets) else "data.train"
+            print(f"data: skipped {ts.source.num_bad_rows} bad row(s) of {ts.source.name} "
+                  f"({field}.on_bad_row=skip)", flush=True)
+    sizes = [len(ts.source) for ts in sets]
+    total = builders.total_steps_for(t, sizes)
+    per_epoch = builders.steps_per_epoch(t.batch_size, sizes)
     shuffle = d.shuffle
     if d.group_by_length:
-        epochs = -(-total // steps_per_epoch)
-        dataset = length_grouped(in_memory(dataset), tokenizer, t.batch_size, epochs, config.seed,
-                                 config.model.max_seq_length)
+        epochs = -(-total // per_epoch)
+        sets = [dataclasses.replace(ts, source=length_grouped(in_memory(ts.source), tokenizer, t.batch_size, epochs,
+                                                              config.seed, config.model.max_seq_length))
+                for ts in sets]
         shuffle = False
-    return RunData(dataset, num_labels, total, steps_per_epoch, shuffle)
+    return RunData(sets, total, per_epoch, shuffle)
 
 
 def _train_iterator(config: ml_collections.ConfigDict, data: RunData, tokenizer, mesh: Mesh):
     d = config.data
+    weights = [ts.weight for ts in data.sets]
     return make_train_iterator(
-        [data.dataset], tokenizer, global_batch_size=config.train.batch_size,
+        [ts.source for ts in data.sets], tokenizer, global_batch_size=config.train.batch_size,
         max_seq_length=config.model.max_seq_length, seed=config.seed, shuffle=data.shuffle,
+        mixing=d.mixing, weights=weights if any(weights) else None,
+        prompts=[ts.prompts for ts in data.sets],
         no_duplicates=d.no_duplicates, buckets=tuple(d.buckets), prefetch=d.prefetch,
         pack_length=d.pack_length, num_shards=batch_shard_count(mesh) // jax.process_count(),
         row_multiple=max(1, config.train.grad_cache_tokens // max(d.pack_length, 1)),
     )
 
 
-def _compiled_step(config: ml_collections.ConfigDict, parts: builders.TrainParts, data: RunData, mesh: Mesh):
-    """The train step (GradCache over pairs or packed tokens when configured), jitted with the
-    state's and batch's shardings."""
-    t, value_and_grad_fn = config.train, None
+def _uses_text_ids(config: ml_collections.ConfigDict, ts: builders.TrainSet) -> bool:
+    """Whether dataset `ts`'s loss receives the batch's text ids (false-negative masking)."""
+    return bool(config.data.text_ids) and builders.loss_slot_configs(config)[ts.loss_slot].name in TEXT_ID_LOSSES
+
+
+def _step_for(config: ml_collections.ConfigDict, parts: builders.TrainParts, slot: str):
+    """The train step of one loss slot (GradCache over pairs or packed tokens when configured);
+    the frozen guide (GIST) goes to the run's loss only (validate refuses guided per-dataset losses)."""
+    t, value_and_grad_fn, loss_fn = config.train, None, parts.loss_fns[slot]
+    guide_encode_fn = parts.guide_encode_fn if slot == builders.RUN_LOSS else None
     if t.grad_cache_chunk or t.grad_cache_tokens:
         value_and_grad_fn = make_grad_cache_value_and_grad(
-            parts.encode_fn, parts.loss_fn, t.grad_cache_chunk or None, chunk_tokens=t.grad_cache_tokens or None,
-            guide_encode_fn=parts.guide_encode_fn)
-    step_fn = make_train_step(parts.encode_fn, parts.loss_fn, parts.optimizer, schedule=parts.schedule,
-                              dropout=t.dropout, value_and_grad_fn=value_and_grad_fn,
-                              guide_encode_fn=parts.guide_encode_fn)
-    keys = TOKEN_KEYS + ("text_index",) * bool(config.data.pack_length)
-    example = {k: np.zeros((1, 1, 1), np.int32) for k in keys}
-    if data.dataset.label_kind is not None:
-        example["labels"] = np.zeros((1,), np.float32)
-    return compile_train_step(step_fn, parts.shardings, example, mesh)
+            parts.encode_fn, loss_fn, t.grad_cache_chunk or None, chunk_tokens=t.grad_cache_tokens or None,
+            guide_encode_fn=guide_encode_fn)
+    return make_train_step(parts.encode_fn, loss_fn, parts.optimizer, schedule=parts.schedule,
+                           dropout=t.dropout, value_and_grad_fn=value_and_grad_fn, guide_encode_fn=guide_encode_fn,
+                           loss_slot=None if len(parts.loss_fns) == 1 else slot)
+
+
+def _compiled_steps(config: ml_collections.ConfigDict, parts: builders.TrainParts, data: RunData, mesh: Mesh):
+    """One jitted train step per dataset (shared by datasets with the same loss and batch keys):
+    each dataset's batches go through its own loss, with the state's and batch's shardings."""
+    compiled, steps = {}, []
+    for ts in data.sets:
+        keys = TOKEN_KEYS + ("text_index",) * bool(config.data.pack_length)
+        example = {k: np.zeros((1, 1, 1), np.int32) for k in keys}
+        if ts.source.label_kind is not None:
+            example["labels"] = np.zeros((1,), np.float32)
+        if _uses_text_ids(config, ts):
+            example["text_ids"] = np.zeros((1, 1), np.int32)
+        cache_key = (ts.loss_slot, tuple(sorted(example)))
+        if cache_key not in compiled:
+            compiled[cache_key] = compile_train_step(_step_for(config, parts, ts.loss_slot), parts.shardings,
+                                                     example, mesh)
+        steps.append(compiled[cache_key])
+    return steps
+
+
+def _batch_router(config: ml_collections.ConfigDict, parts: builders.TrainParts, data: RunData, mesh: Mesh):
+    """(to_device, train_step) for the loop: a host batch goes to the step of its dataset, without
+    the host-only `dataset` index (and without text ids when that dataset's loss takes none);
+    with several datasets each step also reports its loss as `loss/<dataset>`."""
+    steps = _compiled_steps(config, parts, data, mesh)
+    text_ids = [_uses_text_ids(config, ts) for ts in data.sets]
+    names = [ts.name for ts in data.sets]
+
+    def to_device(host_batch: dict):
+        d = int(host_batch["dataset"])
+        arrays = {k: v for k, v in host_batch.items() if k != "dataset" and (k != "text_ids" or text_ids[d])}
+        return d, to_global_array(arrays, mesh)
+
+    def train_step(state, routed):
+        d, batch = routed
+        state, metrics = steps[d](state, batch)
+        if len(names) > 1:
+            metrics = {**metrics, f"loss/{names[d]}": metrics["loss"]}
+        return state, metrics
+
+    return to_device, train_step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> LoopResult:
@@ -142,7 +199,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> LoopResu
         encoder = builders.build_encoder(config.model, config.seed)
         data = prepare_data(config, encoder.tokenizer)
         _write_config(config, workdir)  # only once model and data load: a bad run leaves a run folder as it was
-        _write_json(workdir / RUN_INFO, {"num_labels": data.num_labels, "total_steps": data.total_steps})
+        _write_json(workdir / RUN_INFO, {"num_labels": data.num_labels, "total_steps": data.total_steps,
+                                         "datasets": [ts.name for ts in data.sets]})
         parts = builders.build_parts(config, mesh, total_steps=data.total_steps, num_labels=data.num_labels,
                                      encoder=encoder)
         manager = _manager(config, workdir)
@@ -163,11 +221,12 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> LoopResu
                               progress_bar=config.train.progress_bar)
         if restored is not None:
             writer.message(f"resumed from {manager.directory}/{restored[0]}")
+        to_device, train_step = _batch_router(config, parts, data, mesh)
         closers = (writer.close, manager.wait_until_finished, manager.close, iterator.close)
         try:
             result = train_loop(
-                state=state, train_step=_compiled_step(config, parts, data, mesh), batches=iterator,
-                data_state=iterator.get_state, to_device=lambda b: to_global_array(b, mesh),
+                state=state, train_step=train_step, batches=iterator,
+                data_state=iterator.get_state, to_device=to_device,
                 manager=manager, total_steps=data.total_steps, writer=writer, evaluate=evaluate,
                 eval_every=config.eval.every_steps, best_metric=config.checkpoint.best_metric,
                 stop_requested=preemption.reached, steps_per_epoch=data.steps_per_epoch,
@@ -206,8 +265,10 @@ def load_trained_encoder(workdir: str | pathlib.Path, step: int | None = None) -
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     mesh = make_mesh(1, 1, devices=jax.local_devices()[:1])
     with jax.set_mesh(mesh):
-        info = json.loads((workdir / RUN_INFO).read_text())
-        parts = builders.build_parts(config, mesh, total_steps=1, num_labels=info["num_labels"])
+        labels = json.loads((workdir / RUN_INFO).read_text())["num_labels"]
+        if not isinstance(labels, dict):  # a run_info.json from before per-dataset losses
+            labels = {builders.RUN_LOSS: labels}
+        parts = builders.build_parts(config, mesh, total_steps=1, num_labels=labels)
         manager = _manager(config, workdir, read_only=True)
         try:
             step, state = _restore_for_export(manager, parts.abstract, step, workdir)

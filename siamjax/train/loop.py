@@ -100,6 +100,7 @@ def train_loop(
         batch_data_state = data_state()
         extra = {"batch_fingerprint": batch_fingerprint(host_batch)}
         extra.update({"epoch": step / steps_per_epoch} if steps_per_epoch else {})
+        extra.update({"dataset": int(host_batch["dataset"])} if "dataset" in host_batch else {})
         state, metrics = train_step(state, to_device(host_batch))
         if pending is not None:
             finish(pending)

@@ -14,7 +14,11 @@ import jax
 
 
 class MetricWriter:
-    """Logs per-step training metrics (averaged over the logging interval) and evaluations."""
+    """Logs per-step training metrics (averaged over the logging interval) and evaluations.
+
+    A metric is averaged over the steps of the interval that reported it (per-dataset losses
+    `loss/<name>` come only from that dataset's steps).
+    """
 
     def __init__(self, workdir: str | pathlib.Path, *, total_steps: int, start_step: int,
                  batch_size: int, log_every: int, progress_bar: bool = True):
@@ -22,7 +26,7 @@ class MetricWriter:
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
         self.batch_size, self.log_every = batch_size, log_every
         self._sums: dict[str, float] = {}
-        self._count = 0
+        self._counts: dict[str, int] = {}
         self._last_time, self._last_step = time.perf_counter(), start_step
         self.last_logged: dict[str, float] = {}
         self._tb = self._bar = None
@@ -42,17 +46,17 @@ class MetricWriter:
         """Records one finished step; writes the interval's averages every `log_every` steps."""
         for key, value in metrics.items():
             self._sums[key] = self._sums.get(key, 0.0) + float(value)
-        self._count += 1
+            self._counts[key] = self._counts.get(key, 0) + 1
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
         if step % self.log_every:
             return
         now = time.perf_counter()
-        record = {k: v / self._count for k, v in self._sums.items()}
+        record = {k: v / self._counts[k] for k, v in self._sums.items()}
         steps = max(step - self._last_step, 1)
         record["pairs_per_sec"] = steps * self.batch_size / max(now - self._last_time, 1e-9)
         record.update(extra or {})
-        self._sums, self._count = {}, 0
+        self._sums, self._counts = {}, {}
         self._last_time, self._last_step = now, step
         self.last_logged = record
         self.write(step, record, prefix="train/")

@@ -55,6 +55,7 @@ def make_embed_fn(encode_fn: EncodeFn):
 def make_loss_fn(embed_fn, loss_fn: LossFn, guide_embed_fn=None):
     """total_loss(params, batch, rng, frozen) -> scalar: embed every side, then score with `loss_fn`.
 
+    `batch["text_ids"]` ([S, B], when present) goes to the loss for false-negative masking.
     With `guide_embed_fn` (GIST), the frozen guide encoder (`frozen["guide"]`, no dropout, no
     gradient) embeds the same sides inside the same step, and the loss gets `guide_SxBxD`.
     """
@@ -65,9 +66,23 @@ def make_loss_fn(embed_fn, loss_fn: LossFn, guide_embed_fn=None):
         extra = {}
         if guide_embed_fn is not None:
             extra["guide_SxBxD"] = jax.lax.stop_gradient(guide_embed_fn(frozen["guide"], sides, None))
-        return loss_fn(emb_SxBxD, batch.get("labels"), params["loss"], **extra)
+        return loss_fn(emb_SxBxD, batch.get("labels"), params["loss"], batch.get("text_ids"), **extra)
 
     return total_loss
+
+
+def on_loss_slot(value_and_grad_fn: ValueAndGradFn, slot: str) -> ValueAndGradFn:
+    """The same value_and_grad over params whose "loss" maps slot -> parameters (a run with one
+    loss per dataset): the loss sees only `slot`'s parameters, the others get zero gradients."""
+
+    def slot_value_and_grad(params, batch, rng, frozen=None):
+        view = {**params, "loss": params["loss"][slot]}
+        loss, grads = value_and_grad_fn(view, batch, rng, frozen)
+        loss_grads = {k: (grads["loss"] if k == slot else jax.tree.map(jnp.zeros_like, v))
+                      for k, v in params["loss"].items()}
+        return loss, {**grads, "loss": loss_grads}
+
+    return slot_value_and_grad
 
 
 def make_train_step(
@@ -79,18 +94,22 @@ def make_train_step(
     dropout: bool = True,
     value_and_grad_fn: ValueAndGradFn | None = None,
     guide_encode_fn: EncodeFn | None = None,
+    loss_slot: str | None = None,
 ):
     """The pure step `train_step(state, batch) -> (state, metrics)`.
 
     Metrics are device scalars (`loss`, `grad_norm`, `learning_rate`); the loop fetches them
     one step late so the host never waits on the device. `value_and_grad_fn` replaces plain
     autodiff, e.g. with GradCache (same gradients, O(chunk) activation memory).
-    `guide_encode_fn`: GIST's frozen guide encoder, run on `state.frozen["guide"]`.
+    `guide_encode_fn`: GIST's frozen guide encoder, run on `state.frozen["guide"]`. `loss_slot`:
+    in a run with one loss per dataset, which entry of params["loss"] this step's loss uses.
     """
     embed_fn = make_embed_fn(encode_fn)
     if value_and_grad_fn is None:
         guide_embed_fn = None if guide_encode_fn is None else make_embed_fn(guide_encode_fn)
         value_and_grad_fn = jax.value_and_grad(make_loss_fn(embed_fn, loss_fn, guide_embed_fn))
+    if loss_slot is not None:
+        value_and_grad_fn = on_loss_slot(value_and_grad_fn, loss_slot)
 
     def train_step(state: TrainState, batch: dict):
         rng = jax.random.fold_in(state.rng, state.step) if dropout else None

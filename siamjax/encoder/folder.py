@@ -14,9 +14,9 @@ import os
 import pathlib
 from collections.abc import Iterator, Mapping
 
+import ml_dtypes
 import numpy as np
 from huggingface_hub import snapshot_download
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from siamjax.encoder import families, hf_names
@@ -71,20 +71,48 @@ def _read_json(path: pathlib.Path) -> dict:
         raise ValueError(f"{path}: invalid JSON ({err})") from err
 
 
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+                       "BOOL": np.bool_}
+
+
 class SafetensorsFiles(Mapping):
     """The tensors of one or more safetensors files by name, each read from disk only when looked up.
 
-    Why lazy: a 300M-parameter float32 checkpoint is 1.2 GB; reading every tensor up front and
-    then converting them would hold it twice. With this mapping, `hf_names.fill_params` reads,
-    converts and places one tensor at a time (the files are memory-mapped by safetensors).
+    Why lazy, and why plain reads rather than a memory map: a 300M-parameter float32 checkpoint
+    is 1.2 GB. Reading every tensor up front and then converting them holds it twice; a memory
+    map keeps every page it touched resident (and counted in RSS) until the file is closed. Here
+    `hf_names.fill_params` reads one tensor into its own buffer, converts and places it, and the
+    buffer is freed before the next read.
     """
 
     def __init__(self, paths: list[pathlib.Path]):
-        self._files = {path: safe_open(str(path), framework="numpy") for path in paths}
-        self._where = {name: path for path, handle in self._files.items() for name in handle.keys()}
+        self._where: dict[str, tuple[pathlib.Path, dict, int]] = {}
+        for path in paths:
+            with open(path, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                try:
+                    header = json.loads(f.read(size))
+                except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                    raise ValueError(f"{path}: not a safetensors file ({err})") from err
+            for name, info in header.items():
+                if name != "__metadata__":
+                    self._where[name] = (path, info, 8 + size)
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return self._files[self._where[name]].get_tensor(name)
+        path, info, start = self._where[name]
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}, which siamjax cannot read")
+        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+        begin, end = info["data_offsets"]
+        out = np.empty(info["shape"], dtype)
+        if out.nbytes != end - begin:
+            raise ValueError(f"{path}: tensor {name!r} has {end - begin} bytes for shape {info['shape']} {dtype}")
+        with open(path, "rb") as f:
+            f.seek(start + begin)
+            if f.readinto(memoryview(out.reshape(-1).view(np.uint8))) != out.nbytes:
+                raise ValueError(f"{path}: truncated file (tensor {name!r})")
+        return out
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)

@@ -96,7 +96,7 @@ def fill_params(abstract: dict, tensors: Mapping[str, Any], scheme: TensorNames,
 
     `tensors` may be lazy (a Mapping that reads each tensor from disk when it is looked up, e.g.
     `folder.SafetensorsFiles`): tensors are read one at a time, transposed and cast to the
-    parameter's dtype, and handed to `place` (e.g. `jnp.asarray`, a device put) before the next
+    parameter's dtype, and handed to `place` (e.g. `jax.device_put`; `jnp.asarray` copies twice) before the next
     is read, so a checkpoint is never held twice in memory. `extras` holds the kept, unused
     tensors (`scheme.kept`, e.g. BERT's pooler) to write back on save.
     """

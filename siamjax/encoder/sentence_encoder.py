@@ -53,6 +53,15 @@ def packing_row_length(longest: int, max_seq_length: int) -> int:
     return min(max(bucket_length(longest, max_seq_length), _MIN_PACK_ROW), max_seq_length)
 
 
+def _to_device(value: np.ndarray) -> jax.Array:
+    """One loaded tensor on the default device, its host buffer released before the next is read.
+
+    Why not `jnp.asarray`: on CPU it made two transient copies; and `jax.device_put` is
+    asynchronous, so without waiting every host buffer stayed alive until the end of the load.
+    """
+    return jax.device_put(value).block_until_ready()
+
+
 def _dtype(name: Any):
     return jnp.dtype(name) if name is not None else jnp.float32
 
@@ -94,10 +103,10 @@ class SentenceEncoder:
         _, abstract = abstract_params(loaded.spec, param_dtype=_dtype(param_dtype))
         # Tensors are read, cast and put on the device one at a time: never two copies of the model.
         params, extras = hf_names.fill_params(abstract, loaded.tensors, loaded.spec.transformer.tensor_names(),
-                                              str(loaded.transformer_dir), place=jnp.asarray)
+                                              str(loaded.transformer_dir), place=_to_device)
         for i, (dense, tensors, where) in enumerate(zip(loaded.spec.dense, loaded.dense_tensors, loaded.dense_dirs)):
             dense_params, _ = hf_names.fill_params(abstract, tensors, hf_names.dense_names(dense.bias, i), str(where),
-                                                   place=jnp.asarray)
+                                                   place=_to_device)
             params["dense"][str(i)] = dense_params["dense"][str(i)]
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(loaded.transformer_dir))

@@ -2,6 +2,7 @@
 vocabulary split 8 ways, bfloat16 weights with float32 Adam moments, and the
 `configs/llm_embedder.py` preset run end to end on tiny random Gemma 3 and Qwen3 folders.
 """
+import dataclasses
 import json
 import pathlib
 
@@ -35,7 +36,7 @@ def sentences(stsb_dir):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, sentences):
     root = tmp_path_factory.mktemp("decoder-train")
-    gemma = build_hf_folder("gemma3", root / "gemma3-hf", corpus=sentences, vocab_size=GEMMA_VOCAB)
+    gemma = build_hf_folder("gemma3", root / "gemma3-hf", corpus=sentences)
     qwen = build_hf_folder("qwen3", root / "qwen3-hf", corpus=sentences)
     return {"gemma3": st_folder(gemma, root / "gemma3", pooling=("mean",), max_seq_length=MAX_SEQ_LENGTH,
                                 dense=(96, 64)),
@@ -59,16 +60,27 @@ def one_step(encoder, mesh, batch, **optim_kwargs):
     return float(metrics["loss"]), jax.device_get(state.params["encoder"]), state
 
 
+def gemma_262k(folder, remat: bool) -> SentenceEncoder:
+    """The tiny Gemma folder's model with EmbeddingGemma's 262,144-row vocabulary (random weights;
+    the tokenizer uses the first ~700 rows)."""
+    small = SentenceEncoder.from_pretrained(folder)
+    config = dataclasses.replace(small.spec.transformer, vocab_size=GEMMA_VOCAB)
+    return SentenceEncoder.from_config(config, small.tokenizer, pooling="mean", dense_dim=(96, 64), normalize=True,
+                                       max_seq_length=MAX_SEQ_LENGTH, remat=remat, seed=3)
+
+
 @pytest.mark.parametrize("family", ["gemma3", "qwen3"])
 def test_fsdp8_step_equals_one_device_step(family, folders, sentences):
     """MNRL with hard negatives, one AdamW step: 8 devices with mesh.fsdp=8 and remat == 1 device;
     Gemma's 262,144 x 64 embedding is split along the vocabulary, 32,768 rows per device."""
-    encoder = SentenceEncoder.from_pretrained(folders[family])
+    load = (lambda remat: gemma_262k(folders[family], remat)) if family == "gemma3" else (
+        lambda remat: SentenceEncoder.from_pretrained(folders[family], remat=remat))
+    encoder = load(False)
     batch = triplet_batch(encoder, sentences)
     one = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
     eight = parallel.make_mesh(1, 8, devices=jax.devices()[:8])
     loss_1, params_1, _ = one_step(encoder, one, batch)
-    remat = SentenceEncoder.from_pretrained(folders[family], remat=True)
+    remat = load(True)
     with jax.set_mesh(eight):
         loss_8, params_8, state = one_step(remat, eight, batch)
     embedding = state.params["encoder"]["encoder"]["embed_tokens"]["embedding"]
@@ -86,25 +98,24 @@ def test_fsdp8_step_equals_one_device_step(family, folders, sentences):
 
 
 def test_bf16_weights_train_with_float32_moments(folders, sentences):
-    """param_dtype=bfloat16: weights stay bf16 through a step; float32_moments keeps Adam's moments
-    float32 (False: bf16); the bf16 step follows the float32 one."""
+    """param_dtype=bfloat16: weights stay bf16 through a step, Adam's moments are float32
+    (float32_moments=False: bf16), and the bf16 step follows the float32 one."""
     f32 = SentenceEncoder.from_pretrained(folders["qwen3"])
     bf16 = SentenceEncoder.from_pretrained(folders["qwen3"], dtype="bfloat16", param_dtype="bfloat16")
     batch = triplet_batch(f32, sentences, step=1)
     mesh = parallel.make_mesh(1, 1, devices=jax.devices()[:1])
     loss_ref, params_ref, _ = one_step(f32, mesh, batch)
-    for float32_moments in (True, False):
-        loss, params, state = one_step(bf16, mesh, batch, float32_moments=float32_moments)
-        assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
-        nu = state.opt_state[1][0].nu["encoder"]["encoder"]["layers"]["0"]["q_proj"]["kernel"]
-        assert nu.dtype == (jnp.float32 if float32_moments else jnp.bfloat16)
-        assert abs(loss - loss_ref) < 0.02 * abs(loss_ref)
-        moved_ref = np.asarray(params_ref["encoder"]["layers"]["0"]["q_proj"]["kernel"]) - np.asarray(
-            f32.params["encoder"]["layers"]["0"]["q_proj"]["kernel"])
-        moved = np.asarray(params["encoder"]["layers"]["0"]["q_proj"]["kernel"], np.float32) - np.asarray(
-            bf16.params["encoder"]["layers"]["0"]["q_proj"]["kernel"], np.float32)
-        cos = (moved * moved_ref).sum() / np.linalg.norm(moved) / np.linalg.norm(moved_ref)
-        assert cos > 0.9, f"the bf16 update should point where the float32 one does (cos {cos})"
+    loss, params, state = one_step(bf16, mesh, batch)
+    kernel = lambda tree: tree["encoder"]["layers"]["0"]["q_proj"]["kernel"]
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+    assert kernel(state.opt_state[1][0].nu["encoder"]).dtype == jnp.float32
+    low = optim.make_optimizer(1e-3, float32_moments=False).init({"encoder": bf16.params, "loss": {}})
+    assert kernel(low[1][0].nu["encoder"]).dtype == jnp.bfloat16
+    assert abs(loss - loss_ref) < 0.02 * abs(loss_ref)
+    moved_ref = np.asarray(kernel(params_ref)) - np.asarray(kernel(f32.params))
+    moved = np.asarray(kernel(params), np.float32) - np.asarray(kernel(bf16.params), np.float32)
+    cos = (moved * moved_ref).sum() / np.linalg.norm(moved) / np.linalg.norm(moved_ref)
+    assert cos > 0.9, f"the bf16 update should point where the float32 one does (cos {cos})"
 
 
 def test_param_dtype_config_is_checked():

@@ -144,6 +144,12 @@ def test_released_configs_parse_to_their_maths():
     qwen = families.config_from_hf(RELEASED["qwen3"], "qwen3-embedding/config.json").arch()
     assert (qwen.head_dim, qwen.num_heads, qwen.num_kv_heads, qwen.qk_norm) == (128, 16, 8, True)
     assert set(qwen.windows) == {None} and qwen.ropes[0].theta == 1e6 and qwen.causal
+    from transformers import Qwen3Config as TorchQwen3
+
+    sliding = {**RELEASED["qwen3"], "use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 20}
+    windowed = families.config_from_hf(sliding, "q").arch()
+    assert list(families.config_from_hf(sliding, "q").layer_types) == TorchQwen3(**sliding).layer_types
+    assert windowed.windows[:20] == (None,) * 20 and set(windowed.windows[20:]) == {(4095, 0)}
     mistral = families.config_from_hf(RELEASED["mistral"], "e5-mistral/config.json").arch()
     assert set(mistral.windows) == {(4095, 0)} and (mistral.head_dim, mistral.num_kv_heads) == (128, 8)
     llama = families.config_from_hf(RELEASED["llama"], "llama/config.json")

@@ -9,10 +9,12 @@ blocks.
 
 Attention always goes through `jax.nn.dot_product_attention`, with a boolean mask built from
 segment ids (0 padding, k > 0 the k-th text of a packed row): a token attends only within its
-own text, so packed rows compute exactly what separate padded rows would. Two implementations:
+own text, so packed rows compute exactly what separate padded rows would. Causal decoders AND
+`causal_mask` onto it (a text's tokens are contiguous, so a token sees only its own text's
+earlier tokens). Two implementations:
 
 - `"xla"` (default, every backend): XLA's fused softmax(QK^T)V with the full `[L, L]` score
-  matrix per head. Sliding windows use `local_window_size`.
+  matrix per head. Sliding windows use `local_window_size` ((left, right) keys around the query).
 - `"cudnn"` (GPU only, bf16/fp16 compute): cuDNN's fused attention kernel. The segment mask is
   turned into an additive bias by jax; cuDNN's own sliding window only covers the causal
   (left) side, so a bidirectional window is folded into the mask instead.

@@ -1,14 +1,20 @@
-"""Compiled memory of the loss library: sharded vs unsharded InfoNCE, GradCache vs full backprop.
+"""Compiled memory of the loss library: sharded vs unsharded InfoNCE, ring vs all-gather InfoNCE,
+GradCache vs full backprop.
 
-Why: the two memory claims of `siamjax.contrastive` and `siamjax.gradcache` are asymptotic, and
-this makes them numbers. Nothing is executed: every program is AOT-compiled with
-`jax.jit(...).lower(...).compile()` and its `memory_analysis()` read, so large batches cost no
-memory on this machine. Sizes are per device (XLA compiles one SPMD program per device).
+Why: the memory claims of `siamjax.losses.in_batch`, `siamjax.losses.ring` and
+`siamjax.losses.gradcache` are asymptotic, and this makes them numbers. Nothing is executed:
+every program is AOT-compiled with `jax.jit(...).lower(...).compile()` and its
+`memory_analysis()` read, so large batches cost no memory on this machine. Sizes are per device
+(XLA compiles one SPMD program per device).
 
 1. InfoNCE value_and_grad on `[2, B, D]` embeddings: the plain loss (one device, logits
    [B, B]) vs `sharded_infonce` over n fake CPU devices (logits [B/n, B] per device), and the
    sharded loss with `block_size=--chunk` (logits [chunk, B] live at a time).
-2. GradCache vs full-batch autodiff for a tiny encoder (embedding table, per-token dense+GELU,
+2. Ring InfoNCE vs all-gather InfoNCE at a fixed per-device batch b_local (`--ring-b-local`)
+   as devices grow 1 -> 8 (global batch b_local x n, one hard negative): the all-gather form
+   holds [b_local, B * 2] logits and the gathered candidates, growing linearly with n; the
+   ring holds one [b_local, b_local * 2] block at a time and should stay flat.
+3. GradCache vs full-batch autodiff for a tiny encoder (embedding table, per-token dense+GELU,
    masked mean, dense) on `[2, B, L]` tokens, chunk 64, InfoNCE in query blocks of 64:
    GradCache's temp memory should stay flat in B while backprop grows linearly.
 
@@ -68,6 +74,22 @@ def sharded_rows(batches, devices, dim, block) -> list[dict]:
     return rows
 
 
+def ring_rows(b_local, devices, dim) -> list[dict]:
+    """Per-device temp memory of MNRL value_and_grad (anchor, positive, 1 hard negative) at a
+    fixed b_local: all-gathered candidates vs the ring."""
+    rows = []
+    for n in devices:
+        mesh = jax.make_mesh((n, 1), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2, devices=jax.devices()[:n])
+        emb = jax.ShapeDtypeStruct((3, b_local * n, dim), jnp.float32)
+        gathered = memory(jax.value_and_grad(get_loss("mnrl", mesh=mesh)), emb)
+        ring = memory(jax.value_and_grad(get_loss("mnrl", mesh=mesh, ring=True)), emb)
+        rows.append({"devices": n, "b_local": b_local, "global_batch": b_local * n,
+                     "all_gather_temp_mib": gathered["temp"] / MIB, "ring_temp_mib": ring["temp"] / MIB,
+                     "logits_b_local_x_2B_mib": 4 * b_local * 2 * b_local * n / MIB,
+                     "logit_block_b_local_x_2b_local_mib": 4 * b_local * 2 * b_local / MIB})
+    return rows
+
+
 def tiny_encoder(vocab=1000, hidden=64, dim=32):
     """A pure encoder big enough that its activations dominate: [B, L, 4H] per-token states."""
     k = jax.random.split(jax.random.key(0), 3)
@@ -112,11 +134,12 @@ def print_table(title, rows):
 
 def main(argv=None) -> int:
     """Compile everything, print both tables (markdown), optionally write them as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1024, 4096, 8192],
                         help="global batches for the sharded-loss table")
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--dim", type=int, default=128, help="embedding dim for the sharded-loss table")
+    parser.add_argument("--ring-b-local", type=int, default=1024, help="per-device batch for the ring table")
     parser.add_argument("--gc-batches", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--chunk", type=int, default=64, help="GradCache chunk and InfoNCE block size")
     parser.add_argument("--length", type=int, default=32, help="tokens per text for the GradCache table")
@@ -127,11 +150,15 @@ def main(argv=None) -> int:
 
     sharded = sharded_rows(args.batches, args.devices, args.dim, args.chunk)
     print_table(f"InfoNCE value_and_grad, D={args.dim}: compiled temp memory per device (MiB)", sharded)
+    ring = ring_rows(args.ring_b_local, args.devices, args.dim)
+    print_table(f"Ring vs all-gather MNRL value_and_grad, b_local={args.ring_b_local}, 1 hard negative, "
+                f"D={args.dim}: temp memory per device (MiB)", ring)
     gc = gradcache_rows(args.gc_batches, args.chunk, args.length)
     print_table(f"GradCache (chunk {args.chunk}) vs full backprop, tiny encoder, L={args.length} (MiB)", gc)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"sharded_infonce": sharded, "gradcache": gc}, indent=2))
+        args.json.write_text(json.dumps({"sharded_infonce": sharded, "ring_infonce": ring, "gradcache": gc},
+                                        indent=2))
     return 0
 
 

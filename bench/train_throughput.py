@@ -20,6 +20,7 @@ is proportional to them. `--padded` adds the padded siamjax step as a third runn
 
     python bench/train_throughput.py                       # batch 32 and 128, ~6 min on 2 cores
     python bench/train_throughput.py --batch 32 --steps 20 --json bench/results/train.json
+    python bench/train_throughput.py --only-grad-cache     # GradCache: packed vs padded chunks, batch 128
 """
 from __future__ import annotations
 
@@ -154,15 +155,23 @@ class JaxTrainer:
     """SentenceEncoder + siamjax.train.step (AdamW via siamjax.train.optim), one device, donated state."""
 
     def __init__(self, model_dir: str, max_seq_length: int, seed: int = 0,
-                 buckets: tuple[int, ...] | None = None, encoder=None, pack_length: int = 0):
+                 buckets: tuple[int, ...] | None = None, encoder=None, pack_length: int = 0,
+                 grad_cache_chunk: int = 0, grad_cache_tokens: int = 0):
         self.encoder = encoder or SentenceEncoder.from_pretrained(model_dir, max_seq_length=max_seq_length)
         self.max_seq_length, self.buckets, self.pack_length = max_seq_length, buckets, pack_length
+        self.row_multiple = max(1, grad_cache_tokens // max(pack_length, 1))
         self.mesh = parallel.make_mesh(devices=jax.devices()[:1])
         self.optimizer = optim.make_optimizer(LR, weight_decay=WEIGHT_DECAY, eps=EPS, clip_norm=CLIP)
         params = {"encoder": self.encoder.params, "loss": {}}
         self.state, self.shardings = train_state.create_train_state(
             params, self.optimizer, jax.random.key_data(jax.random.key(seed)), self.mesh, fsdp_min_size=2**20)
-        self.step_fn = train_step.make_train_step(self.encoder.encode_fn, mnrl_loss_fn(), self.optimizer)
+        value_and_grad_fn = None
+        if grad_cache_chunk or grad_cache_tokens:  # GradCache, as train.grad_cache_chunk / grad_cache_tokens
+            value_and_grad_fn = losses.make_grad_cache_value_and_grad(
+                self.encoder.encode_fn, mnrl_loss_fn(), grad_cache_chunk or None,
+                chunk_tokens=grad_cache_tokens or None)
+        self.step_fn = train_step.make_train_step(self.encoder.encode_fn, mnrl_loss_fn(), self.optimizer,
+                                                  value_and_grad_fn=value_and_grad_fn)
         self.compiled: dict[tuple, object] = {}
         self.compile_seconds = 0.0
 
@@ -173,8 +182,8 @@ class JaxTrainer:
         `data.pack_length`; padded: `[2, B, L]` with L a bucket length, as with `data.buckets`.
         """
         if self.pack_length:
-            batch = pack_sides(self.encoder.tokenizer, [anchors, positives],
-                               max_seq_length=self.max_seq_length, row_length=self.pack_length)
+            batch = pack_sides(self.encoder.tokenizer, [anchors, positives], max_seq_length=self.max_seq_length,
+                               row_length=self.pack_length, row_multiple=self.row_multiple)
         else:
             batch = tokenize_sides(self.encoder.tokenizer, [anchors, positives],
                                    max_seq_length=self.max_seq_length, buckets=self.buckets)
@@ -235,6 +244,40 @@ def bench_batch_size(model_dir, s1, s2, *, batch_size, warmup, steps, rounds, ma
     if padded and pack_length:
         runners["jax_padded"] = JaxTrainer(model_dir, max_seq_length, seed, buckets)
     batches = {name: [r.prepare(a, p) for a, p in texts] for name, r in runners.items()}
+    result = {"batch_size": batch_size, "steps": steps, "warmup": warmup, "rounds": rounds,
+              "jax_pack_length": pack_length}
+    result.update(timed_stats(runners, batches, batch_size=batch_size, warmup=warmup, steps=steps,
+                              rounds=rounds, log=log))
+    result["jax_shapes"] = sorted(k[1:] for k in runners["jax"].compiled)
+    timed = slice(warmup, warmup + steps)
+    result["real_tokens_per_pair"] = sum(padded_tokens(b)[1] for b in batches["torch"][timed]) / (steps * batch_size)
+    for name in runners:
+        if name != "torch":
+            result[f"{name}_ratio"] = result[f"{name}_pairs_per_s"] / result["torch_pairs_per_s"]
+    result["ratio"] = result["jax_ratio"]
+    return result
+
+
+def timed_stats(runners: dict, batches: dict, *, batch_size, warmup, steps, rounds, log=print) -> dict:
+    """Interleave the runners, then each one's pairs/s, mean loss, tokens/pair and compile time."""
+    times, losses = interleave(runners, batches, batch_size=batch_size, warmup=warmup, steps=steps,
+                               rounds=rounds, log=log)
+    pairs, timed = steps * batch_size, slice(warmup, warmup + steps)
+    result = {"round_seconds": times}
+    for name, runner in runners.items():
+        result[f"{name}_pairs_per_s"] = pairs / sum(times[name])
+        result[f"{name}_mean_loss"] = float(np.mean([float(x) for x in losses[name]]))
+        result[f"{name}_tokens_per_pair"] = sum(padded_tokens(b)[0] for b in batches[name][timed]) / pairs
+        if name != "torch":
+            result[f"{name}_compile_s"] = runner.compile_seconds
+    return result
+
+
+def interleave(runners: dict, batches: dict, *, batch_size, warmup, steps, rounds, log=print):
+    """Compile, warm up, then time the runners chunk by chunk in rotating order (same load for all).
+
+    Returns ({name: seconds per round}, {name: losses}).
+    """
     for name, runner in runners.items():
         if name != "torch":
             for batch in batches[name]:
@@ -256,20 +299,26 @@ def bench_batch_size(model_dir, s1, s2, *, batch_size, warmup, steps, rounds, ma
             times[name].append(time.perf_counter() - start)
         log(f"  batch {batch_size} round {r + 1}/{rounds}: " + ", ".join(
             f"{name} {len(chunk) * batch_size / times[name][-1]:.1f}" for name in names) + " pairs/s")
-    pairs = steps * batch_size
-    timed = slice(warmup, warmup + steps)
-    result = {"batch_size": batch_size, "steps": steps, "warmup": warmup, "rounds": rounds,
-              "round_seconds": times, "jax_pack_length": pack_length,
-              "jax_shapes": sorted(k[1:] for k in runners["jax"].compiled)}
-    result["real_tokens_per_pair"] = sum(padded_tokens(b)[1] for b in batches["torch"][timed]) / pairs
-    for name in names:
-        result[f"{name}_pairs_per_s"] = pairs / sum(times[name])
-        result[f"{name}_mean_loss"] = float(np.mean([float(x) for x in losses[name]]))
-        result[f"{name}_tokens_per_pair"] = sum(padded_tokens(b)[0] for b in batches[name][timed]) / pairs
-        if name != "torch":
-            result[f"{name}_compile_s"] = runners[name].compile_seconds
-            result[f"{name}_ratio"] = result[f"{name}_pairs_per_s"] / result["torch_pairs_per_s"]
-    result["ratio"] = result["jax_ratio"]
+    return times, losses
+
+
+def bench_grad_cache(model_dir, s1, s2, *, batch_size, warmup, steps, rounds, max_seq_length, buckets,
+                     pack_length, chunk, chunk_tokens, seed=0, log=print) -> dict:
+    """siamjax GradCache on packed rows (chunks of `chunk_tokens` tokens) vs on padded batches
+    (chunks of `chunk` pairs), same pairs, same model, interleaved: the speed-up packing keeps
+    at the scale where GradCache is needed."""
+    texts = pair_batches(s1, s2, batch_size, warmup + steps, seed)
+    encoder = SentenceEncoder.from_pretrained(model_dir, max_seq_length=max_seq_length)
+    runners = {"gc_packed": JaxTrainer(model_dir, max_seq_length, seed, encoder=encoder, pack_length=pack_length,
+                                       grad_cache_tokens=chunk_tokens),
+               "gc_padded": JaxTrainer(model_dir, max_seq_length, seed, buckets, encoder=encoder,
+                                       grad_cache_chunk=chunk)}
+    batches = {name: [r.prepare(a, p) for a, p in texts] for name, r in runners.items()}
+    result = {"batch_size": batch_size, "steps": steps, "chunk_pairs_padded": chunk,
+              "chunk_tokens_packed": chunk_tokens}
+    result.update(timed_stats(runners, batches, batch_size=batch_size, warmup=warmup, steps=steps,
+                              rounds=rounds, log=log))
+    result["packed_over_padded"] = result["gc_packed_pairs_per_s"] / result["gc_padded_pairs_per_s"]
     return result
 
 
@@ -291,6 +340,14 @@ def main(argv=None) -> int:
                              "0 pads to --buckets instead")
     parser.add_argument("--padded", action="store_true",
                         help="also time siamjax padding to --buckets (no packing) in the same run")
+    parser.add_argument("--grad-cache", action="store_true",
+                        help="also time siamjax GradCache on packed vs padded batches (--gc-* below)")
+    parser.add_argument("--gc-batch", type=int, default=128, help="GradCache row: batch size")
+    parser.add_argument("--gc-steps", type=int, default=6, help="GradCache row: timed steps")
+    parser.add_argument("--gc-chunk", type=int, default=32, help="GradCache row: padded chunk (pairs)")
+    parser.add_argument("--gc-tokens", type=int, default=512,
+                        help="GradCache row: packed chunk (tokens per side, a multiple of --pack-length)")
+    parser.add_argument("--only-grad-cache", action="store_true", help="skip the library comparison rows")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -306,8 +363,8 @@ def main(argv=None) -> int:
     env = environment()
     print(f"# {env}")
     command = "python bench/train_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    rows = []
-    for batch_size, n in zip(args.batch, steps):
+    rows, gc_rows = [], []
+    for batch_size, n in ([] if args.only_grad_cache else zip(args.batch, steps)):
         rows.append(bench_batch_size(args.model, s1, s2, batch_size=batch_size, warmup=args.warmup, steps=n,
                                      rounds=args.rounds, max_seq_length=args.max_seq_length,
                                      buckets=tuple(args.buckets), pack_length=args.pack_length,
@@ -317,8 +374,34 @@ def main(argv=None) -> int:
             pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             pathlib.Path(args.json).write_text(json.dumps({"command": command, "environment": env,
                                                            "results": rows}, indent=1))
-    print(results_table(rows))
+    if args.grad_cache or args.only_grad_cache:
+        pack = args.pack_length or 128
+        gc_rows.append(bench_grad_cache(args.model, s1, s2, batch_size=args.gc_batch, warmup=args.warmup,
+                                        steps=args.gc_steps, rounds=args.rounds, max_seq_length=args.max_seq_length,
+                                        buckets=tuple(args.buckets), pack_length=pack, chunk=args.gc_chunk,
+                                        chunk_tokens=args.gc_tokens))
+        env["load_avg_1m_end"] = os.getloadavg()[0]
+        if args.json:
+            pathlib.Path(args.json).write_text(json.dumps({"command": command, "environment": env,
+                                                           "results": rows, "grad_cache": gc_rows}, indent=1))
+    if rows:
+        print(results_table(rows))
+    if gc_rows:
+        print(grad_cache_table(gc_rows))
     return 0
+
+
+def grad_cache_table(rows: list[dict]) -> str:
+    """Markdown table of the GradCache rows: packed vs padded chunks, pairs/s and tokens/pair."""
+    head = ("| batch | GradCache padded (chunk pairs) pairs/s | GradCache packed (chunk tokens) pairs/s | "
+            "packed / padded | tokens/pair padded / packed |")
+    lines = ["", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(f"| {r['batch_size']} | {r['gc_padded_pairs_per_s']:.1f} ({r['chunk_pairs_padded']}) | "
+                     f"{r['gc_packed_pairs_per_s']:.1f} ({r['chunk_tokens_packed']}) | "
+                     f"{r['packed_over_padded']:.2f}x | {r['gc_padded_tokens_per_pair']:.1f} / "
+                     f"{r['gc_packed_tokens_per_pair']:.1f} |")
+    return "\n".join(lines)
 
 
 def results_table(rows: list[dict]) -> str:

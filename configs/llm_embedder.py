@@ -14,8 +14,9 @@ mean pooling + two Dense + Normalize) or "qwen3" (Qwen/Qwen3-Embedding-0.6B: cau
 pooling + Normalize); mesh "tpu_pod" (configs/tpu_pod.py, v5e-256: fsdp=16) or "gpu_cluster"
 (configs/gpu_cluster.py, one node: fsdp=8 over NVLink, data across nodes). Everything else
 comes from those presets: AllNLI triplets (anchor, entailment, contradiction as the hard
-negative) through the sharded InfoNCE/MNRL loss, so each anchor is scored against every
-positive and hard negative of the global batch; GradCache; per-layer remat; bf16 compute.
+negative) through the sharded InfoNCE/MNRL loss (ring on TPU pods, all-gather on GPU nodes), so
+each anchor is scored against every positive and hard negative of the global batch; texts packed
+into rows; GradCache over the packed rows; per-layer remat; bf16 compute.
 
 What the LLM embedders change:
 - their vocabularies are large (262k x 768 for Gemma 3, 152k x 1024 for Qwen3): the FSDP rule
@@ -23,7 +24,7 @@ What the LLM embedders change:
 - Qwen3 (0.6B, and the 4B/8B variants this scales to) keeps its weights in bfloat16
   (`model.param_dtype`) with float32 Adam moments (`optim.float32_moments`); the 300M Gemma
   keeps float32 weights;
-- longer texts (256 tokens) and a lower learning rate, as their model cards fine-tune them;
+- longer texts (256 tokens, packed into 256-token rows) and a lower learning rate;
 - the models' task prompts (EmbeddingGemma's "task: search result | query: ", Qwen3's
   "Instruct: ...\\nQuery:") are not applied yet: prefix the data's texts with them.
 """
@@ -50,7 +51,7 @@ def get_config(arg="gemma3,tpu_pod"):
     c.model.param_dtype = param_dtype
     c.optim.float32_moments = True
     c.model.max_seq_length = 256
-    c.data.buckets = (64, 128, 256)
+    c.data.pack_length = 256  # the presets' GradCache chunks (4096 / 8192 tokens) are whole 256-token rows
     c.optim.lr = lr
     c.optim.weight_decay = 0.0
     return c

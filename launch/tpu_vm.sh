@@ -19,7 +19,7 @@
 #                                (gs:// URLs are rejected)
 # Optional:
 #   RUNTIME_VERSION              TPU software version (default v2-alpha-tpuv5-lite)
-#   PACKAGE                      what pip installs on the workers (default: "siamjax[demo] jax[tpu]")
+#   PACKAGE                      what pip installs on the workers (default: "siamjax jax[tpu]")
 set -euo pipefail
 
 dry_run=0
@@ -29,7 +29,7 @@ if [[ -z "$verb" ]]; then sed -n '2,22p' "$0" >&2; exit 2; fi
 shift
 : "${TPU_NAME:?set TPU_NAME}"; : "${ZONE:?set ZONE}"; : "${PROJECT:?set PROJECT}"
 runtime="${RUNTIME_VERSION:-v2-alpha-tpuv5-lite}"
-package="${PACKAGE:-siamjax[demo] jax[tpu]}"
+package="${PACKAGE:-siamjax jax[tpu]}"
 where=(--zone="$ZONE" --project="$PROJECT")
 
 run() {

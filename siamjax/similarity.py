@@ -29,9 +29,13 @@ def _xp(x):
 
 
 def l2_normalize(x_NxD, eps: float = 1e-12):
-    """x / max(||x||, eps) along the last axis, like torch.nn.functional.normalize (0 stays 0)."""
+    """x / max(||x||, eps) along the last axis, like torch.nn.functional.normalize (0 stays 0).
+
+    The norm's square root is zero-safe, so a zero vector also has a finite gradient, as in
+    torch (an empty packed slot the encoder normalises must not turn its gradients into NaN).
+    """
     xp = _xp(x_NxD)
-    norm_N1 = xp.sqrt(xp.sum(xp.square(x_NxD), axis=-1, keepdims=True))
+    norm_N1 = _safe_sqrt(xp.sum(xp.square(x_NxD), axis=-1, keepdims=True))
     return x_NxD / xp.maximum(norm_N1, eps)
 
 

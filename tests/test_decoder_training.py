@@ -133,16 +133,16 @@ def test_param_dtype_config_is_checked():
 def test_llm_embedder_preset_trains_tiny_folder(spec, folders, sentences, tmp_path, capsys):
     """`siamjax train --config configs/llm_embedder.py:<model>,<mesh>` with the model swapped for
     a tiny random folder and the data for a small triplet file: sharded MNRL + hard negatives,
-    GradCache, fsdp=8 on the 8 devices, remat, bf16; exports a folder that loads again."""
+    packed rows, GradCache over them, fsdp=8 on the 8 devices, remat, bf16; exports a folder that loads again."""
     model = spec.split(",")[0]
     data = tmp_path / "triplets.jsonl"
     data.write_text("".join(json.dumps({"anchor": sentences[i], "positive": sentences[i + 40],
                                         "negative": sentences[i + 80]}) + "\n" for i in range(40)))
     overrides = {"model.name_or_path": str(folders[model]), "model.max_seq_length": MAX_SEQ_LENGTH,
-                 "data.buckets": (MAX_SEQ_LENGTH,), "data.train.path": str(data), "data.train.tfds.builder": "",
+                 "data.pack_length": MAX_SEQ_LENGTH, "data.train.path": str(data), "data.train.tfds.builder": "",
                  "data.train.columns": (("anchor", "anchor"), ("positive", "positive"), ("negative", "negative")),
                  "data.nli_to_triplets": False, "data.prefetch": 1, "eval.sts.tfds.builder": "",
-                 "mesh.fsdp": 8, "mesh.fsdp_min_size": 2**10, "train.batch_size": 16, "train.grad_cache_chunk": 8,
+                 "mesh.fsdp": 8, "mesh.fsdp_min_size": 2**10, "train.batch_size": 16, "train.grad_cache_tokens": MAX_SEQ_LENGTH,
                  "train.num_steps": 2, "train.progress_bar": False, "train.log_every_steps": 1,
                  "checkpoint.every_steps": 100, "export.dir": "model"}
     flags = [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}" for k, v in overrides.items()]

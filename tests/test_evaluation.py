@@ -88,6 +88,15 @@ def test_read_beir_errors(beir_dir):
         f.write("q9\td01\t1\n")
     with pytest.raises(DataError, match=r"test\.tsv:\d+: query-id 'q9' is not in queries"):
         read_beir(beir_dir)
+    with open(beir_dir / "qrels" / "test.tsv", "a") as f:
+        f.write("q1\tnope\t1\n")
+    skipped = read_beir(beir_dir, on_bad_row="skip")  # judgements no document could satisfy: counted
+    assert [r.reason for r in skipped.bad_rows] == ["query-id 'q9' is not in queries.jsonl",
+                                                    "corpus-id 'nope' is not in corpus.jsonl"]
+    assert skipped.relevant_docs == read_beir(beir_dir, on_bad_row="skip").relevant_docs
+    assert "nope" not in skipped.relevant_docs["q1"]
+    with pytest.raises(ValueError, match=r"1 relevant document id\(s\) are not in the corpus, e\.g\. \['nope'\]"):
+        ev.RetrievalEvaluator(skipped.queries, skipped.corpus, {"q1": {"d01", "nope"}})
     write(beir_dir / "corpus.jsonl", '{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n')
     with pytest.raises(DataError, match=r"corpus\.jsonl:2: duplicate _id 'a'"):
         read_beir(beir_dir)

@@ -10,13 +10,15 @@ and its saved folders must load in PyTorch unchanged.
 """
 import dataclasses
 import json
+import re
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
 import siamjax
-from siamjax.encoder import families, rows
+from siamjax.encoder import families, rows, verify
 from siamjax.encoder.modernbert import ModernBertConfig
 from siamjax.encoder.mpnet import relative_position_buckets
 from encoder_fixtures import varied_sentences
@@ -122,6 +124,31 @@ def test_saved_folder_loads_in_pytorch_and_round_trips(family, hf_folders, texts
     assert again.spec == model.spec and again.max_seq_length == model.max_seq_length
     assert jax.tree.structure(again.params) == jax.tree.structure(model.params)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), again.params, model.params)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_damaged_family_folders_are_refused(family, hf_folders, tmp_path):
+    """The load-time folder checks (`encoder.verify`) hold for every family: a NaN in a weight
+    names the tensor by its HF name, and another family's tokenizer is refused."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = shutil.copytree(hf_folders[family], tmp_path / "damaged")
+    tensors = load_file(folder / "model.safetensors")
+    name = max(tensors, key=lambda k: tensors[k].size)  # the word embeddings
+    tensors[name] = tensors[name].copy()
+    tensors[name][1, 2] = np.nan
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(verify.ModelFolderError, match=rf"tensor '{re.escape(name)}' has 1 non-finite value"):
+        siamjax.SentenceEncoder.from_pretrained(folder)
+    other = hf_folders["modernbert" if family != "modernbert" else "mpnet"]
+    for path in folder.glob("*"):
+        if path.name not in ("config.json", "model.safetensors"):
+            path.unlink()
+    for path in other.glob("*"):
+        if path.name not in ("config.json", "model.safetensors"):
+            shutil.copy(path, folder / path.name)
+    with pytest.raises(verify.ModelFolderError, match=r"the tokenizer has \d+ tokens (for|but)"):
+        siamjax.SentenceEncoder.from_pretrained(folder, verify_weights=False)
 
 
 def test_mpnet_buckets_equal_transformers_for_every_distance():

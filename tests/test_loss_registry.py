@@ -1,4 +1,5 @@
 """The registry (`get_loss`, `init_loss_params`), the Matryoshka wrapper and NaN handling."""
+import functools
 import math
 
 import jax
@@ -14,6 +15,10 @@ EMB3 = jax.random.normal(jax.random.key(0), (3, B, D))
 SCORES = jnp.linspace(0.0, 1.0, B)
 BINARY = jnp.array([1, 0, 1, 1, 0, 0, 1, 0], jnp.float32)
 CLASSES = jnp.array([0, 1, 2, 0, 1, 2, 0, 1], jnp.int32)
+GUIDE = EMB3[..., :4] + 0.5 * jax.random.normal(jax.random.key(2), (3, B, 4))
+MARGINS = jnp.linspace(-1.0, 2.0, B)
+TEACHER_SCORES = jax.random.normal(jax.random.key(3), (B, 2))
+TEACHER_EMB = jax.random.normal(jax.random.key(4), (B, D))
 
 # name -> (sides, labels, direct reference on (emb, labels, params))
 CASES = {
@@ -31,7 +36,15 @@ CASES = {
         e.reshape(2 * B, D), jnp.tile(y, 2))),
     "batch_all_triplet": (1, CLASSES, lambda e, y, p: L.batch_all_triplet_loss(e[0], y)),
     "softmax": (2, CLASSES, lambda e, y, p: L.softmax_loss(e[0], e[1], y, p["softmax_head"])),
+    "mega_batch_margin": (2, None, lambda e, y, p: L.mega_batch_margin_loss(e[0], e[1])),
+    "gist": (3, None, lambda e, y, p: L.gist_loss(e, GUIDE)),
+    "margin_mse": (3, MARGINS, lambda e, y, p: L.margin_mse_loss(e, y)),
+    "distill_kl_div": (3, TEACHER_SCORES, lambda e, y, p: L.distill_kl_div_loss(e, y)),
+    "mse": (2, TEACHER_EMB, lambda e, y, p: L.embed_distill_loss(e, y, metric="mse")),
+    "embed_distill": (2, TEACHER_EMB, lambda e, y, p: L.embed_distill_loss(e, y)),
+    "gor": (3, None, lambda e, y, p: L.gor_loss(e)),
 }
+EXTRAS = {"gist": {"guide_SxBxD": GUIDE}}  # name -> extra LossFn arguments
 
 
 def test_registry_covers_every_name():
@@ -43,10 +56,10 @@ def test_every_loss_through_the_registry(name):
     sides, labels, direct = CASES[name]
     emb = EMB3[:sides]
     params = L.init_loss_params(name, D, 3, jax.random.key(1))
-    loss_fn = L.get_loss(name)
+    loss_fn = functools.partial(L.get_loss(name), **EXTRAS.get(name, {}))
     step = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 2)))
     value, (g_emb, g_params) = step(emb, labels, params)
-    np.testing.assert_allclose(value, direct(emb, labels, params), rtol=1e-6)
+    np.testing.assert_allclose(value, direct(emb, labels, params), rtol=1e-6, atol=1e-7)
     assert np.isfinite(g_emb).all() and np.abs(g_emb).sum() > 0
     assert jax.tree.structure(g_params) == jax.tree.structure(params)
     # Under jit a NaN cannot raise, but it must reach the loss (the loop stops on NaN loss) ...

@@ -119,24 +119,47 @@ def test_infonce_matches_sentence_transformers():
         np.testing.assert_allclose(grad, np.stack([x.grad.numpy() for x in t]), rtol=1e-4, atol=1e-6)
 
 
+ALL_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 CASES = {  # name -> (sides, make_fn kwargs, with text ids)
-    "pairs": (2, dict(), False),
-    "hard_negatives_symmetric": (4, dict(symmetric=True, learnable_scale_param=True), True),
+    "pairs_symmetric_per_direction_in_batch_hardness": (
+        2, dict(symmetric=True, hardness_mode="in_batch_negatives", hardness_strength=4.0), False),
+    "hard_negatives_every_direction_joint_ids_learnable": (
+        4, dict(directions=ALL_DIRECTIONS, hardness_mode="all_negatives", hardness_strength=2.0,
+                learnable_scale_param=True), True),
 }
 
 
 @pytest.mark.parametrize("n_dev", [1, 2, 4, 8])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_sharded_infonce_equals_global(n_dev, case):
+def test_sharded_and_ring_infonce_equal_global(n_dev, case):
+    """All-gather and ring forms vs the single-device loss, float64, values and gradients
+    (embeddings and the learnable scale) within 1e-6, every MNRL direction."""
     sides, kw, with_ids = CASES[case]
-    emb = rand_emb(sides, 16, 8, seed=n_dev)
-    ids = dup_ids(sides, 16, seed=n_dev) if with_ids else None
-    lp = {"log_scale": jnp.log(jnp.float32(17.0))} if kw.get("learnable_scale_param") else {}
-    ref_fn = C.make_infonce_fn(**kw)
-    sharded = C.sharded_infonce(mesh_of(n_dev), AXES, **kw)
-    ref = jax.jit(jax.value_and_grad(lambda e, p: ref_fn(e, None, p, ids), argnums=(0, 1)))(emb, lp)
-    got = jax.jit(jax.value_and_grad(lambda e, p: sharded(e, None, p, ids), argnums=(0, 1)))(emb, lp)
-    chex.assert_trees_all_close(got, ref, rtol=1e-5, atol=1e-7)
+    with jax.enable_x64(True):
+        emb = jax.random.normal(jax.random.key(n_dev), (sides, 16, 8), jnp.float64)
+        ids = dup_ids(sides, 16, seed=n_dev) if with_ids else None
+        lp = {"log_scale": jnp.log(17.0)} if kw.get("learnable_scale_param") else {}
+        fns = [C.make_infonce_fn(**kw)] + [C.sharded_infonce(mesh_of(n_dev), AXES, ring=ring, **kw)
+                                           for ring in (False, True)]
+        ref, gathered, ring = jax.jit(lambda e, p: [jax.value_and_grad(lambda e, p: f(e, None, p, ids), argnums=(0, 1))(
+            e, p) for f in fns])(emb, lp)
+    chex.assert_trees_all_close(gathered, ref, rtol=1e-6, atol=1e-9)
+    chex.assert_trees_all_close(ring, ref, rtol=1e-6, atol=1e-9)
+
+
+def test_ring_memory_is_flat_in_devices():
+    """Per-device temp memory at b_local = 512: the ring stays flat from 2 to 8 devices, the
+    all-gather form grows with the global batch."""
+    def temp(n, ring):
+        emb = jax.ShapeDtypeStruct((3, 512 * n, 16), jnp.float32)
+        fn = jax.value_and_grad(C.sharded_infonce(mesh_of(n), AXES, ring=ring))
+        return jax.jit(fn).lower(emb).compile().memory_analysis().temp_size_in_bytes
+
+    ring2, ring8 = temp(2, True), temp(8, True)
+    gather2, gather8 = temp(2, False), temp(8, False)
+    assert ring8 <= 1.05 * ring2, (ring2, ring8)
+    assert gather8 > 3 * gather2, (gather2, gather8)
+    assert ring8 * 3 < gather8
 
 
 def test_sharded_infonce_on_2d_explicit_mesh_and_blocks():

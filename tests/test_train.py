@@ -287,10 +287,11 @@ def test_length_grouped_batches_keep_every_row(minilm_dir):
 
 
 @pytest.mark.slow
-def test_quickstart_reaches_84_spearman_within_10_minutes(stsb_dir, tmp_path):
+def test_quickstart_reaches_85_spearman_within_10_minutes(stsb_dir, tmp_path):
     """The README quickstart, exactly: one `siamjax train` with configs/stsb_minilm.py (which
     exports <workdir>/model at the end), then STS-b test on that folder (all-MiniLM-L6-v2
-    starts at 82.03). Asserts the acceptance numbers: >= 84.0 within 10 minutes."""
+    starts at 82.03; the recipe, chosen on dev, measured 85.96). Asserts >= 85.0 within 10
+    minutes, and that the dev score it was chosen by beats the base model's 86.72."""
     from siamjax.encoder import SentenceEncoder
     from siamjax.evaluation import STSEvaluator
 
@@ -308,7 +309,10 @@ def test_quickstart_reaches_84_spearman_within_10_minutes(stsb_dir, tmp_path):
     model = SentenceEncoder.from_pretrained(tmp_path / "run" / "model")
     spearman = STSEvaluator.from_file(stsb_dir / "sts-test.csv")(model)["spearman_cosine"]
     print(f"quickstart: {minutes:.1f} min, STS-b test spearman_cosine {spearman:.2f}")
-    assert spearman >= 84.0
+    dev = [r["sts/spearman_cosine"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")
+           if "sts/spearman_cosine" in r][-1]
+    assert dev > 86.72
+    assert spearman >= 85.0
     assert minutes <= 10.0
 
 

@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="siamjax",
         description="Train, evaluate and serve siamese sentence-embedding models with JAX. "
                     "Exit codes: 0 done, 1 non-finite training loss, 2 bad input (config, flags, "
-                    "data, model, checkpoint), 75 preempted (rerun to resume).",
+                    "data, model, checkpoint, workdir in use), 3 disk full / read-only / permission "
+                    "denied, 70 internal error (a bug: --debug shows it), 75 preempted (rerun to resume).",
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")

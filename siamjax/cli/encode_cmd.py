@@ -11,7 +11,7 @@ import pathlib
 import numpy as np
 
 from siamjax.cli.errors import EXIT_OK, InputError, run_verb
-from siamjax.cli.model_args import add_model_args, load_encoder
+from siamjax.cli.model_args import add_model_args, check_output_file, load_encoder
 from siamjax.data import read_texts
 from siamjax.quantization import PRECISIONS, quantize_embeddings
 
@@ -49,8 +49,7 @@ def _encode(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.output)
     if out.suffix != ".npy":
         raise InputError(f"--output {out} must end in .npy")
-    if not out.parent.is_dir():
-        raise InputError(f"--output directory {out.parent} does not exist")
+    check_output_file(args.output, "--output")
     calibration = load_npy(args.calibration, "--calibration") if args.calibration else None
     _, texts = read_texts(args.input)
     encoder = load_encoder(args)

@@ -10,9 +10,10 @@ import json
 import pathlib
 
 from siamjax import evaluation as ev
-from siamjax.cli.errors import EXIT_OK, InputError, run_verb
-from siamjax.cli.model_args import add_model_args, embed_texts, load_encoder
+from siamjax.cli.errors import EXIT_OK, run_verb
+from siamjax.cli.model_args import add_model_args, check_output_file, embed_texts, load_encoder
 from siamjax.data.readers import PAIR_FORMATS
+from siamjax.data.records import ON_BAD_ROW_CHOICES
 
 TASKS = {
     "sts": "Pearson/Spearman of cosine, dot, Euclidean, Manhattan similarity vs gold scores "
@@ -38,6 +39,17 @@ def _columns(spec: str) -> dict[str, str]:
     return out
 
 
+def _score_range(spec: str) -> tuple[float, float]:
+    """'0,5' -> (0.0, 5.0), low < high."""
+    try:
+        low, high = (float(x) for x in spec.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH, got {spec!r}") from None
+    if not low < high:
+        raise argparse.ArgumentTypeError(f"expected LOW < HIGH, got {spec!r}")
+    return low, high
+
+
 def add_parser(subparsers) -> None:
     """Register `siamjax eval` and its tasks."""
     p = subparsers.add_parser(
@@ -53,23 +65,31 @@ def add_parser(subparsers) -> None:
             t.add_argument("--data", required=True, help="BEIR folder")
             t.add_argument("--split", default="test", help="qrels split to evaluate (default test)")
             t.add_argument("--score", choices=("cosine", "dot"), default="cosine", help="search score")
+            t.add_argument("--on-bad-row", choices=ON_BAD_ROW_CHOICES, default="error",
+                           help="a qrels line naming an unknown query/document id: error (default) or "
+                                "skip and count it")
         else:
             t.add_argument("--data", required=True, help="data file (.csv, .tsv, .jsonl; STS-b/SICK for sts)")
             formats = PAIR_FORMATS if task == "sts" else tuple(f for f in PAIR_FORMATS if f not in ("stsb", "sick"))
             t.add_argument("--format", choices=formats, default="auto", help="file layout (default: detect)")
             t.add_argument("--columns", type=_columns, metavar="FIELD=COLUMN,...",
                            help="map fields to the file's column names, e.g. score=label")
+            if task == "sts":
+                t.add_argument("--score-range", type=_score_range, metavar="LOW,HIGH",
+                               help="allowed gold scores of csv/tsv/jsonl files (default 0,5; STS-b and "
+                                    "SICK use their own); a score outside is an error naming its line")
         t.add_argument("--output", help="also write the metrics to this .json file")
         t.set_defaults(func=run)
 
 
 def _evaluator(args):
     if args.task == "retrieval":
-        return ev.RetrievalEvaluator.from_beir(args.data, args.split, scores=(args.score,),
-                                               show_progress=not args.quiet)
+        return ev.RetrievalEvaluator.from_beir(args.data, args.split, on_bad_row=args.on_bad_row,
+                                               scores=(args.score,), show_progress=not args.quiet)
     cls = {"sts": ev.STSEvaluator, "triplet": ev.TripletEvaluator, "binary": ev.BinaryClassificationEvaluator,
            "paraphrase": ev.ParaphraseMiningEvaluator}[args.task]
-    return cls.from_file(args.data, format=args.format, columns=args.columns)
+    extra = {"score_range": args.score_range} if args.task == "sts" else {}
+    return cls.from_file(args.data, format=args.format, columns=args.columns, **extra)
 
 
 def _size(evaluator, task: str) -> str:
@@ -106,11 +126,14 @@ def format_table(metrics: dict[str, float], task: str) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    if args.output and not pathlib.Path(args.output).parent.is_dir():
-        raise InputError(f"--output directory {pathlib.Path(args.output).parent} does not exist")
+    check_output_file(args.output, "--output")
     evaluator = _evaluator(args)  # read the data first: a bad file fails before the model loads
     metrics = evaluator(embed_texts(load_encoder(args), args))
     print(f"{args.task}: {args.data} ({_size(evaluator, args.task)}), model {args.model}")
+    skipped = getattr(evaluator, "skipped_qrels", [])
+    if skipped:
+        print(f"skipped {len(skipped)} qrels line(s) naming unknown ids (--on-bad-row skip); first: "
+              f"{skipped[0].path}:{skipped[0].line}: {skipped[0].reason}")
     print(format_table(metrics, args.task))
     if args.output:
         pathlib.Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n")

@@ -1,15 +1,19 @@
 """`siamjax export --workdir runs/x --output dir [--step N]`: a run -> sentence-transformers folder.
 
 Takes the best checkpoint by the run's `checkpoint.best_metric` (the latest if no checkpoint
-was evaluated), verifies it, and writes config.json, model.safetensors (HF names), the
+was evaluated), verifies it (a corrupt one is skipped, with a warning, for the newest that
+verifies, as `train` does when it resumes), and writes config.json, model.safetensors (HF names), the
 tokenizer, modules.json and the pooling config, loadable by `SentenceTransformer(dir)` and by
 `siamjax.SentenceEncoder.from_pretrained(dir)`.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import pathlib
 
 from siamjax.cli.errors import EXIT_OK, run_verb
+from siamjax.cli.logs import LOG_NAME
 from siamjax.train import export_run
 
 
@@ -35,4 +39,6 @@ def _export(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
     """Handler of `siamjax export`; returns the exit code."""
-    return run_verb("export", lambda: _export(args), debug=args.debug)
+    log = pathlib.Path(args.workdir) / LOG_NAME
+    writable = log.parent.is_dir() and os.access(log.parent, os.W_OK)  # a read-only run folder exports too
+    return run_verb("export", lambda: _export(args), debug=args.debug, log_path=log if writable else os.devnull)

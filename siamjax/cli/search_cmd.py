@@ -15,7 +15,7 @@ import numpy as np
 from siamjax import quantization
 from siamjax.cli.encode_cmd import load_npy
 from siamjax.cli.errors import EXIT_OK, InputError, run_verb
-from siamjax.cli.model_args import add_model_args, load_encoder, positive_int
+from siamjax.cli.model_args import add_model_args, check_output_file, load_encoder, positive_int
 from siamjax.data import read_texts
 from siamjax.quantization import PRECISIONS
 from siamjax.search import quantized_search, semantic_search
@@ -79,8 +79,7 @@ def format_hits(queries: list[str], ids: list[str], texts: list[str], scores, in
 
 def _read_inputs(args) -> tuple[list[str], list[str], list[str], np.ndarray | None]:
     """(corpus ids, corpus texts, queries, corpus embeddings or None), all checked."""
-    if args.output and not pathlib.Path(args.output).parent.is_dir():
-        raise InputError(f"--output directory {pathlib.Path(args.output).parent} does not exist")
+    check_output_file(args.output, "--output")
     ids, texts = read_texts(args.corpus)
     queries = read_texts(args.queries)[1] if args.queries else args.query
     if any(not q.strip() for q in queries):
@@ -93,7 +92,20 @@ def _read_inputs(args) -> tuple[list[str], list[str], list[str], np.ndarray | No
                              f"{len(texts)} texts of {args.corpus}")
         if not np.issubdtype(corpus_emb.dtype, np.floating):
             raise InputError(f"{args.corpus_embeddings}: expected float embeddings, got {corpus_emb.dtype}")
+        bad = first_non_finite_row(corpus_emb)
+        if bad is not None:
+            raise InputError(f"{args.corpus_embeddings}: row {bad} (text {ids[bad]} of {args.corpus}) is not "
+                             "finite (NaN/Inf would rank first); re-encode the corpus")
     return ids, texts, queries, corpus_emb
+
+
+def first_non_finite_row(emb: np.ndarray, chunk: int = 65536) -> int | None:
+    """Index of the first row of `emb` holding NaN/Inf (read in chunks: `emb` may be memory-mapped)."""
+    for start in range(0, emb.shape[0], chunk):
+        finite = np.isfinite(emb[start:start + chunk]).all(axis=1)
+        if not finite.all():
+            return start + int(np.argmin(finite))
+    return None
 
 
 def _run_search(args: argparse.Namespace) -> int:

@@ -8,14 +8,18 @@ resumes from the newest good checkpoint in the workdir.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
 
 import jax
 
 from siamjax.cli.errors import EXIT_OK, EXIT_PREEMPTED, run_verb
+from siamjax.cli.logs import LOG_NAME
 from siamjax.data import BadRowError
+from siamjax.data.sampler import DuplicateTextsError
 from siamjax.parallel import DistributedArgs, initialize
-from siamjax.train import ConfigError, export_run, load_config, train_and_evaluate
+from siamjax.train import ConfigError, export_run, load_config, train_and_evaluate, validate
+from siamjax.train.workdir import WorkdirLock, check_writable
 
 
 def add_parser(subparsers) -> None:
@@ -25,8 +29,10 @@ def add_parser(subparsers) -> None:
         help="train (or resume) a sentence encoder from a config file",
         description="Train a sentence encoder as the config file describes. Any field can be "
         "overridden with --config.<group>.<field>=VALUE (e.g. --config.optim.lr=3e-5); rerunning "
-        "the same command resumes from the newest good checkpoint in the workdir. Exit codes: 0 "
-        "done, 1 non-finite loss, 2 config/data/checkpoint error, 75 preempted (rerun to resume).",
+        "the same command resumes from the newest good checkpoint in the workdir; one run at a time "
+        "holds a workdir. Third-party logs go to WORKDIR/log.txt. Exit codes: 0 done, 1 non-finite "
+        "loss, 2 config/data/checkpoint error or workdir in use, 3 disk full/read-only/permission, "
+        "70 internal error, 75 preempted (rerun to resume).",
     )
     parser.add_argument("--config", required=True, help="configs/x.py[:arg]")
     parser.add_argument("--workdir", required=True, help="run folder: checkpoints, metrics, config")
@@ -40,7 +46,8 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run, accepts_overrides=True)
 
 
-def _train(args: argparse.Namespace, overrides: list[str]) -> int:
+def _prepare(args: argparse.Namespace, overrides: list[str]):
+    """The validated config, with the multi-process job joined; nothing is written yet."""
     if "://" in args.workdir:  # pathlib would turn gs://b/r into a local folder "gs:/b/r"
         raise ConfigError(f"--workdir {args.workdir}: URLs are not supported; give a folder every "
                           "process can see (a shared filesystem, or the bucket mounted with gcsfuse)")
@@ -50,18 +57,34 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
                                             process_id=args.process_id))
     except ValueError as err:  # incomplete or inconsistent multi-process flags
         raise ConfigError(str(err)) from err
-    result = train_and_evaluate(config, args.workdir)
-    if result.preempted:
-        return EXIT_PREEMPTED
-    print(f"siamjax train: finished at step {result.step}; workdir {args.workdir}")
-    if config.export.dir:
-        output, step = export_run(args.workdir, pathlib.Path(args.workdir) / config.export.dir)
-        if jax.process_index() == 0:
-            print(f"siamjax train: exported step {step} to {output}")
+    validate(config)
+    return config
+
+
+def _train(args: argparse.Namespace, config) -> int:
+    # process 0 holds the workdir through training and export (train_and_evaluate re-enters it)
+    with WorkdirLock(args.workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+        if config.export.dir:
+            check_writable(pathlib.Path(args.workdir) / config.export.dir, "export.dir folder")
+        result = train_and_evaluate(config, args.workdir)
+        if result.preempted:
+            return EXIT_PREEMPTED
+        print(f"siamjax train: finished at step {result.step}; workdir {args.workdir}")
+        if config.export.dir:
+            output, step = export_run(args.workdir, pathlib.Path(args.workdir) / config.export.dir)
+            if jax.process_index() == 0:
+                print(f"siamjax train: exported step {step} to {output}")
     return EXIT_OK
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
-    """Handler of `siamjax train`: trains, then exports; returns the exit code."""
-    hints = {BadRowError: "set data.train.on_bad_row=skip to skip and count such rows"}
-    return run_verb("train", lambda: _train(args, rest), hints=hints, debug=args.debug)
+    """Handler of `siamjax train`: checks the config (writing nothing), then trains in the workdir
+    with third-party output going to its log.txt, then exports; returns the exit code."""
+    hints = {BadRowError: "set data.train.on_bad_row=skip to skip and count such rows",
+             DuplicateTextsError: "lower train.batch_size, de-duplicate the file, or set data.no_duplicates=false"}
+    prepared = []
+    code = run_verb("train", lambda: prepared.append(_prepare(args, rest)), hints=hints, debug=args.debug)
+    if code != EXIT_OK:
+        return code
+    log = pathlib.Path(args.workdir) / LOG_NAME
+    return run_verb("train", lambda: _train(args, prepared[0]), hints=hints, debug=args.debug, log_path=log)

@@ -17,6 +17,7 @@ import grain
 import jax
 import numpy as np
 
+from siamjax.data.records import LABEL_DTYPES
 from siamjax.data.sampler import GlobalBatchSampler
 from siamjax.data.tokenization import pack_sides, token_lengths, tokenize_sides
 from siamjax.encoder import rows
@@ -71,10 +72,10 @@ class _Materialize:
     """
 
     def __init__(self, sources, tokenizer, max_seq_length: int, buckets: tuple[int, ...],
-                 pack_length: int = 0, num_shards: int = 1):
+                 pack_length: int = 0, num_shards: int = 1, row_multiple: int = 1):
         self._sources, self._tokenizer = sources, tokenizer
         self._max_seq_length, self._buckets = max_seq_length, buckets
-        self._pack_length, self._num_shards = pack_length, num_shards
+        self._pack_length, self._num_shards, self._row_multiple = pack_length, num_shards, row_multiple
 
     def __call__(self, element: tuple[int, list[int], list[int]]) -> dict[str, np.ndarray]:
         d, indices, others = element
@@ -84,7 +85,8 @@ class _Materialize:
         if self._pack_length:
             batch = pack_sides(self._tokenizer, sides, max_seq_length=self._max_seq_length,
                                row_length=self._pack_length, num_shards=self._num_shards,
-                               min_rows=self._rows_elsewhere(source, others, len(indices)))
+                               min_rows=self._rows_elsewhere(source, others, len(indices)),
+                               row_multiple=self._row_multiple)
         else:
             longest_elsewhere = 0
             if others and len(self._buckets) > 1:  # every process must pick the same bucket
@@ -93,8 +95,7 @@ class _Materialize:
             batch = tokenize_sides(self._tokenizer, sides, max_seq_length=self._max_seq_length,
                                    buckets=self._buckets, min_length=longest_elsewhere)
         if source.label_kind is not None:
-            dtype = np.float32 if source.label_kind == "score" else np.int32
-            batch["labels"] = np.asarray([ex.label for ex in examples], dtype=dtype)
+            batch["labels"] = np.asarray([ex.label for ex in examples], dtype=LABEL_DTYPES[source.label_kind])
         return batch
 
     def _rows_elsewhere(self, source, others: list[int], local: int) -> int:
@@ -113,8 +114,8 @@ class TrainIterator(grain.DatasetIterator):
 
     Each batch: int32 `input_ids`, `attention_mask`, `token_type_ids` of shape [S, B_local, L]
     (L a bucket length; packed: [S, rows, pack_length] plus `text_index`
-    [S, shards, B_local / shards]) and `labels` [B_local] (float32 scores or int32 classes)
-    when the dataset has labels. `get_state()` is the state after the last batch returned.
+    [S, shards, B_local / shards]) and `labels` [B_local, ...] (float32 scores or teacher
+    targets, int32 classes) when the dataset has labels. `get_state()` is the state after the last batch returned.
     """
 
     def __init__(self, parent: grain.DatasetIterator, sampler_view: GlobalBatchSampler):
@@ -167,6 +168,7 @@ def make_train_iterator(
     buckets: Sequence[int] | None = None,
     pack_length: int = 0,
     num_shards: int = 1,
+    row_multiple: int = 1,
     prefetch: int = 2,
 ) -> TrainIterator:
     """Build the training iterator over one or several pair/triplet datasets.
@@ -183,7 +185,8 @@ def make_train_iterator(
     all pick the same bucket length; `buckets=(max_seq_length,)` skips that work.
     `pack_length` > 0 packs each side into rows of that many tokens instead of padding
     (`siamjax.encoder.rows`), in `num_shards` shards per process (this process's batch
-    devices), so each device's rows hold exactly its own texts.
+    devices), so each device's rows hold exactly its own texts; each shard's row count is a
+    multiple of `row_multiple` (GradCache chunks of whole packed rows).
     """
     sources = _as_sources(datasets)
     process_index = jax.process_index() if process_index is None else process_index
@@ -202,7 +205,7 @@ def make_train_iterator(
 
     view = make_sampler()  # validates the settings now, and answers `epochs` questions
     ds = _LocalIndices(make_sampler, process_index, process_count)
-    ds = ds.map(_Materialize(sources, tokenizer, max_seq_length, buckets, pack_length, num_shards))
+    ds = ds.map(_Materialize(sources, tokenizer, max_seq_length, buckets, pack_length, num_shards, row_multiple))
     if prefetch > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
     iterator = TrainIterator(iter(ds), view)

@@ -45,13 +45,21 @@ PAIR_FORMATS = ("auto",) + tuple(f for f in FORMATS if f != "txt") + tuple(LAYOU
 SCORED_PAIR_COLUMNS = {"sentence1": "sentence1", "sentence2": "sentence2", "score": "score"}
 LABELLED_PAIR_COLUMNS = {"sentence1": "sentence1", "sentence2": "sentence2", "label": "label"}
 TRIPLET_COLUMNS = {"anchor": "anchor", "positive": "positive", "negative": "negative"}
+STS_SCORE_RANGE = (0.0, 5.0)  # the default range of STS scores in csv/tsv/jsonl evaluation files
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """The format of a file from its suffix and first line (STS-b files end in .csv but are TSV)."""
+    """The format of a file from its suffix and first line (STS-b files end in .csv but are TSV).
+
+    A suffix that names no known format (".parquet", ".dat") is an error rather than a guess from
+    the first line: a jsonl line holds commas too, and a wrong guess reads as missing columns."""
     fmt = suffix_format(path)
     if fmt == "jsonl":
         return fmt
+    suffixes = [x for x in pathlib.Path(path).suffixes if x.lower() != ".gz"]
+    if fmt is None and suffixes:
+        raise DataError(f"{path}: cannot tell the format from the unknown suffix {suffixes[-1]!r}; give it "
+                        f"(one of {', '.join(PAIR_FORMATS[1:])}: data.*.format in a config, --format in eval)")
     lines = read_lines(path)
     first = next((line for _, line in lines if line.strip()), None)
     if first is None:
@@ -177,11 +185,19 @@ def _eval_columns(path, fmt: str, defaults: dict, columns: Mapping | None) -> di
     return None
 
 
-def read_scored_pairs(path, *, format: str = "auto", columns: Mapping | None = None) -> PairDataset:  # noqa: A002
+def read_scored_pairs(path, *, format: str = "auto", columns: Mapping | None = None,  # noqa: A002
+                      score_range: tuple[float, float] | None = None) -> PairDataset:
     """Sentence pairs with a graded score (STS): STS-b, SICK, or csv/tsv/jsonl with sentence1,
-    sentence2 and score columns (other names via `columns`, e.g. {"score": "label"})."""
+    sentence2 and score columns (other names via `columns`, e.g. {"score": "label"}).
+
+    Scores are range-checked as in training, so a typo such as 7.5 in a 0-5 file is an error
+    naming its line: STS-b and SICK by their layout, other files by `score_range` (default
+    `STS_SCORE_RANGE`, the STS convention 0-5, which 0-1 scores also fit)."""
     fmt = detect_format(path) if format == "auto" else format
-    return read_pairs(path, format=fmt, columns=_eval_columns(path, fmt, SCORED_PAIR_COLUMNS, columns))
+    if score_range is None and fmt not in LAYOUTS:
+        score_range = STS_SCORE_RANGE
+    return read_pairs(path, format=fmt, columns=_eval_columns(path, fmt, SCORED_PAIR_COLUMNS, columns),
+                      score_range=score_range)
 
 
 def read_labelled_pairs(path, *, format: str = "auto", columns: Mapping | None = None) -> PairDataset:  # noqa: A002

@@ -8,6 +8,7 @@ the file is finished. Nothing is dropped silently.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,12 @@ log = logging.getLogger(__name__)
 
 ON_BAD_ROW_CHOICES = ("error", "skip")
 # Reserved role names in a column mapping; every other role is a text side, in mapping order.
-LABEL_ROLES = ("score", "label", "nli_label")
+# "teacher": distillation targets (a number or a list / nested list of numbers per row, e.g. a
+# teacher's score margin, its scores of the candidates, or its embeddings); csv/tsv cells hold
+# them as JSON text ("[0.3, -1.2]").
+LABEL_ROLES = ("score", "label", "nli_label", "teacher")
+# Array dtype of each label kind's `labels`.
+LABEL_DTYPES = {"score": np.float32, "teacher": np.float32, "class": np.int32, "nli": np.int32}
 # Canonical NLI classes (SNLI/MultiNLI order: 0 entailment, 1 neutral, 2 contradiction).
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 _NLI_ALIASES = {name: i for i, name in enumerate(NLI_LABELS)} | {"0": 0, "1": 1, "2": 2}
@@ -60,7 +66,7 @@ class PairDataset:
 
     Why a plain class: grain only needs `__len__`/`__getitem__`, and the no-duplicates sampler
     needs the texts of any example cheaply. `label_kind` is "score" (float32 labels),
-    "class" or "nli" (int32 labels) or None. `bad_rows` lists the rows skipped while reading;
+    "teacher" (float32 `[N, ...]` distillation targets), "class" or "nli" (int32 labels) or None. `bad_rows` lists the rows skipped while reading;
     `info` holds counts from conversions (e.g. NLI rows that could not form a triplet).
     """
 
@@ -98,7 +104,9 @@ class PairDataset:
 
     def __getitem__(self, index: int) -> Example:
         index = int(index)
-        label = None if self.labels is None else self.labels[index].item()
+        label = None if self.labels is None else self.labels[index]
+        if label is not None and label.ndim == 0:
+            label = label.item()
         return Example(tuple(col[index] for col in self.texts), label)
 
     def example_texts(self, index: int) -> tuple[str, ...]:
@@ -126,7 +134,7 @@ def split_roles(columns: Mapping[str, Any]) -> tuple[tuple[str, ...], str | None
 
 def label_kind_of(label_role: str | None) -> str | None:
     """The dataset-level label kind for a label role ("score", "class", "nli" or None)."""
-    return {None: None, "score": "score", "label": "class", "nli_label": "nli"}[label_role]
+    return {None: None, "score": "score", "label": "class", "nli_label": "nli", "teacher": "teacher"}[label_role]
 
 
 def parse_nli_label(value: Any) -> int:
@@ -156,6 +164,7 @@ class RowParser:
     num_classes: int | None = None
     on_bad_row: str = "error"
     bad_rows: list[BadRow] = dataclasses.field(default_factory=list)
+    teacher_shape: tuple[int, ...] | None = None  # set by the first row's teacher value
 
     def __post_init__(self):
         check_on_bad_row(self.on_bad_row)
@@ -212,7 +221,28 @@ class RowParser:
             return parse_nli_label(value)
         if role == "label":
             return self._class(value)
+        if role == "teacher":
+            return self._teacher(value)
         return self._score(value)
+
+    def _teacher(self, value: Any) -> np.ndarray:
+        """A number or (nested) list of finite numbers, shaped like the first row's."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError(f"teacher {value[:40]!r} is not a number or a JSON list of numbers") from None
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"teacher value {str(value)[:40]!r} is not a number or a (nested) list of numbers") from None
+        if array.size == 0 or not np.isfinite(array).all():
+            raise ValueError("teacher value is empty or holds NaN/Inf")
+        if self.teacher_shape is None:
+            self.teacher_shape = array.shape
+        elif array.shape != self.teacher_shape:
+            raise ValueError(f"teacher value has shape {array.shape}, the first row's has {self.teacher_shape}")
+        return array.astype(np.float32)
 
     def _class(self, value: Any) -> int:
         try:
@@ -256,6 +286,5 @@ class RowParser:
         kind = label_kind_of(self.label_role)
         labels = None
         if kind is not None:
-            dtype = np.float32 if kind == "score" else np.int32
-            labels = np.asarray([row[1] for row in rows], dtype=dtype)
+            labels = np.asarray([row[1] for row in rows], dtype=LABEL_DTYPES[kind])
         return PairDataset(name, self.sides, texts, labels, kind, list(self.bad_rows))

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 import grain
 import numpy as np
 
+from siamjax.data.records import DataError
+
 log = logging.getLogger(__name__)
 MIXING_CHOICES = ("round_robin", "proportional")
 STATE_VERSION = 1
@@ -44,6 +46,11 @@ def text_key(text: str) -> int:
 def _derived_seed(*parts: int) -> int:
     """A 32-bit seed from several integers, so streams of different datasets differ."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+class DuplicateTextsError(DataError):
+    """A dataset whose texts repeat so much that no batch without a repeated text exists; the fix
+    is a smaller batch or allowing repeats (callers name their own setting for each)."""
 
 
 class _Stream:
@@ -91,10 +98,10 @@ class _Stream:
             if self.limit is not None and cursor >= self.limit:
                 return None
             if scanned >= self.size:
-                raise ValueError(
+                raise DuplicateTextsError(
                     f"dataset {self.source.name!r}: cannot fill a batch of {self.batch_size} "
                     f"examples without repeating a text (only {len(batch)} fit after scanning "
-                    f"a whole epoch); lower the global batch size or pass no_duplicates=False")
+                    f"a whole epoch): too few distinct texts for this batch size")
             index = int(self.order[cursor])
             cursor += 1
             scanned += 1

@@ -57,14 +57,16 @@ def tokenize_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length:
 
 
 def pack_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length: int, row_length: int,
-               num_shards: int = 1, min_rows: int = 1) -> dict[str, np.ndarray]:
+               num_shards: int = 1, min_rows: int = 1, row_multiple: int = 1) -> dict[str, np.ndarray]:
     """Tokenise S lists of B texts and pack each side into rows: a packed `[S, ...]` batch.
 
     Returns int32 `input_ids`, `attention_mask` (segment ids), `token_type_ids` `[S, n * r, L]`
     and `text_index [S, n, B / n]` (`siamjax.encoder.rows`). Each of the `num_shards`
     contiguous shards of a side (one per batch device of this process) is packed into its own
     r rows; r is the same for every side and shard (the most any needs, at least `min_rows`,
-    rounded up by `rows.round_rows`) so the sides stack and the shards split evenly.
+    rounded up by `rows.round_rows`, then to a multiple of `row_multiple`: GradCache over packed
+    rows encodes each shard's rows `row_multiple` at a time) so the sides stack and the shards
+    split evenly.
     Why: short texts padded to a shared length waste most of the encoder's work.
     """
     if row_length < max_seq_length:
@@ -75,6 +77,7 @@ def pack_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length: int
     per_side = _side_ids(tokenizer, sides, max_seq_length)
     layouts = [rows.shard_layouts([len(x) for x in ids], row_length, num_shards) for ids in per_side]
     per_shard = rows.round_rows(max(max(rows.rows_needed(side) for side in layouts), min_rows))
+    per_shard = -(-per_shard // row_multiple) * row_multiple
     packed = [rows.fill_rows(ids, side, row_length=row_length, rows_per_shard=per_shard, pad_id=_pad_id(tokenizer))
               for ids, side in zip(per_side, layouts)]
     return {key: np.stack([p[key] for p in packed]) for key in packed[0]}

@@ -19,7 +19,7 @@ import numpy as np
 from huggingface_hub import snapshot_download
 from safetensors.numpy import save_file
 
-from siamjax.encoder import families, hf_names
+from siamjax.encoder import families, hf_names, verify
 from siamjax.encoder.model import DenseConfig, EncoderSpec
 from siamjax.encoder.pooling import PoolingConfig
 
@@ -89,29 +89,22 @@ class SafetensorsFiles(Mapping):
     def __init__(self, paths: list[pathlib.Path]):
         self._where: dict[str, tuple[pathlib.Path, dict, int]] = {}
         for path in paths:
-            with open(path, "rb") as f:
-                size = int.from_bytes(f.read(8), "little")
-                try:
-                    header = json.loads(f.read(size))
-                except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                    raise ValueError(f"{path}: not a safetensors file ({err})") from err
+            header, data_start = verify.safetensors_header(path)  # sizes checked: damage is one clear error
             for name, info in header.items():
                 if name != "__metadata__":
-                    self._where[name] = (path, info, 8 + size)
+                    self._where[name] = (path, info, data_start)
 
     def __getitem__(self, name: str) -> np.ndarray:
         path, info, start = self._where[name]
         if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}, which siamjax cannot read")
-        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
-        begin, end = info["data_offsets"]
-        out = np.empty(info["shape"], dtype)
-        if out.nbytes != end - begin:
-            raise ValueError(f"{path}: tensor {name!r} has {end - begin} bytes for shape {info['shape']} {dtype}")
+            raise verify.ModelFolderError(f"{path}: tensor {name!r} has dtype {info['dtype']}, which siamjax "
+                                          "cannot read")
+        out = np.empty(info["shape"], _SAFETENSORS_DTYPES[info["dtype"]])
+        begin, _ = info["data_offsets"]
         with open(path, "rb") as f:
             f.seek(start + begin)
             if f.readinto(memoryview(out.reshape(-1).view(np.uint8))) != out.nbytes:
-                raise ValueError(f"{path}: truncated file (tensor {name!r})")
+                raise verify.ModelFolderError(f"{path}: truncated file (tensor {name!r})")
         return out
 
     def __iter__(self) -> Iterator[str]:

@@ -91,12 +91,12 @@ def _get(tree: dict, path: Path):
 
 
 def fill_params(abstract: dict, tensors: Mapping[str, Any], scheme: TensorNames, source: str, *,
-                place: Callable[[np.ndarray], Any] = lambda value: value):
+                place: Callable[[str, np.ndarray], Any] = lambda name, value: value):
     """Fill a copy of the abstract param tree from `tensors`; returns `(params, extras)`.
 
     `tensors` may be lazy (a Mapping that reads each tensor from disk when it is looked up, e.g.
     `folder.SafetensorsFiles`): tensors are read one at a time, transposed and cast to the
-    parameter's dtype, and handed to `place` (e.g. `jax.device_put`; `jnp.asarray` copies twice) before the next
+    parameter's dtype, and handed to `place(name, value)` (e.g. a check and a device put) before the next
     is read, so a checkpoint is never held twice in memory. `extras` holds the kept, unused
     tensors (`scheme.kept`, e.g. BERT's pooler) to write back on save.
     """
@@ -132,7 +132,7 @@ def fill_params(abstract: dict, tensors: Mapping[str, Any], scheme: TensorNames,
             raise ValueError(f"{source}: weight {hf!r} has shape {tuple(raw.shape)}, expected {want} from config.json")
         value = np.ascontiguousarray(raw.T if transpose else raw).astype(target.dtype, copy=False)
         del raw
-        _set(params, path, place(value))
+        _set(params, path, place(hf, value))
     return params, extras
 
 

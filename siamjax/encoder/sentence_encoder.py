@@ -9,6 +9,7 @@ batch) and returns float32 numpy.
 """
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 from typing import Any, Sequence
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from siamjax import similarity as sim
-from siamjax.encoder import folder, hf_names, rows
+from siamjax.encoder import folder, hf_names, rows, verify
 from siamjax.encoder.families import TransformerConfig
 from siamjax.encoder.layers import ATTENTION_IMPLEMENTATIONS
 from siamjax.encoder.model import (DenseConfig, EncoderSpec, abstract_params, init_params,
@@ -53,12 +54,15 @@ def packing_row_length(longest: int, max_seq_length: int) -> int:
     return min(max(bucket_length(longest, max_seq_length), _MIN_PACK_ROW), max_seq_length)
 
 
-def _to_device(value: np.ndarray) -> jax.Array:
-    """One loaded tensor on the default device, its host buffer released before the next is read.
+def _to_device(name: str, value: np.ndarray, *, source: str | None) -> jax.Array:
+    """One loaded tensor, checked (`verify.check_weights`, unless `source` is None) and put on the
+    default device, its host buffer released before the next tensor is read.
 
     Why not `jnp.asarray`: on CPU it made two transient copies; and `jax.device_put` is
     asynchronous, so without waiting every host buffer stayed alive until the end of the load.
     """
+    if source is not None:
+        verify.check_weights({name: value}, source)
     return jax.device_put(value).block_until_ready()
 
 
@@ -90,28 +94,34 @@ class SentenceEncoder:
     @classmethod
     def from_pretrained(cls, path_or_name: str | os.PathLike, *, dtype: Any = "float32",
                         param_dtype: Any = "float32", remat: bool = False, attention: str = "xla",
-                        max_seq_length: int | None = None) -> "SentenceEncoder":
+                        max_seq_length: int | None = None, verify_weights: bool = True) -> "SentenceEncoder":
         """Load a sentence-transformers folder, a plain HF folder (mean pooling) or a hub name.
 
         The family (BERT/RoBERTa, MPNet, DistilBERT, ModernBERT) comes from `config.json`'s
         `model_type`. `dtype` is the compute dtype ("bfloat16" for mixed precision); `remat`
         recomputes each layer's activations in the backward pass to save memory when training;
-        `attention` is "xla" (everywhere) or "cudnn" (GPU, bf16).
+        `attention` is "xla" (everywhere) or "cudnn" (GPU, bf16). The folder is verified
+        (`siamjax.encoder.verify`: safetensors sizes, tokenizer vs embeddings, and, unless
+        `verify_weights=False`, every weight finite), so a damaged folder is an error, not garbage.
         """
         path = folder.resolve(path_or_name)
         loaded = folder.read_folder(path)
         _, abstract = abstract_params(loaded.spec, param_dtype=_dtype(param_dtype))
-        # Tensors are read, cast and put on the device one at a time: never two copies of the model.
+        # Tensors are read, checked, cast and put on the device one at a time: never two copies of the model.
+        place = lambda source: functools.partial(_to_device, source=source if verify_weights else None)
         params, extras = hf_names.fill_params(abstract, loaded.tensors, loaded.spec.transformer.tensor_names(),
-                                              str(loaded.transformer_dir), place=_to_device)
+                                              str(loaded.transformer_dir), place=place(str(loaded.transformer_dir)))
+        if verify_weights:
+            verify.check_weights(extras, str(loaded.transformer_dir))
         for i, (dense, tensors, where) in enumerate(zip(loaded.spec.dense, loaded.dense_tensors, loaded.dense_dirs)):
             dense_params, _ = hf_names.fill_params(abstract, tensors, hf_names.dense_names(dense.bias, i), str(where),
-                                                   place=_to_device)
+                                                   place=place(str(where)))
             params["dense"][str(i)] = dense_params["dense"][str(i)]
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(loaded.transformer_dir))
         except Exception as err:
             raise ValueError(f"{loaded.transformer_dir}: could not load the tokenizer ({err})") from err
+        verify.check_tokenizer(loaded.transformer_dir, tokenizer, loaded.spec.transformer.vocab_size)
         limit = loaded.max_seq_length if max_seq_length is None else int(max_seq_length)
         if limit > loaded.spec.transformer.max_tokens:
             raise ValueError(f"max_seq_length {limit} exceeds the model's {loaded.spec.transformer.max_tokens} "

@@ -104,18 +104,26 @@ class RetrievalEvaluator:
             raise ValueError("corpus is empty")
         self.corpus = [corpus[c] for c in self.corpus_ids]
         self.relevant = [set(relevant_docs[q]) for q in self.query_ids]
+        unknown = sorted({d for docs in self.relevant for d in docs} - set(corpus))
+        if unknown:  # they could never be retrieved: every metric would silently drop
+            raise ValueError(f"{len(unknown)} relevant document id(s) are not in the corpus, e.g. {unknown[:3]}")
         self.scores = tuple(scores)
         self.ks = dict(mrr_at_k=tuple(mrr_at_k), ndcg_at_k=tuple(ndcg_at_k), accuracy_at_k=tuple(accuracy_at_k),
                        precision_recall_at_k=tuple(precision_recall_at_k), map_at_k=tuple(map_at_k))
         self.max_k = max(max(v) for v in self.ks.values())
         self.corpus_chunk_size, self.show_progress, self.name = corpus_chunk_size, show_progress, name
         self.primary_metric = f"{self.scores[0]}_ndcg@{max(self.ks['ndcg_at_k'])}"
+        self.skipped_qrels: list = []  # judgements left out while reading (from_beir, on_bad_row="skip")
 
     @classmethod
-    def from_beir(cls, directory, split: str = "test", **kwargs) -> "RetrievalEvaluator":
-        """Evaluator over a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."""
-        data = read_beir(directory, split)
-        return cls(data.queries, data.corpus, data.relevant_docs, **kwargs)
+    def from_beir(cls, directory, split: str = "test", *, on_bad_row: str = "error", **kwargs) -> "RetrievalEvaluator":
+        """Evaluator over a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); qrels
+        naming unknown ids are errors, or skipped with `on_bad_row="skip"` (counted in
+        `skipped_qrels`)."""
+        data = read_beir(directory, split, on_bad_row=on_bad_row)
+        evaluator = cls(data.queries, data.corpus, data.relevant_docs, **kwargs)
+        evaluator.skipped_qrels = data.bad_rows
+        return evaluator
 
     def rank(self, query_emb_QxD, corpus_emb_NxD, score: str = "cosine") -> tuple[np.ndarray, list[list[str]]]:
         """Top-max_k (scores [Q, k], corpus ids) per query, by the sharded exact search."""

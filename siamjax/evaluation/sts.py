@@ -46,9 +46,9 @@ class STSEvaluator:
         self.similarities, self.name = tuple(similarities), name
 
     @classmethod
-    def from_file(cls, path, *, format: str = "auto", columns=None, **kwargs) -> "STSEvaluator":
+    def from_file(cls, path, *, format: str = "auto", columns=None, score_range=None, **kwargs) -> "STSEvaluator":
         """Evaluator over an STS-b / SICK / csv / tsv / jsonl file (`siamjax.data.read_scored_pairs`)."""
-        data = read_scored_pairs(path, format=format, columns=columns)
+        data = read_scored_pairs(path, format=format, columns=columns, score_range=score_range)
         return cls(*data.texts, data.labels, **kwargs)
 
     def __len__(self) -> int:

@@ -23,10 +23,11 @@ def is_concrete(x) -> bool:
 
 
 def check_float_array(where: str, field: str, x, ndim: int) -> jax.Array:
-    """Returns `x` as a float32 array after checking its rank and that it is floating point.
+    """Returns `x` as an array of at least float32 after checking its rank and that it is floating point.
 
     Losses compute in float32 (bf16 embeddings are upcast, as sentence-transformers does for
-    CoSENT), so a bf16 encoder still gets a float32 loss.
+    CoSENT), so a bf16 encoder still gets a float32 loss; float64 inputs (x64 parity tests)
+    stay float64.
     """
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{where}: {field} must be an array, got {type(x).__name__}")
@@ -36,7 +37,7 @@ def check_float_array(where: str, field: str, x, ndim: int) -> jax.Array:
         raise TypeError(f"{where}: {field} must be a floating-point array, got dtype {x.dtype}")
     if any(d == 0 for d in x.shape):
         raise ValueError(f"{where}: {field} has an empty dimension: shape {tuple(x.shape)}")
-    return jnp.asarray(x).astype(jnp.float32)
+    return jnp.asarray(x).astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def check_labels(where: str, labels, batch: int, kind: str) -> jax.Array:

@@ -1,9 +1,9 @@
 """GradCache: full-batch contrastive gradients with activation memory of one chunk.
 
 Gao, Zhang, Han & Callan 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited
-Setup"; sentence-transformers' CachedMultipleNegativesRankingLoss. In-batch-negative losses want
-huge batches, but backprop through the encoder keeps activations for the whole batch. GradCache
-splits the gradient at the embeddings:
+Setup"; sentence-transformers' Cached* losses. In-batch-negative losses want huge batches, but
+backprop through the encoder keeps activations for the whole batch. GradCache splits the
+gradient at the embeddings:
 
 1. embed the batch chunk by chunk with no activations kept (forward only);
 2. compute the loss and g = d loss / d embeddings on the full `[S, B, D]` embeddings;
@@ -11,20 +11,28 @@ splits the gradient at the embeddings:
 
 By the chain rule the sum equals the full-batch gradient. Steps 1 and 3 are `jax.lax.scan`s, so
 compile time does not grow with the number of chunks, and only one chunk's activations are live.
-Chunks are strided (`chunk i = rows {j * n_chunks + i}`), so on a mesh every chunk is spread over
-all batch devices and the chunk dimension keeps the batch sharding; `loss_fn` may be the sharded
-InfoNCE (`get_loss("mnrl", mesh=...)`). For memory O(chunk * B) in step 2 too, use InfoNCE with
-`block_size=chunk_size`.
+
+A chunk is a slice of the batch's rows, in one of the two row layouts (`siamjax.encoder.rows`):
+- padded `[S, B, L]`: `chunk_size` texts per side. Chunks are strided (chunk i = rows
+  {j * n_chunks + i}), so on a mesh every chunk is spread over all batch devices;
+- packed `[S, n * r, L]` + `text_index [S, n, b]`: `chunk_tokens` tokens per side on each of
+  the n batch shards, i.e. `chunk_tokens / L` packed rows of every shard (sentence-transformers'
+  token-budgeted mini-batches, but every chunk has the same shape). A chunk is encoded into one
+  vector per row slot; the slot vectors of all chunks are then unpacked into the `[S, B, D]`
+  text embeddings with `text_index`, and step 3 pulls g back through that gather.
+`loss_fn` may be the sharded InfoNCE/GIST (`get_loss(..., mesh=...)`). A frozen guide encoder
+(GIST; CachedGIST is GIST under GradCache) embeds the chunks in step 1 only. For memory
+O(chunk * B) in step 2 too, use InfoNCE with `block_size` (or `ring=True` when sharded).
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from siamjax.encoder.rows import num_slots, unpack
 from siamjax.losses import checks as chk
 
 _LOSS_KEYS = ("labels", "text_ids")
@@ -35,117 +43,209 @@ def grad_cache_value_and_grad(
     loss_fn: Callable,
     params: Any,
     batch_SxBxL: dict,
-    chunk_size: int,
+    chunk_size: int | None = None,
     loss_params: Any = None,
     rng: jax.Array | None = None,
     *,
+    chunk_tokens: int | None = None,
     compute_dtype=None,
+    guide_encode_fn: Callable | None = None,
+    guide_params: Any = None,
 ) -> tuple[jax.Array, Any, Any]:
     """(loss, d loss / d params, d loss / d loss_params) of `loss_fn(encode(batch))` via GradCache.
 
     encode_fn(params, batch_bxL: dict, *, rng=None) -> [b, D]: pure encoder (rng given = dropout).
-    loss_fn(emb_SxBxD, labels_B | None, loss_params[, text_ids_SxB]) -> scalar (registry LossFn).
-    batch_SxBxL: encoder inputs `[S, B, ...]` (input_ids, attention_mask, ...), plus optional
-      "labels" [B] and "text_ids" [S, B] which go to the loss, not the encoder.
-    chunk_size: examples per side encoded per step (over all devices); must divide B, and on a
-      mesh should be a multiple of the number of batch devices.
+    loss_fn(emb_SxBxD, labels_B | None, loss_params[, text_ids_SxB][, guide_SxBxD=]) -> scalar.
+    batch_SxBxL: encoder inputs `[S, B, ...]` (input_ids, attention_mask, ...) or a packed batch
+      (+ `text_index`), plus optional "labels" [B, ...] and "text_ids" [S, B] for the loss.
+    chunk_size: texts per side encoded per step (over all devices), padded batches; must divide
+      B, and on a mesh should be a multiple of the number of batch devices.
+    chunk_tokens: packed batches: tokens per side per batch shard encoded per step; a multiple
+      of the row length L whose row count divides each shard's rows.
     rng: dropout key; chunk i, side s uses split(fold_in(rng, i), S)[s] in both passes, so the
       re-encoding reproduces the first pass exactly. (With dropout, the result equals a full-batch
       gradient under those per-chunk keys, not under the keys of an unchunked step.)
     compute_dtype: if set, floating params are cast to it for encoding (bf16 compute; gradients
       still arrive in the params' dtype).
+    guide_encode_fn / guide_params: a frozen guide encoder whose embeddings of the batch go to
+      the loss as `guide_SxBxD` (no gradients, computed in the first pass only).
     Returns d loss / d loss_params as None when loss_params is None.
     """
     where = "grad_cache_value_and_grad"
-    sides, labels, text_ids = _split_batch(where, batch_SxBxL)
-    num_sides, batch = next(iter(sides.values())).shape[:2]
-    _check_chunking(where, params, batch, chunk_size)
-    n_chunks = batch // chunk_size
-    to_chunks = functools.partial(_to_chunks, chunk_size=chunk_size, n_chunks=n_chunks)
-
-    def embed_chunk(p, chunk_Sxcx, i):
-        if compute_dtype is not None:
-            p = jax.tree.map(lambda a: a.astype(compute_dtype), p)
-        if rng is None:
-            return jax.vmap(lambda side: encode_fn(p, side))(chunk_Sxcx)
-        keys_S = jax.random.split(jax.random.fold_in(rng, i), num_sides)
-        return jax.vmap(lambda side, k: encode_fn(p, side, rng=k))(chunk_Sxcx, keys_S)
-
-    chunks = jax.tree.map(to_chunks, sides)
-    idx_n = jnp.arange(n_chunks)
+    sides, text_index, labels, text_ids = _split_batch(where, batch_SxBxL)
+    _check_params(where, params)
+    layout = _layout(where, sides, text_index, chunk_size, chunk_tokens)
+    embed_chunk = _chunk_embedder(layout, rng, compute_dtype)
+    chunks = jax.tree.map(layout.to_chunks, sides)
+    idx_n = jnp.arange(layout.n_chunks)
     frozen = jax.lax.stop_gradient(params)
-    emb_nxSxcxD = jax.lax.map(lambda xs: embed_chunk(frozen, *xs), (chunks, idx_n))
-    emb_SxBxD = _from_chunks(emb_nxSxcxD)
+    out_nxSx = jax.lax.map(lambda xs: embed_chunk(encode_fn, frozen, *xs, keyed=True), (chunks, idx_n))
+    emb_SxBxD, assemble_vjp = jax.vjp(layout.assemble, out_nxSx)
+    extra = {}
+    if guide_encode_fn is not None:
+        guide = jax.lax.stop_gradient(guide_params)
+        extra["guide_SxBxD"] = layout.assemble(
+            jax.lax.map(lambda xs: embed_chunk(guide_encode_fn, guide, *xs, keyed=False), (chunks, idx_n)))
 
     lp = {} if loss_params is None else loss_params
-    extra = () if text_ids is None else (text_ids,)
+    ids = () if text_ids is None else (text_ids,)
     loss, (g_emb_SxBxD, g_lp) = jax.value_and_grad(
-        lambda e, p: loss_fn(e, labels, p, *extra), argnums=(0, 1))(emb_SxBxD, lp)
+        lambda e, p: loss_fn(e, labels, p, *ids, **extra), argnums=(0, 1))(emb_SxBxD, lp)
+    (g_out_nxSx,) = assemble_vjp(g_emb_SxBxD)
 
     def accumulate(acc, xs):
-        chunk_Sxcx, g_Sxcx, i = xs
-        _, pull = jax.vjp(lambda p: embed_chunk(p, chunk_Sxcx, i), params)
-        (g_params,) = pull(g_Sxcx)
+        chunk_Sx, g_Sx, i = xs
+        _, pull = jax.vjp(lambda p: embed_chunk(encode_fn, p, chunk_Sx, i, keyed=True), params)
+        (g_params,) = pull(g_Sx)
         return jax.tree.map(jnp.add, acc, g_params), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, _ = jax.lax.scan(accumulate, zeros, (chunks, to_chunks(g_emb_SxBxD), idx_n))
+    grads, _ = jax.lax.scan(accumulate, zeros, (chunks, g_out_nxSx, idx_n))
     return loss, grads, (None if loss_params is None else g_lp)
 
 
-def _to_chunks(x_SxBx, *, chunk_size: int, n_chunks: int):
-    """[S, B, ...] -> [n, S, c, ...] with chunk i = rows j * n + i (strided, so every chunk is
-    spread over all batch devices)."""
-    x = x_SxBx.reshape(x_SxBx.shape[0], chunk_size, n_chunks, *x_SxBx.shape[2:])
-    return jnp.moveaxis(x, 2, 0)
+def _chunk_embedder(layout, rng, compute_dtype):
+    """embed_chunk(encode_fn, params, chunk [S, ...], i, keyed) -> the chunk's outputs [S, ...].
 
-
-def _from_chunks(x_nxSxcx):
-    """Inverse of `_to_chunks`: [n, S, c, ...] -> [S, n * c, ...]."""
-    x = jnp.moveaxis(x_nxSxcx, 0, 2)
-    return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
-
-
-def make_grad_cache_value_and_grad(encode_fn: Callable, loss_fn: Callable, chunk_size: int, *, compute_dtype=None):
-    """value_and_grad_fn(params, batch, rng) -> (loss, grads) for params {"encoder", "loss"}.
-
-    The shape `siamjax.train.step.make_train_step(value_and_grad_fn=...)` takes: a drop-in
-    replacement for `jax.value_and_grad` of the embed-then-loss function.
+    Every side of chunk i gets its own dropout key, split(fold_in(rng, i), S), in both passes.
     """
 
-    def value_and_grad_fn(params, batch, rng):
+    def embed_chunk(enc, p, chunk_Sx, i, keyed):
+        if compute_dtype is not None:
+            p = jax.tree.map(lambda a: a.astype(compute_dtype), p)
+        chunk_Sx = layout.encoder_inputs(chunk_Sx)
+        if rng is None or not keyed:
+            return jax.vmap(lambda side: enc(p, side))(chunk_Sx)
+        keys_S = jax.random.split(jax.random.fold_in(rng, i), chunk_Sx["input_ids"].shape[0])
+        return jax.vmap(lambda side, k: enc(p, side, rng=k))(chunk_Sx, keys_S)
+
+    return embed_chunk
+
+
+class _PaddedChunks:
+    """Strided chunks of `chunk_size` texts: [S, B, ...] <-> [n, S, c, ...]."""
+
+    def __init__(self, batch: int, chunk_size: int):
+        self.chunk_size, self.n_chunks = chunk_size, batch // chunk_size
+
+    def to_chunks(self, x_SxBx):
+        x = x_SxBx.reshape(x_SxBx.shape[0], self.chunk_size, self.n_chunks, *x_SxBx.shape[2:])
+        return jnp.moveaxis(x, 2, 0)
+
+    def encoder_inputs(self, chunk_Sx):
+        return chunk_Sx
+
+    def assemble(self, emb_nxSxcxD):
+        x = jnp.moveaxis(emb_nxSxcxD, 0, 2)
+        return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
+
+
+class _PackedChunks:
+    """Chunks of `rows` packed rows from each of the n shards: [S, n * r, L] <-> [c, S, n * rows, L].
+
+    A chunk is encoded with an identity `text_index` (one output per row slot); `assemble`
+    puts the slots back in shard order and unpacks the texts with the batch's `text_index`.
+    """
+
+    def __init__(self, text_index_Sxnxb, rows_per_shard: int, rows: int, row_length: int):
+        self.text_index = text_index_Sxnxb
+        self.shards = text_index_Sxnxb.shape[1]
+        self.rows, self.n_chunks = rows, rows_per_shard // rows
+        self.slots_per_row = num_slots(row_length)
+
+    def to_chunks(self, x_SxRxL):
+        s, _, l = x_SxRxL.shape
+        x = x_SxRxL.reshape(s, self.shards, self.n_chunks, self.rows, l)
+        return jnp.moveaxis(x, 2, 0).reshape(self.n_chunks, s, self.shards * self.rows, l)
+
+    def encoder_inputs(self, chunk_Sx):
+        slots = self.rows * self.slots_per_row
+        s = chunk_Sx["input_ids"].shape[0]
+        every_slot = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (s, self.shards, slots))
+        return dict(chunk_Sx, text_index=every_slot)
+
+    def assemble(self, slots_cxSxMxD):
+        c, s, _, d = slots_cxSxMxD.shape
+        x = slots_cxSxMxD.reshape(c, s, self.shards, self.rows * self.slots_per_row, d)
+        x = jnp.moveaxis(x, 0, 2).reshape(s, self.shards * c * self.rows, self.slots_per_row, d)
+        return jax.vmap(unpack)(x, self.text_index)
+
+
+def _layout(where: str, sides: dict, text_index, chunk_size, chunk_tokens):
+    """The chunking of this batch: padded by `chunk_size` texts, or packed by `chunk_tokens`."""
+    num_sides, rows_total, *rest = sides["input_ids"].shape
+    if text_index is None:
+        if chunk_tokens is not None:
+            raise ValueError(f"{where}: chunk_tokens chunks packed rows; this batch is padded (no text_index), "
+                             f"give chunk_size (texts per chunk)")
+        _check_positive(where, "chunk_size", chunk_size)
+        chk.check_divisible(where, "batch size B", rows_total, chunk_size, "chunk_size")
+        return _PaddedChunks(rows_total, chunk_size)
+    if chunk_size is not None:
+        raise ValueError(f"{where}: this batch is packed (has text_index): give chunk_tokens, not chunk_size")
+    _check_positive(where, "chunk_tokens", chunk_tokens)
+    row_length, shards = rest[-1], text_index.shape[1]
+    chk.check_divisible(where, "chunk_tokens", chunk_tokens, row_length, "packed row length")
+    rows_per_shard = rows_total // shards
+    rows = chunk_tokens // row_length
+    chk.check_divisible(where, "packed rows per shard", rows_per_shard, rows, "rows per chunk (chunk_tokens / L)")
+    return _PackedChunks(text_index, rows_per_shard, rows, row_length)
+
+
+def make_grad_cache_value_and_grad(encode_fn: Callable, loss_fn: Callable, chunk_size: int | None = None, *,
+                                   chunk_tokens: int | None = None, compute_dtype=None,
+                                   guide_encode_fn: Callable | None = None):
+    """value_and_grad_fn(params, batch, rng, frozen) -> (loss, grads) for params {"encoder", "loss"}.
+
+    The shape `siamjax.train.step.make_train_step(value_and_grad_fn=...)` takes: a drop-in
+    replacement for `jax.value_and_grad` of the embed-then-loss function. `frozen` holds the
+    guide's parameters (`frozen["guide"]`) when `guide_encode_fn` is given.
+    """
+
+    def value_and_grad_fn(params, batch, rng, frozen=None):
         loss_params = params.get("loss") or {}
+        guide = {} if guide_encode_fn is None else dict(guide_encode_fn=guide_encode_fn, guide_params=frozen["guide"])
         loss, g_enc, g_loss = grad_cache_value_and_grad(
             encode_fn, loss_fn, params["encoder"], batch, chunk_size, loss_params, rng,
-            compute_dtype=compute_dtype)
+            chunk_tokens=chunk_tokens, compute_dtype=compute_dtype, **guide)
         return loss, {"encoder": g_enc, "loss": g_loss}
 
     return value_and_grad_fn
 
 
-def _check_chunking(where: str, params, batch: int, chunk_size) -> None:
-    """chunk_size must be a positive int dividing B, and params floating point (they get grads)."""
-    if not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"{where}: chunk_size must be a positive int, got {chunk_size!r}")
-    chk.check_divisible(where, "batch size B", batch, chunk_size, "chunk_size")
+def _check_positive(where: str, field: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{where}: {field} must be a positive int, got {value!r}")
+
+
+def _check_params(where: str, params) -> None:
+    """params must be floating point (they get gradients)."""
     bad = [jnp.dtype(x.dtype).name for x in jax.tree.leaves(params) if not jnp.issubdtype(x.dtype, jnp.inexact)]
     if bad:
         raise TypeError(f"{where}: params must be floating-point arrays only, found dtypes {sorted(set(bad))}")
 
 
 def _split_batch(where: str, batch: dict):
+    """(encoder sides, text_index or None, labels, text_ids) of a GradCache batch, shapes checked."""
     if not isinstance(batch, dict) or not batch:
         raise TypeError(f"{where}: batch must be a non-empty dict of [S, B, L] arrays, got {type(batch).__name__}")
-    sides = {k: v for k, v in batch.items() if k not in _LOSS_KEYS}
-    if not sides:
-        raise ValueError(f"{where}: batch has no encoder inputs (only {sorted(batch)})")
+    sides = {k: v for k, v in batch.items() if k not in _LOSS_KEYS + ("text_index",)}
+    if not sides or "input_ids" not in sides:
+        raise ValueError(f"{where}: batch has no encoder inputs (input_ids; it has {sorted(batch)})")
     shapes = {k: tuple(v.shape) for k, v in sides.items()}
     if any(len(s) < 2 for s in shapes.values()) or len({s[:2] for s in shapes.values()}) > 1:
         raise ValueError(f"{where}: encoder inputs must all be [S, B, ...] with the same S and B, got {shapes}")
-    num_sides, batch_size = next(iter(shapes.values()))[:2]
+    num_sides, rows = next(iter(shapes.values()))[:2]
+    text_index = batch.get("text_index")
+    batch_size = rows
+    if text_index is not None:
+        if text_index.ndim != 3 or text_index.shape[0] != num_sides or rows % text_index.shape[1]:
+            raise ValueError(f"{where}: batch['text_index'] must be [{num_sides}, shards, B / shards] with the rows "
+                             f"split evenly over the shards, got {tuple(text_index.shape)} for {rows} rows")
+        batch_size = text_index.shape[1] * text_index.shape[2]
     labels, text_ids = batch.get("labels"), batch.get("text_ids")
-    if labels is not None and tuple(labels.shape) != (batch_size,):
-        raise ValueError(f"{where}: batch['labels'] must be [{batch_size}], got {tuple(labels.shape)}")
+    if labels is not None and (labels.ndim == 0 or labels.shape[0] != batch_size):
+        raise ValueError(f"{where}: batch['labels'] must be [{batch_size}, ...], got {tuple(labels.shape)}")
     if text_ids is not None and tuple(text_ids.shape) != (num_sides, batch_size):
         raise ValueError(f"{where}: batch['text_ids'] must be [{num_sides}, {batch_size}], got {tuple(text_ids.shape)}")
-    return sides, labels, text_ids
+    return sides, text_index, labels, text_ids

@@ -8,7 +8,10 @@ gradients), scores its `b_local` queries against the `B_global` candidates, find
 `axis_index * b_local + arange(b_local)` and averages with `pmean`: memory per device is
 O(b_local * B_global) instead of O(B_global^2), and the result equals the global loss.
 `sharded_infonce` / `sharded_sigmoid` wrap that in `shard_map` for globally sharded `[S, B, D]`
-embeddings under `jax.jit`.
+embeddings under `jax.jit`. InfoNCE covers sentence-transformers 6.x's MNRL options (the
+directions, partition and hardness maths live in `siamjax.losses.directions`) and, with
+`ring=True`, passes candidate blocks around the devices instead of gathering them
+(`siamjax.losses.ring`).
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from siamjax.losses import checks as chk
+from siamjax.losses.directions import MnrlSpec, blocked_lse
+from siamjax.losses.ring import ring_lse
 from siamjax.parallel.batch import check_batch_divisible
 from siamjax.similarity import prepare
 
@@ -43,59 +48,76 @@ def infonce_loss(
     scale: float | jax.Array = 20.0,
     similarity: str = "cosine",
     symmetric: bool = False,
+    directions: Sequence[str] | None = None,
+    partition_mode: str | None = None,
+    hardness_mode: str | None = None,
+    hardness_strength: float = 0.0,
     text_ids_SxB: jax.Array | None = None,
     block_size: int | None = None,
+    ring: bool = False,
     axis_name: AxisName = None,
 ) -> jax.Array:
-    """InfoNCE / multiple-negatives ranking loss (van den Oord et al. 2018; ST's MNRL).
+    """InfoNCE / multiple-negatives ranking loss (van den Oord et al. 2018), as ST 6.x's MNRL.
 
-    loss = mean_i [ logsumexp_j(s * sim(a_i, c_j)) - s * sim(a_i, p_i) ], where the candidates
-    c are all positives of the batch followed by all hard negatives ([B*(1+K)] of them) and s is
-    the scale (1/temperature; 20 = temperature 0.05). `symmetric` adds the positive->anchor term
-    (each positive must pick its anchor among all anchors) and averages the two, like ST's
-    MNRL with directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction".
-
+    Default: loss = mean_i [ logsumexp_j(s * sim(a_i, c_j)) - s * sim(a_i, p_i) ], where the
+    candidates c are all positives of the batch followed by all hard negatives ([B*(1+K)] of
+    them) and s is the scale (1/temperature; 20 = temperature 0.05).
+    directions / partition_mode / hardness_mode / hardness_strength: sentence-transformers
+      6.x's options (`siamjax.losses.directions`): which interaction terms enter the softmax
+      (query_to_doc, query_to_query, doc_to_query, doc_to_doc), one joint softmax or one per
+      direction, and the alpha * stop_grad(sim) penalty on in-batch / hard / all negatives.
+      `symmetric=True` is the symmetric InfoNCE shorthand (query_to_doc + doc_to_query,
+      per_direction).
     text_ids_SxB: optional int ids of the texts of every side ([2+K, B]; equal ids = identical
       text, e.g. a hash). A candidate whose text equals the row's positive or the row's own query
-      text is a false negative and is masked out (the positive itself is kept).
+      text is a false negative and is masked out (the row's own pair is kept).
     block_size: score the queries in blocks of this many rows under `jax.checkpoint`, so the
       live logits are [block, B*(1+K)] in the forward and backward pass (used with GradCache).
+    ring: inside `shard_map`, pass candidate blocks around the devices (`ppermute`) with an
+      online log-sum-exp instead of all-gathering them (`siamjax.losses.ring`): per-device
+      logits [b_local, b_local*(1+K)] instead of [b_local, B*(1+K)]. Same value and gradients.
     axis_name: mesh axis name(s) of the batch when called inside `shard_map`; the inputs are then
       the local shards and the result is the global loss on every device.
     """
     where = "infonce_loss"
+    spec = MnrlSpec.from_options(directions=directions, partition_mode=partition_mode, hardness_mode=hardness_mode,
+                                 hardness_strength=hardness_strength, symmetric=symmetric)
+    if ring and block_size is not None:
+        raise ValueError(f"{where}: block_size tiles the all-gathered logits; ring=True already holds only "
+                         f"[b_local, b_local*(1+K)] logits, so leave block_size unset")
+    local = _local_block(where, anchors_BxD, positives_BxD, negatives_BxKxD, text_ids_SxB, similarity)
+    b = local["q"].shape[0]
+    if ring:
+        lse_Pxb = ring_lse(local, scale, spec, axis_name)
+    else:
+        gather, offset = _gather_and_offset(axis_name, b)
+        cands = jax.tree.map(gather, local)
+        lse_Pxb = blocked_lse(local, offset + jnp.arange(b), cands, jnp.arange(cands["q"].shape[0]), scale,
+                              spec, block_size)
+    pos_b = scale * jnp.sum(local["q"] * local["p"], axis=-1)
+    loss = jnp.mean(jnp.mean(lse_Pxb, axis=0) - pos_b)
+    return loss if axis_name is None else jax.lax.pmean(loss, axis_name)
+
+
+def _local_block(where, anchors_BxD, positives_BxD, negatives_BxKxD, text_ids_SxB, similarity) -> dict:
+    """This device's rows as a candidate block (`siamjax.losses.directions`), inputs checked."""
     a_bxD = chk.check_float_array(where, "anchors_BxD", anchors_BxD, 2)
     p_bxD = chk.check_float_array(where, "positives_BxD", positives_BxD, 2)
     chk.check_same_shape(where, ("anchors_BxD", "positives_BxD"), (a_bxD, p_bxD))
     b, dim = a_bxD.shape
-    n_bxKxD = None
+    local = {"q": prepare(a_bxD, similarity), "p": prepare(p_bxD, similarity)}
     if negatives_BxKxD is not None:
         n_bxKxD = chk.check_float_array(where, "negatives_BxKxD", negatives_BxKxD, 3)
         if (n_bxKxD.shape[0], n_bxKxD.shape[2]) != (b, dim):
             raise ValueError(f"{where}: negatives_BxKxD must be [{b}, K, {dim}], got {n_bxKxD.shape}")
-    num_sides = 2 + (0 if n_bxKxD is None else n_bxKxD.shape[1])
-    ids_Sxb = _check_text_ids(where, text_ids_SxB, num_sides, b)
-    for field, x in (("anchors", a_bxD), ("positives", p_bxD), ("negatives", n_bxKxD)):
-        chk.check_finite(where, field, x)
-
-    gather, offset = _gather_and_offset(axis_name, b)
-    labels_b = offset + jnp.arange(b)
-    a_bxD, p_bxD = prepare(a_bxD, similarity), prepare(p_bxD, similarity)
-    cands_MxD = gather(p_bxD)
-    if n_bxKxD is not None:
-        cands_MxD = jnp.concatenate([cands_MxD, gather(prepare(n_bxKxD, similarity)).reshape(-1, dim)])
-    fwd_ids = bwd_ids = None
+        chk.check_finite(where, "negatives", n_bxKxD)
+        local["n"] = prepare(n_bxKxD, similarity)
+    ids_Sxb = _check_text_ids(where, text_ids_SxB, 2 + (local["n"].shape[1] if "n" in local else 0), b)
     if ids_Sxb is not None:
-        cand_ids_M = gather(ids_Sxb[1])
-        if n_bxKxD is not None:
-            cand_ids_M = jnp.concatenate([cand_ids_M, gather(ids_Sxb[2:].T).reshape(-1)])
-        fwd_ids = (ids_Sxb[1], ids_Sxb[0], cand_ids_M)
-        bwd_ids = (ids_Sxb[0], ids_Sxb[1], gather(ids_Sxb[0]))
-    loss = _ranking_ce(a_bxD, cands_MxD, labels_b, scale, fwd_ids, block_size) / b
-    if symmetric:
-        bwd = _ranking_ce(p_bxD, gather(a_bxD), labels_b, scale, bwd_ids, block_size) / b
-        loss = 0.5 * (loss + bwd)
-    return loss if axis_name is None else jax.lax.pmean(loss, axis_name)
+        local["ids"] = ids_Sxb.T
+    chk.check_finite(where, "anchors", a_bxD)
+    chk.check_finite(where, "positives", p_bxD)
+    return local
 
 
 def sigmoid_loss(
@@ -175,20 +197,32 @@ def make_infonce_fn(
     max_scale: float = 100.0,
     similarity: str = "cosine",
     symmetric: bool = False,
+    directions: Sequence[str] | None = None,
+    partition_mode: str | None = None,
+    hardness_mode: str | None = None,
+    hardness_strength: float = 0.0,
     block_size: int | None = None,
+    ring: bool = False,
     axis_name: AxisName = None,
 ) -> Callable:
-    """LossFn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None) for InfoNCE.
+    """LossFn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None) for InfoNCE/MNRL.
 
     With `learnable_scale_param`, the scale is `learnable_scale(loss_params["log_scale"])`.
+    The MNRL options are checked here, when the loss is built, not at the first step.
     """
+    options = dict(directions=directions, partition_mode=partition_mode, hardness_mode=hardness_mode,
+                   hardness_strength=hardness_strength, symmetric=symmetric)
+    MnrlSpec.from_options(**options)
+    if ring and block_size is not None:
+        raise ValueError("infonce: block_size tiles the all-gathered logits; with ring=True leave it unset")
 
-    def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None):
+    def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None, guide_SxBxD=None):
         _no_labels("infonce", labels_B)
+        _no_guide("infonce", guide_SxBxD)
         a, p, n = split_stacked("infonce", emb_SxBxD)
         s = _scale_from(loss_params, "infonce", scale, learnable_scale_param, max_scale)
-        return infonce_loss(a, p, n, scale=s, similarity=similarity, symmetric=symmetric,
-                            text_ids_SxB=text_ids_SxB, block_size=block_size, axis_name=axis_name)
+        return infonce_loss(a, p, n, scale=s, similarity=similarity, text_ids_SxB=text_ids_SxB,
+                            block_size=block_size, ring=ring, axis_name=axis_name, **options)
 
     return loss_fn
 
@@ -204,8 +238,9 @@ def make_sigmoid_fn(
 ) -> Callable:
     """LossFn(emb_SxBxD, labels_B=None, loss_params=None) for SigLIP; learnable t and b by default."""
 
-    def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None):
+    def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None, guide_SxBxD=None):
         _no_labels("sigmoid", labels_B)
+        _no_guide("sigmoid", guide_SxBxD)
         if text_ids_SxB is not None:
             raise ValueError("sigmoid: text_ids_SxB (false-negative masking) is only supported by infonce")
         a, p, n = split_stacked("sigmoid", emb_SxBxD)
@@ -220,26 +255,29 @@ def shard_over_batch(local_loss_fn: Callable, mesh: Mesh, batch_axes: Sequence[s
     """Wraps a LossFn written for local shards (using `axis_name=batch_axes`) in `jax.shard_map`.
 
     The result takes globally sharded (or unsharded: they are resharded) `[S, B, D]` embeddings,
-    `[B]` labels, replicated loss params and `[S, B]` text ids, and works eagerly or under jit on
-    `Auto` or `Explicit` meshes. B must be a multiple of the number of batch shards.
+    `[B, ...]` labels, replicated loss params, `[S, B]` text ids and `[S, B, G]` guide
+    embeddings, and works eagerly or under jit on `Auto` or `Explicit` meshes. B must be a
+    multiple of the number of batch shards.
     """
     axes = tuple(batch_axes)
     unknown = [a for a in axes if a not in mesh.axis_names]
     if not axes or unknown:
         raise ValueError(f"{name}: batch axes {axes} must name axes of the mesh {mesh.axis_names}")
     n_shards = math.prod(mesh.shape[a] for a in axes)
-    specs = {"emb": P(None, axes, None), "labels": P(axes), "params": P(), "ids": P(None, axes)}
+    specs = {"emb": P(None, axes, None), "labels": P(axes), "params": P(), "ids": P(None, axes),
+             "guide": P(None, axes, None)}
 
     def body(args):
-        return local_loss_fn(args["emb"], args.get("labels"), args.get("params"), args.get("ids"))
+        extra = {"guide_SxBxD": args["guide"]} if "guide" in args else {}
+        return local_loss_fn(args["emb"], args.get("labels"), args.get("params"), args.get("ids"), **extra)
 
-    def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None):
+    def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None, guide_SxBxD=None):
         emb = chk.check_float_array(name, "emb_SxBxD", emb_SxBxD, 3)
         check_batch_divisible(emb.shape[1], n_shards, field=f"{name}: global batch B")
         chk.check_finite(name, "emb_SxBxD", emb)
         if loss_params is not None:
             loss_params = jax.tree.map(jnp.asarray, loss_params)  # python floats -> replicated arrays
-        args = {"emb": emb, "labels": labels_B, "params": loss_params, "ids": text_ids_SxB}
+        args = {"emb": emb, "labels": labels_B, "params": loss_params, "ids": text_ids_SxB, "guide": guide_SxBxD}
         args = {k: v for k, v in args.items() if v is not None}
         in_specs = {k: specs[k] for k in args}
         args = {k: _place(v, mesh, in_specs[k]) for k, v in args.items()}
@@ -265,37 +303,6 @@ def sharded_sigmoid(mesh: Mesh, batch_axes: Sequence[str] = ("data", "fsdp"), **
     return shard_over_batch(local, mesh, batch_axes, "sharded_sigmoid")
 
 
-def _ranking_ce(q_nxD, c_MxD, labels_n, scale, ids, block_size):
-    """Sum over queries of logsumexp_j(scale * q.c_j) - scale * q.c_label (masked candidates -inf)."""
-
-    def rows(q_bxD, labels_b, ids_b):
-        logits_bxM = scale * (q_bxD @ c_MxD.T)
-        pos_b = jnp.take_along_axis(logits_bxM, labels_b[:, None], axis=1)[:, 0]
-        if ids_b is not None:
-            target_b, self_b, cand_M = ids_b
-            dup_bxM = (cand_M[None, :] == target_b[:, None]) | (cand_M[None, :] == self_b[:, None])
-            dup_bxM &= jnp.arange(c_MxD.shape[0])[None, :] != labels_b[:, None]
-            logits_bxM = jnp.where(dup_bxM, -jnp.inf, logits_bxM)
-        return jnp.sum(jax.nn.logsumexp(logits_bxM, axis=1) - pos_b)
-
-    q_ids = None if ids is None else (ids[0], ids[1])
-    n = q_nxD.shape[0]
-    if block_size is None or block_size >= n:
-        return rows(q_nxD, labels_n, None if ids is None else (*q_ids, ids[2]))
-    chk.check_divisible("infonce_loss", "local batch", n, block_size, "block_size")
-    nb = n // block_size
-    blocked = (q_nxD.reshape(nb, block_size, -1), labels_n.reshape(nb, block_size),
-               None if q_ids is None else tuple(x.reshape(nb, block_size) for x in q_ids))
-
-    @jax.checkpoint
-    def step(_, xs):
-        q_bxD, labels_b, qid = xs
-        return None, rows(q_bxD, labels_b, None if qid is None else (*qid, ids[2]))
-
-    _, per_block = jax.lax.scan(step, None, blocked)
-    return jnp.sum(per_block)
-
-
 def _gather_and_offset(axis_name: AxisName, b: int):
     if axis_name is None:
         return (lambda x: x), 0
@@ -309,6 +316,11 @@ def _check_text_ids(where, ids, num_sides, b):
     if ids.shape != (num_sides, b) or not jnp.issubdtype(ids.dtype, jnp.integer):
         raise ValueError(f"{where}: text_ids_SxB must be integer [{num_sides}, {b}], got {ids.dtype}{tuple(ids.shape)}")
     return jnp.asarray(ids)
+
+
+def _no_guide(name, guide):
+    if guide is not None:
+        raise ValueError(f"{name}: takes no guide embeddings (guide_SxBxD is for 'gist'), got some")
 
 
 def _no_labels(name, labels):

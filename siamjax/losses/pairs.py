@@ -1,5 +1,6 @@
 """Losses over labelled pairs (u_i, v_i, y_i): regression on scores, ranking of scores,
-margin losses on binary labels, and SBERT's softmax classifier.
+margin losses on binary labels, SBERT's softmax classifier, and MegaBatchMargin (pairs whose
+negatives are mined from the batch).
 
 Each function is pure over float embeddings `[B, D]` and labels `[B]`, computes in float32, and
 matches the sentence-transformers loss named in its docstring (same defaults).
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from siamjax.losses import checks as chk
-from siamjax.similarity import pairwise_angle, pairwise_cosine, pairwise_distance
+from siamjax.similarity import l2_normalize, pairwise_angle, pairwise_cosine, pairwise_distance
 
 
 def _pair(where: str, u_BxD, v_BxD):
@@ -192,3 +193,21 @@ def softmax_loss(
     logits_BxC = feats_BxF @ kernel + bias
     logp_BxC = jax.nn.log_softmax(logits_BxC, axis=-1)
     return -jnp.mean(jnp.take_along_axis(logp_BxC, y[:, None], axis=1))
+
+
+def mega_batch_margin_loss(u_BxD: jax.Array, v_BxD: jax.Array, labels_B=None, *, positive_margin: float = 0.8,
+                           negative_margin: float = 0.3) -> jax.Array:
+    """MegaBatchMargin (Wieting & Gimpel 2018; ST's MegaBatchMarginLoss) on (anchor, positive) pairs.
+
+    loss = (1/B) sum_i relu(m+ - cos(u_i, v_i)) + relu(max_{j != i} cos(u_i, v_j) - m-): each
+    anchor's hardest in-batch negative is mined from the other positives. (ST's mini-batched
+    version computes the same value in chunks; here GradCache / jit handle the memory.)
+    """
+    if labels_B is not None:
+        raise ValueError("mega_batch_margin: takes no labels (negatives are mined in the batch), got labels")
+    u, v = _pair("mega_batch_margin_loss", u_BxD, v_BxD)
+    cos_BxB = l2_normalize(u) @ l2_normalize(v).T
+    b = u.shape[0]
+    hardest_B = jnp.max(jnp.where(jnp.eye(b, dtype=bool), -jnp.inf, cos_BxB), axis=1)
+    per_row = jax.nn.relu(positive_margin - jnp.diagonal(cos_BxB)) + jax.nn.relu(hardest_B - negative_margin)
+    return jnp.sum(per_row) / b

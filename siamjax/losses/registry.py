@@ -1,9 +1,11 @@
 """The loss library: every training signal for siamese encoders, and a registry by name.
 
-The functions themselves live by family: in-batch negatives (InfoNCE/MNRL, SigLIP) and their
-sharded forms in `siamjax.losses.in_batch`, labelled pairs in `siamjax.losses.pairs`, triplets
-in `siamjax.losses.triplets`. The training step does not call them directly; it asks the
-registry for a uniform `LossFn`:
+The functions themselves live by family: in-batch negatives (InfoNCE/MNRL with sentence-
+transformers 6.x's directions, SigLIP) and their sharded and ring forms in
+`siamjax.losses.in_batch` (maths in `directions`, `ring`), GISTEmbed in `gist`, labelled pairs
+in `pairs`, triplets in `triplets`, distillation from teacher data in `distill`, GOR in
+`regularizers`. The training step does not call them directly; it asks the registry for a
+uniform `LossFn`:
 
     loss_fn = get_loss("mnrl", learnable_scale=True, mesh=mesh, batch_axes=("data", "fsdp"))
     loss_params = init_loss_params("mnrl", dim, None, rng, learnable_scale=True)
@@ -11,8 +13,11 @@ registry for a uniform `LossFn`:
 
 `emb_SxBxD` are the stacked sides from `jax.vmap(encode_fn, in_axes=(None, 0))`; `labels_B` is
 None or the per-pair labels; `loss_params` is the pytree from `init_loss_params` (learnable
-logit scale, SBERT softmax head, or `{}`). An optional fourth argument `text_ids_SxB` (int ids,
-equal = identical text) masks false negatives in InfoNCE.
+logit scale, SBERT softmax head, distillation projection, or `{}`). An optional fourth
+argument `text_ids_SxB` (int ids, equal = identical text) masks false negatives in InfoNCE; a
+fifth, `guide_SxBxD`, carries a frozen guide encoder's embeddings of the same batch (GIST).
+For the distillation losses `labels_B` is the teacher data (`[B]`, `[B, K]`, `[B, T]`,
+`[B, S, T]`).
 """
 from __future__ import annotations
 
@@ -28,17 +33,24 @@ from siamjax.losses import checks as chk
 from siamjax.losses.in_batch import (
     make_infonce_fn, make_sigmoid_fn, shard_over_batch,
 )
+from siamjax.losses.distill import distill_kl_div_loss, embed_distill_loss, init_projection, margin_mse_loss
+from siamjax.losses.gist import check_gist_options, gist_loss
 from siamjax.losses.pairs import (
-    angle_loss, contrastive_loss, cosent_loss, cosine_mse_loss, init_softmax_head,
+    angle_loss, contrastive_loss, cosent_loss, cosine_mse_loss, init_softmax_head, mega_batch_margin_loss,
     online_contrastive_loss, softmax_loss,
 )
+from siamjax.losses.regularizers import gor_loss
 from siamjax.losses.triplets import (
     batch_all_triplet_loss, batch_hard_triplet_loss, batch_semi_hard_triplet_loss, triplet_loss,
 )
 from siamjax.similarity import l2_normalize
 
-# LossFn(emb_SxBxD, labels_B | None, loss_params, text_ids_SxB=None) -> float32 scalar
+# LossFn(emb_SxBxD, labels_B | None, loss_params, text_ids_SxB=None, guide_SxBxD=None) -> float32 scalar
 LossFn = Callable[..., jax.Array]
+# Losses that score the batch with a second, frozen encoder's embeddings too (`guide_SxBxD`).
+GUIDED_LOSSES = ("gist",)
+# Losses whose `labels` are teacher data (margins, score lists or embeddings; data role 'teacher').
+TEACHER_LOSSES = ("margin_mse", "distill_kl_div", "mse", "embed_distill")
 
 
 
@@ -58,17 +70,19 @@ def _sides(where: str, emb_SxBxD, num_sides: int | None) -> jax.Array:
     return emb
 
 
-def _no_extras(where, text_ids_SxB):
+def _no_extras(where, text_ids_SxB, guide_SxBxD=None):
     if text_ids_SxB is not None:
         raise ValueError(f"{where}: text_ids_SxB (false-negative masking) is only supported by infonce/mnrl")
+    if guide_SxBxD is not None:
+        raise ValueError(f"{where}: guide_SxBxD (a guide model's embeddings) is only used by {GUIDED_LOSSES}")
 
 
 def _pair_builder(name: str, fn: Callable):
     """LossFn over S=2 sides for a loss fn(u, v, labels, **options)."""
 
     def build(kw, mesh, axes):
-        def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None):
-            _no_extras(name, text_ids_SxB)
+        def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None, guide_SxBxD=None):
+            _no_extras(name, text_ids_SxB, guide_SxBxD)
             emb = _sides(name, emb_SxBxD, 2)
             return fn(emb[0], emb[1], labels_B, **kw)
         return loss_fn
@@ -77,8 +91,8 @@ def _pair_builder(name: str, fn: Callable):
 
 
 def _triplet_build(kw, mesh, axes):
-    def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None):
-        _no_extras("triplet", text_ids_SxB)
+    def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None, guide_SxBxD=None):
+        _no_extras("triplet", text_ids_SxB, guide_SxBxD)
         if labels_B is not None:
             raise ValueError("triplet: takes no labels (sides are anchor, positive, negative), got labels")
         emb = _sides("triplet", emb_SxBxD, 3)
@@ -94,8 +108,8 @@ def _mining_builder(name: str, fn: Callable):
     """
 
     def build(kw, mesh, axes):
-        def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None):
-            _no_extras(name, text_ids_SxB)
+        def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None, guide_SxBxD=None):
+            _no_extras(name, text_ids_SxB, guide_SxBxD)
             emb = _sides(name, emb_SxBxD, None)
             s, b, d = emb.shape
             labels = chk.check_labels(name, labels_B, b, "int")
@@ -106,8 +120,8 @@ def _mining_builder(name: str, fn: Callable):
 
 
 def _softmax_build(kw, mesh, axes):
-    def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None):
-        _no_extras("softmax", text_ids_SxB)
+    def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None, guide_SxBxD=None):
+        _no_extras("softmax", text_ids_SxB, guide_SxBxD)
         emb = _sides("softmax", emb_SxBxD, 2)
         if not loss_params or "softmax_head" not in loss_params:
             raise ValueError("softmax: loss_params['softmax_head'] is missing; create it with "
@@ -134,6 +148,63 @@ def _in_batch_build(name: str, make_fn):
     return build
 
 
+def _gist_build(kw, mesh, axes):
+    """GISTEmbed on stacked sides + the guide's embeddings; all-gathered over the mesh if given."""
+    check_gist_options(kw["temperature"], kw["margin_strategy"])
+
+    def make(axis_name):
+        def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None, guide_SxBxD=None):
+            if labels_B is not None:
+                raise ValueError("gist: takes no labels (positives are given by position), got labels")
+            _no_extras("gist", text_ids_SxB)
+            if guide_SxBxD is None:
+                raise ValueError("gist: needs the guide model's embeddings guide_SxBxD (set loss.guide)")
+            return gist_loss(emb_SxBxD, guide_SxBxD, axis_name=axis_name, **kw)
+        return loss_fn
+
+    return make(None) if mesh is None else shard_over_batch(make(axes), mesh, axes, "sharded_gist")
+
+
+def _teacher_builder(name: str, fn: Callable, fixed: dict | None = None):
+    """Distillation LossFn: `labels` hold the teacher data; `projection_dim` adds a learnable
+    projection (loss_params['projection'])."""
+
+    def build(kw, mesh, axes):
+        kw = {k: v for k, v in kw.items() if k != "projection_dim"} | (fixed or {})
+
+        def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None, guide_SxBxD=None):
+            _no_extras(name, text_ids_SxB, guide_SxBxD)
+            extra = {}
+            if loss_params and "projection" in loss_params:
+                extra["projection"] = loss_params["projection"]
+            return fn(emb_SxBxD, labels_B, **extra, **kw)
+        return loss_fn
+
+    return build
+
+
+def _projection_init(kw, dim, num_labels, rng):
+    if kw.get("projection_dim") is None:
+        return {}
+    if rng is None:
+        raise ValueError("init_loss_params(..., projection_dim=...): needs an rng to initialise the projection")
+    return {"projection": init_projection(rng, dim, kw["projection_dim"])}
+
+
+def _whole_batch_builder(name: str, fn: Callable):
+    """A loss of all stacked sides that takes no labels (GOR)."""
+
+    def build(kw, mesh, axes):
+        def loss_fn(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None, guide_SxBxD=None):
+            _no_extras(name, text_ids_SxB, guide_SxBxD)
+            if labels_B is not None:
+                raise ValueError(f"{name}: takes no labels, got labels")
+            return fn(emb_SxBxD, **kw)
+        return loss_fn
+
+    return build
+
+
 def _scale_init(keys):
     def init(kw, dim, num_labels, rng):
         if not kw["learnable_scale"]:
@@ -147,7 +218,8 @@ def _scale_init(keys):
 
 _INFONCE = _Spec(
     options=dict(scale=20.0, learnable_scale=False, max_scale=100.0, similarity="cosine",
-                 symmetric=False, block_size=None),
+                 symmetric=False, directions=None, partition_mode=None, hardness_mode=None,
+                 hardness_strength=0.0, block_size=None, ring=False),
     build=_in_batch_build("infonce", make_infonce_fn),
     init=_scale_init(("log_scale",)),
 )
@@ -173,6 +245,19 @@ _REGISTRY: dict[str, _Spec] = {
                                                                       batch_semi_hard_triplet_loss)),
     "batch_all_triplet": _Spec(dict(_DISTANCE), _mining_builder("batch_all_triplet", batch_all_triplet_loss)),
     "softmax": _Spec(dict(concat_rep=True, concat_diff=True, concat_mul=False), _softmax_build, _softmax_init),
+    "mega_batch_margin": _Spec(dict(positive_margin=0.8, negative_margin=0.3),
+                               _pair_builder("mega_batch_margin", mega_batch_margin_loss)),
+    "gist": _Spec(dict(temperature=0.01, margin_strategy="absolute", margin=0.0, contrast_anchors=True,
+                       contrast_positives=True), _gist_build),
+    "margin_mse": _Spec(dict(similarity="dot"), _teacher_builder("margin_mse", margin_mse_loss)),
+    "distill_kl_div": _Spec(dict(similarity="dot", temperature=1.0, student_temperature=None,
+                                 teacher_temperature=None), _teacher_builder("distill_kl_div", distill_kl_div_loss)),
+    "mse": _Spec(dict(projection_dim=None), _teacher_builder("mse", embed_distill_loss, dict(metric="mse")),
+                 _projection_init),
+    "embed_distill": _Spec(dict(metric="cosine", projection_dim=None),
+                           _teacher_builder("embed_distill", embed_distill_loss), _projection_init),
+    "gor": _Spec(dict(mean_weight=1.0, second_moment_weight=1.0, aggregation="mean", similarity="cosine"),
+                 _whole_batch_builder("gor", gor_loss)),
 }
 LOSS_NAMES = tuple(sorted(_REGISTRY))
 _COMMON = ("matryoshka_dims", "matryoshka_weights", "matryoshka_normalize", "mesh", "batch_axes")
@@ -196,9 +281,10 @@ def get_loss(name: str, **kwargs) -> LossFn:
 
     Options are those of the underlying loss (e.g. scale, symmetric, margin, distance) plus:
     matryoshka_dims / matryoshka_weights / matryoshka_normalize: wrap in `matryoshka`;
-    mesh / batch_axes: for "mnrl"/"infonce"/"sigmoid", the sharded form over the mesh's batch
-      axes (shard_map + all_gather / ring); the other losses are per-pair or O(B^2) on small
-      batches and are partitioned automatically by jit, so they ignore the mesh.
+    mesh / batch_axes: for "mnrl"/"infonce"/"sigmoid"/"gist", the sharded form over the mesh's
+      batch axes (shard_map + all_gather, or the ring with `ring=True`); the other losses are
+      per-pair or O(B^2) on small batches and are partitioned automatically by jit, so they
+      ignore the mesh.
     Under jit a NaN/Inf anywhere in `emb_SxBxD` makes the loss NaN (the loop stops on it);
     eagerly it raises a ValueError.
     """
@@ -215,8 +301,9 @@ def get_loss(name: str, **kwargs) -> LossFn:
     elif common["matryoshka_weights"] is not None:
         raise ValueError(f"loss {name!r}: matryoshka_weights given without matryoshka_dims")
 
-    def checked(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None):
-        loss = loss_fn(emb_SxBxD, labels_B, loss_params, text_ids_SxB)
+    def checked(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None, guide_SxBxD=None):
+        extra = {} if guide_SxBxD is None else {"guide_SxBxD": guide_SxBxD}
+        loss = loss_fn(emb_SxBxD, labels_B, loss_params, text_ids_SxB, **extra)
         return chk.nan_if_nonfinite(loss, emb_SxBxD)
 
     checked.__name__ = checked.__qualname__ = f"{name}_loss_fn"
@@ -256,7 +343,7 @@ def matryoshka(
     if len(weights) != len(dims):
         raise ValueError(f"matryoshka: {len(weights)} weights for {len(dims)} dims")
 
-    def loss_fn_m(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None):
+    def loss_fn_m(emb_SxBxD, labels_B=None, loss_params=None, text_ids_SxB=None, guide_SxBxD=None):
         emb = chk.check_float_array("matryoshka", "emb_SxBxD", emb_SxBxD, 3)
         if max(dims) > emb.shape[-1]:
             raise ValueError(f"matryoshka: dims {dims} exceed the embedding dim {emb.shape[-1]}")
@@ -264,7 +351,8 @@ def matryoshka(
         for d, w in zip(dims, weights):
             small = emb[..., :d]
             small = l2_normalize(small) if normalize else small
-            total = total + w * loss_fn(small, labels_B, loss_params, text_ids_SxB)
+            extra = {} if guide_SxBxD is None else {"guide_SxBxD": guide_SxBxD}
+            total = total + w * loss_fn(small, labels_B, loss_params, text_ids_SxB, **extra)
         return total
 
     return loss_fn_m

@@ -35,9 +35,10 @@ from siamjax.train.state import TrainState, state_shardings
 class TrainParts:
     """Everything a run builds from its config before the first step (and export rebuilds).
 
-    `params` are the initial `{"encoder", "loss"}` parameters (host arrays); `abstract` is the
-    TrainState as ShapeDtypeStructs with shardings (the restore target) and `shardings` its
-    NamedShardings (the jit in/out shardings).
+    `params` are the initial `{"encoder", "loss"}` parameters (host arrays); `frozen` the
+    untrained ones (`{"guide": ...}` for GIST, else `{}`); `abstract` is the TrainState as
+    ShapeDtypeStructs with shardings (the restore target) and `shardings` its NamedShardings
+    (the jit in/out shardings).
     """
 
     encoder: SentenceEncoder
@@ -48,11 +49,18 @@ class TrainParts:
     abstract: TrainState
     shardings: TrainState
     dropout_rng: jax.Array
+    guide: SentenceEncoder | None = None
+    frozen: dict = dataclasses.field(default_factory=dict)
 
     @property
     def encode_fn(self) -> EncodeFn:
         """The pure encoder the step vmaps over the sides of a batch."""
         return self.encoder.encode_fn
+
+    @property
+    def guide_encode_fn(self) -> EncodeFn | None:
+        """The frozen guide's pure encoder (GIST), or None."""
+        return None if self.guide is None else self.guide.encode_fn
 
 
 def read_dataset(file_cfg: ml_collections.ConfigDict):
@@ -110,7 +118,8 @@ def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int) -> SentenceEn
         raise ConfigError(f"model.attention={model_cfg.attention!r}: {err}") from err
     if model_cfg.name_or_path:
         try:
-            return SentenceEncoder.from_pretrained(model_cfg.name_or_path, **common)
+            return SentenceEncoder.from_pretrained(model_cfg.name_or_path,
+                                                   verify_weights=model_cfg.get("verify_weights", True), **common)
         except (OSError, ValueError) as err:  # missing folder, offline hub, bad config.json
             raise ConfigError(f"model.name_or_path={model_cfg.name_or_path!r}: {err}") from err
     init = model_cfg.init
@@ -138,6 +147,24 @@ def build_loss(loss_cfg: ml_collections.ConfigDict, mesh: Mesh, dim: int, num_la
     except (TypeError, ValueError) as err:
         raise ConfigError(f"loss.name={loss_cfg.name!r} / loss.kwargs: {err}") from err
     return loss_fn, loss_params
+
+
+def build_guide(loss_cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
+                encoder: SentenceEncoder) -> SentenceEncoder | None:
+    """GIST's frozen guide (`loss.guide`), or None. It reads the model's token ids, so its
+    vocabulary must be the model's (sentence-transformers re-tokenises instead; siamjax's data
+    pipeline tokenises once)."""
+    if not loss_cfg.guide:
+        return None
+    try:
+        guide = SentenceEncoder.from_pretrained(loss_cfg.guide, dtype=model_cfg.dtype,
+                                                max_seq_length=model_cfg.max_seq_length)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"loss.guide={loss_cfg.guide!r}: {err}") from err
+    if guide.tokenizer.get_vocab() != encoder.tokenizer.get_vocab():
+        raise ConfigError(f"loss.guide={loss_cfg.guide!r}: its tokenizer vocabulary differs from the model's; "
+                          f"the guide embeds the model's token ids, so use a guide with the same vocabulary")
+    return guide
 
 
 def build_optimizer(optim_cfg: ml_collections.ConfigDict, total_steps: int):
@@ -175,9 +202,12 @@ def build_parts(config: ml_collections.ConfigDict, mesh: Mesh, *, total_steps: i
     loss_fn, loss_params = build_loss(config.loss, mesh, encoder.embedding_dim, num_labels, loss_rng)
     optimizer, schedule = build_optimizer(config.optim, total_steps)
     params = {"encoder": encoder.params, "loss": loss_params}
-    abstract, shardings = state_shardings(params, optimizer, mesh, config.mesh.fsdp_min_size)
+    guide = build_guide(config.loss, config.model, encoder)
+    frozen = {} if guide is None else {"guide": guide.params}
+    abstract, shardings = state_shardings(params, optimizer, mesh, config.mesh.fsdp_min_size, frozen)
     return TrainParts(encoder=encoder, loss_fn=loss_fn, params=params, optimizer=optimizer,
-                      schedule=schedule, abstract=abstract, shardings=shardings, dropout_rng=dropout_rng)
+                      schedule=schedule, abstract=abstract, shardings=shardings, dropout_rng=dropout_rng,
+                      guide=guide, frozen=frozen)
 
 
 def make_sts_evaluate(file_cfg: ml_collections.ConfigDict, encoder: SentenceEncoder,

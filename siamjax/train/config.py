@@ -14,7 +14,7 @@ import jax
 import ml_collections
 
 from siamjax.data.records import ON_BAD_ROW_CHOICES
-from siamjax.losses import LOSS_NAMES
+from siamjax.losses import GUIDED_LOSSES, LOSS_NAMES, TEACHER_LOSSES
 from siamjax.parallel import check_batch_divisible, resolve_mesh_shape
 from siamjax.train.optim import SCHEDULES
 
@@ -53,6 +53,8 @@ def _model_fields() -> ml_collections.ConfigDict:
     g.remat = False  # recompute each layer's activations in the backward pass (saves memory)
     # attention kernel: "xla" (every backend) or "cudnn" (GPU only, needs dtype="bfloat16")
     g.attention = "xla"
+    # check at load that every pretrained weight is finite (one pass; False skips it for huge models)
+    g.verify_weights = True
     # Random initialisation (used only when name_or_path is ""): a BERT of this shape.
     g.init = ml_collections.ConfigDict()
     g.init.tokenizer = ""  # folder or hub name of the HF tokenizer giving the vocabulary
@@ -87,10 +89,17 @@ def _data_fields() -> ml_collections.ConfigDict:
 def _loss_fields() -> ml_collections.ConfigDict:
     """The training objective (a name from `siamjax.losses`) and its options."""
     g = ml_collections.ConfigDict()
-    g.name = "mnrl"  # a name from siamjax.losses (cosent, mnrl, triplet, ...)
-    # keyword arguments of that loss, e.g. scale=20.0 (new keys may be added by overrides)
+    g.name = "mnrl"  # a name from siamjax.losses (cosent, mnrl, gist, margin_mse, triplet, ...)
+    # keyword arguments of that loss, e.g. scale=20.0, directions=("query_to_doc", "doc_to_query"),
+    # hardness_mode="hard_negatives", ring=True (new keys may be added by overrides)
     g.kwargs = ml_collections.ConfigDict()
-    g.sharded = False  # in-batch negatives gathered across devices (sharded InfoNCE)
+    # in-batch negatives from every device (mnrl/infonce, sigmoid, gist): all-gathered, or
+    # passed around the devices with loss.kwargs.ring=True (mnrl/infonce)
+    g.sharded = False
+    # GIST's frozen guide model (sentence-transformers folder or hub name), needed by loss.name
+    # "gist": it embeds every batch inside the train step, no gradients, sharded like the model;
+    # it must use the model's tokenizer vocabulary (the same token ids feed both)
+    g.guide = ""
     return g
 
 
@@ -118,9 +127,12 @@ def _train_fields() -> ml_collections.ConfigDict:
     g = ml_collections.ConfigDict()
     g.batch_size = 32  # global batch (pairs/triplets per step), split over all devices
     g.num_epochs = 1.0  # length of training in epochs of the (largest) training set ...
-    g.num_steps = -1  # ... or in steps, if >= 0 (overrides num_epochs)
+    g.num_steps = -1  # ... or in steps, if >= 1 (overrides num_epochs); -1 = use num_epochs
     g.dropout = True  # dropout on while training (as sentence-transformers does)
-    g.grad_cache_chunk = 0  # GradCache: encode in chunks of this many rows; 0 = off
+    g.grad_cache_chunk = 0  # GradCache on padded batches: encode in chunks of this many pairs; 0 = off
+    # GradCache on packed batches (data.pack_length > 0): chunks of this many tokens per side on
+    # each batch device, a multiple of data.pack_length (whole packed rows); 0 = off
+    g.grad_cache_tokens = 0
     g.log_every_steps = 50  # metrics to metrics.jsonl / TensorBoard every N steps
     g.progress_bar = True  # tqdm bar (loss, pairs/s, ETA) on process 0
     return g
@@ -173,7 +185,8 @@ def file_dataset() -> ml_collections.ConfigDict:
     d.path = ""  # the file (.jsonl, .csv, .tsv, optionally .gz)
     d.format = ""  # "jsonl", "csv" or "tsv"; "" = from the suffix
     # role -> column (header name or 0-based index): text sides in order, then optionally one
-    # label role "score", "label" or "nli_label", as (role, column) pairs in order, e.g.
+    # label role "score", "label", "nli_label" or "teacher" (distillation targets: a number or
+    # a JSON list per row), as (role, column) pairs in order, e.g.
     # (("sentence1", 5), ("sentence2", 6), ("score", 4))
     d.columns = (("anchor", "anchor"), ("positive", "positive"))
     d.header = True  # the file has a header row (csv/tsv)
@@ -222,14 +235,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(all(b > 0 for b in d.buckets), f"data.buckets={d.buckets}: lengths must be positive")
     need(d.pack_length == 0 or d.pack_length >= m.max_seq_length,
          f"data.pack_length={d.pack_length}: must be 0 (off) or >= model.max_seq_length={m.max_seq_length}")
-    need(d.pack_length <= 0 or not t.grad_cache_chunk,
-         f"data.pack_length={d.pack_length} with train.grad_cache_chunk={t.grad_cache_chunk}: GradCache "
-         "splits the batch by rows, which packed rows do not allow; turn one of them off")
-    need(config.loss.name in LOSS_NAMES,
-         f"loss.name={config.loss.name!r}: unknown; valid: {', '.join(LOSS_NAMES)}")
+    _check_grad_cache(t, d, need)
+    _check_loss(config, need)
     need(o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r}: use one of {SCHEDULES}")
     need(o.lr > 0, f"optim.lr={o.lr}: must be positive")
-    need(t.num_steps > 0 or t.num_epochs > 0, "train.num_steps and train.num_epochs are both <= 0")
+    need(t.num_steps == -1 or t.num_steps >= 1,
+         f"train.num_steps={t.num_steps}: must be >= 1, or -1 to train for train.num_epochs")
+    need(t.num_steps >= 1 or t.num_epochs > 0, f"train.num_epochs={t.num_epochs}: must be > 0 "
+         "(or set train.num_steps)")
     need(t.log_every_steps > 0, f"train.log_every_steps={t.log_every_steps}: must be >= 1")
     need(config.checkpoint.every_steps > 0, "checkpoint.every_steps must be >= 1")
     need(config.checkpoint.best_mode in ("max", "min"), "checkpoint.best_mode must be 'max' or 'min'")
@@ -249,6 +262,38 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f"train.grad_cache_chunk={t.grad_cache_chunk} must divide train.batch_size={t.batch_size}")
 
 
+def _check_grad_cache(t, d, need) -> None:
+    """GradCache chunks pairs of padded batches, or tokens (whole packed rows) of packed ones."""
+    need(t.grad_cache_chunk >= 0 and t.grad_cache_tokens >= 0, "train.grad_cache_chunk / grad_cache_tokens must be >= 0")
+    if d.pack_length > 0:
+        need(not t.grad_cache_chunk,
+             f"train.grad_cache_chunk={t.grad_cache_chunk} with data.pack_length={d.pack_length}: packed batches are "
+             f"chunked by tokens; set train.grad_cache_tokens (a multiple of {d.pack_length}) instead")
+        need(t.grad_cache_tokens % d.pack_length == 0,
+             f"train.grad_cache_tokens={t.grad_cache_tokens} must be a multiple of data.pack_length={d.pack_length} "
+             f"(a chunk is whole packed rows)")
+    else:
+        need(not t.grad_cache_tokens, f"train.grad_cache_tokens={t.grad_cache_tokens} chunks packed rows: set "
+             f"data.pack_length, or use train.grad_cache_chunk (pairs) for padded batches")
+
+
+def _check_loss(config, need) -> None:
+    """The loss name, and what it needs from the rest of the config (guide, teacher data, mesh)."""
+    loss = config.loss
+    need(loss.name in LOSS_NAMES, f"loss.name={loss.name!r}: unknown; valid: {', '.join(LOSS_NAMES)}")
+    if loss.name in GUIDED_LOSSES:
+        need(bool(loss.guide), f"loss.name={loss.name!r} needs a guide model: set loss.guide")
+    else:
+        need(not loss.guide, f"loss.guide={loss.guide!r} is only used by {GUIDED_LOSSES}, not loss.name={loss.name!r}")
+    need(not loss.kwargs.get("ring", False) or loss.sharded,
+         "loss.kwargs.ring=True passes candidate blocks between devices: it needs loss.sharded=True")
+    if loss.name in TEACHER_LOSSES:
+        train = config.data.train
+        roles = [role for role, _ in train.columns] if not train.tfds.builder else []
+        need("teacher" in roles, f"loss.name={loss.name!r} distils teacher data: map a column to the 'teacher' "
+             f"role in data.train.columns (got roles {roles or 'of a tfds builder'})")
+
+
 def _check_file(file_cfg, field: str, *, required: bool) -> None:
     """The data file must exist (if required or given) and on_bad_row must be a known policy."""
     if file_cfg.on_bad_row not in ON_BAD_ROW_CHOICES:
@@ -265,3 +310,14 @@ def _check_file(file_cfg, field: str, *, required: bool) -> None:
         raise ConfigError(f"{field}.path={file_cfg.path!r}: file not found")
     if not file_cfg.columns or any(len(pair) != 2 for pair in file_cfg.columns):
         raise ConfigError(f"{field}.columns must be (role, column) pairs, got {file_cfg.columns}")
+    low, high = _pair(file_cfg.score_range, f"{field}.score_range")
+    if not low < high:
+        raise ConfigError(f"{field}.score_range={tuple(file_cfg.score_range)}: must be (low, high) with low < high")
+
+
+def _pair(value, field: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{field}={value!r}: must be two numbers (low, high)") from None
+    return low, high

@@ -9,8 +9,10 @@ run's best (else last) checkpoint as a sentence-transformers folder.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import warnings
 import logging
 import pathlib
 
@@ -30,6 +32,7 @@ from siamjax.train.loop import LoopResult, train_loop
 from siamjax.train.metrics import MetricWriter
 from siamjax.train.preemption import PreemptionFlag
 from siamjax.train.state import create_train_state
+from siamjax.train.workdir import WorkdirLock, check_writable, storage_errors
 from siamjax.train.step import compile_train_step, make_train_step
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,6 @@ def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> N
         return
     if path.exists() and json.loads(path.read_text()) != json.loads(text):
         log.warning("%s differs from the current config; resuming with the current one", path)
-        print(f"warning: {path} differs from the current config (resuming with the current one)")
     path.write_text(text)
 
 
@@ -78,9 +80,6 @@ def prepare_data(config: ml_collections.ConfigDict, tokenizer) -> RunData:
     """Reads the training set and fixes the run length (and the length-grouped order)."""
     t, d = config.train, config.data
     dataset, num_labels = builders.read_train_set(d, config.seed)
-    if getattr(dataset, "num_bad_rows", 0) and jax.process_index() == 0:
-        print(f"data: skipped {dataset.num_bad_rows} bad row(s) of {dataset.name} "
-              f"(data.train.on_bad_row=skip)", flush=True)
     total = builders.total_steps_for(t, len(dataset))
     steps_per_epoch = max(1, len(dataset) // t.batch_size)
     shuffle = d.shuffle
@@ -99,17 +98,21 @@ def _train_iterator(config: ml_collections.ConfigDict, data: RunData, tokenizer,
         max_seq_length=config.model.max_seq_length, seed=config.seed, shuffle=data.shuffle,
         no_duplicates=d.no_duplicates, buckets=tuple(d.buckets), prefetch=d.prefetch,
         pack_length=d.pack_length, num_shards=batch_shard_count(mesh) // jax.process_count(),
+        row_multiple=max(1, config.train.grad_cache_tokens // max(d.pack_length, 1)),
     )
 
 
 def _compiled_step(config: ml_collections.ConfigDict, parts: builders.TrainParts, data: RunData, mesh: Mesh):
-    """The train step (GradCache when configured), jitted with the state's and batch's shardings."""
-    value_and_grad_fn = None
-    if config.train.grad_cache_chunk:
-        value_and_grad_fn = make_grad_cache_value_and_grad(parts.encode_fn, parts.loss_fn,
-                                                           config.train.grad_cache_chunk)
+    """The train step (GradCache over pairs or packed tokens when configured), jitted with the
+    state's and batch's shardings."""
+    t, value_and_grad_fn = config.train, None
+    if t.grad_cache_chunk or t.grad_cache_tokens:
+        value_and_grad_fn = make_grad_cache_value_and_grad(
+            parts.encode_fn, parts.loss_fn, t.grad_cache_chunk or None, chunk_tokens=t.grad_cache_tokens or None,
+            guide_encode_fn=parts.guide_encode_fn)
     step_fn = make_train_step(parts.encode_fn, parts.loss_fn, parts.optimizer, schedule=parts.schedule,
-                              dropout=config.train.dropout, value_and_grad_fn=value_and_grad_fn)
+                              dropout=t.dropout, value_and_grad_fn=value_and_grad_fn,
+                              guide_encode_fn=parts.guide_encode_fn)
     keys = TOKEN_KEYS + ("text_index",) * bool(config.data.pack_length)
     example = {k: np.zeros((1, 1, 1), np.int32) for k in keys}
     if data.dataset.label_kind is not None:
@@ -120,17 +123,25 @@ def _compiled_step(config: ml_collections.ConfigDict, parts: builders.TrainParts
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> LoopResult:
     """Trains (or resumes) the run in `workdir` as `config` describes; returns how it ended.
 
-    Raises `ConfigError`, `DataError`, `CheckpointError` or `NonFiniteLossError` (the CLI turns
-    them into exit codes); a preempted run returns with `preempted=True`.
+    Process 0 holds the workdir's lock for the whole run (`WorkdirBusyError` if another run has
+    it). Raises `ConfigError`, `DataError`, `CheckpointError` or `NonFiniteLossError` (the CLI
+    turns them into exit codes), and `OSError(errno, ..., workdir)` when the disk fills up or
+    the folder is read-only; a preempted run returns with `preempted=True`.
     """
     validate(config)
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    _write_config(config, workdir)
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with storage_errors(workdir), lock:
+        workdir.mkdir(parents=True, exist_ok=True)
+        return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> LoopResult:
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices=jax.devices()[: config.mesh.num_devices or None])
     with jax.set_mesh(mesh), PreemptionFlag() as preemption:
         encoder = builders.build_encoder(config.model, config.seed)
         data = prepare_data(config, encoder.tokenizer)
+        _write_config(config, workdir)  # only once model and data load: a bad run leaves a run folder as it was
         _write_json(workdir / RUN_INFO, {"num_labels": data.num_labels, "total_steps": data.total_steps})
         parts = builders.build_parts(config, mesh, total_steps=data.total_steps, num_labels=data.num_labels,
                                      encoder=encoder)
@@ -138,7 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         restored = ckpt.restore_latest(manager, parts.abstract)
         if restored is None:
             state, _ = create_train_state(parts.params, parts.optimizer, parts.dropout_rng, mesh,
-                                          config.mesh.fsdp_min_size)
+                                          config.mesh.fsdp_min_size, parts.frozen)
         else:
             state = restored[1]
         iterator = _train_iterator(config, data, encoder.tokenizer, mesh)
@@ -152,26 +163,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                               progress_bar=config.train.progress_bar)
         if restored is not None:
             writer.message(f"resumed from {manager.directory}/{restored[0]}")
+        closers = (writer.close, manager.wait_until_finished, manager.close, iterator.close)
         try:
-            return train_loop(
+            result = train_loop(
                 state=state, train_step=_compiled_step(config, parts, data, mesh), batches=iterator,
                 data_state=iterator.get_state, to_device=lambda b: to_global_array(b, mesh),
                 manager=manager, total_steps=data.total_steps, writer=writer, evaluate=evaluate,
                 eval_every=config.eval.every_steps, best_metric=config.checkpoint.best_metric,
                 stop_requested=preemption.reached, steps_per_epoch=data.steps_per_epoch,
             )
-        finally:
-            writer.close()
-            manager.wait_until_finished()
-            manager.close()
-            iterator.close()
+        except BaseException:
+            _close_all(closers, failing=True)  # the first error is the one to report
+            raise
+        _close_all(closers, failing=False)
+        return result
+
+
+def _close_all(closers, *, failing: bool) -> None:
+    """Calls every closer; while an error propagates, later failures (e.g. the same full disk
+    again on the final wait for an async save) are logged instead of hiding it."""
+    for close in closers:
+        try:
+            close()
+        except Exception:
+            if not failing:
+                raise
+            log.exception("while closing after an error")
 
 
 def load_trained_encoder(workdir: str | pathlib.Path, step: int | None = None) -> tuple[SentenceEncoder, int]:
     """(SentenceEncoder with the trained weights, step) from a run folder.
 
     Picks the best checkpoint by `checkpoint.best_metric` if any has one, else the latest;
-    the checkpoint's fingerprint is verified. Works on any device count (restores onto one).
+    the checkpoint's fingerprint is verified, and one that fails is skipped with a warning for
+    the newest that verifies (unless `step` asks for that one). Works on any device count
+    (restores onto one).
     """
     workdir = pathlib.Path(workdir)
     config_path = workdir / "config.json"
@@ -184,14 +210,34 @@ def load_trained_encoder(workdir: str | pathlib.Path, step: int | None = None) -
         parts = builders.build_parts(config, mesh, total_steps=1, num_labels=info["num_labels"])
         manager = _manager(config, workdir, read_only=True)
         try:
-            step = ckpt.best_or_latest_step(manager) if step is None else step
-            if step is None:
-                raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-            state, _ = ckpt.restore_step(manager, step, parts.abstract)
+            step, state = _restore_for_export(manager, parts.abstract, step, workdir)
         finally:
             manager.close()
     params = jax.tree.map(np.asarray, jax.device_get(state.params["encoder"]))
     return parts.encoder.with_params(params), step
+
+
+def _restore_for_export(manager, abstract, step: int | None, workdir: pathlib.Path):
+    """(step, state): `step` if given, else the best checkpoint, falling back to the newest that
+    verifies (as a resumed `train` does; read-only, so nothing is moved aside), with a warning."""
+    if step is not None:
+        return step, ckpt.restore_step(manager, step, abstract)[0]
+    best = ckpt.best_or_latest_step(manager)
+    if best is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    candidates = [best] + sorted((s for s in manager.all_steps() if s != best), reverse=True)
+    failures = []
+    for candidate in candidates:
+        try:
+            state, _ = ckpt.restore_step(manager, candidate, abstract)
+        except Exception as err:  # noqa: BLE001 - any failure means "not usable"
+            failures.append(f"step {candidate}: {type(err).__name__}: {' '.join(str(err).split())[:200]}")
+            continue
+        if failures:
+            warnings.warn(f"skipped corrupt checkpoint(s) in {manager.directory} ({'; '.join(failures)}); "
+                          f"using step {candidate}", stacklevel=2)
+        return candidate, state
+    raise ckpt.CheckpointError(f"no usable checkpoint in {manager.directory}: {'; '.join(failures)}")
 
 
 def export_run(workdir: str | pathlib.Path, output: str | pathlib.Path, step: int | None = None) -> tuple[pathlib.Path, int]:
@@ -200,8 +246,9 @@ def export_run(workdir: str | pathlib.Path, output: str | pathlib.Path, step: in
     In a multi-process job every process joins the (collective) orbax restore, each onto one
     of its own devices, and only process 0 writes the folder. Returns (folder, step).
     """
-    encoder, step = load_trained_encoder(workdir, step)
     output = pathlib.Path(output)
+    check_writable(output, "model folder")  # before the restore, not after it
+    encoder, step = load_trained_encoder(workdir, step)
     if jax.process_index() == 0:
         encoder.save(output)
     return output, step

@@ -21,8 +21,8 @@ from siamjax.losses import LossFn
 from siamjax.parallel import batch_shardings, replicated
 from siamjax.train.state import TrainState
 
-# value_and_grad_fn(params, batch, rng) -> (loss, grads): replaces autodiff (GradCache).
-ValueAndGradFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, Any]]
+# value_and_grad_fn(params, batch, rng, frozen) -> (loss, grads): replaces autodiff (GradCache).
+ValueAndGradFn = Callable[[Any, dict, jax.Array, Any], tuple[jax.Array, Any]]
 
 
 def split_sides(batch: dict) -> dict:
@@ -52,12 +52,20 @@ def make_embed_fn(encode_fn: EncodeFn):
     return embed
 
 
-def make_loss_fn(embed_fn, loss_fn: LossFn):
-    """total_loss(params, batch, rng) -> scalar: embed every side, then score with `loss_fn`."""
+def make_loss_fn(embed_fn, loss_fn: LossFn, guide_embed_fn=None):
+    """total_loss(params, batch, rng, frozen) -> scalar: embed every side, then score with `loss_fn`.
 
-    def total_loss(params, batch, rng):
-        emb_SxBxD = embed_fn(params["encoder"], split_sides(batch), rng)
-        return loss_fn(emb_SxBxD, batch.get("labels"), params["loss"])
+    With `guide_embed_fn` (GIST), the frozen guide encoder (`frozen["guide"]`, no dropout, no
+    gradient) embeds the same sides inside the same step, and the loss gets `guide_SxBxD`.
+    """
+
+    def total_loss(params, batch, rng, frozen=None):
+        sides = split_sides(batch)
+        emb_SxBxD = embed_fn(params["encoder"], sides, rng)
+        extra = {}
+        if guide_embed_fn is not None:
+            extra["guide_SxBxD"] = jax.lax.stop_gradient(guide_embed_fn(frozen["guide"], sides, None))
+        return loss_fn(emb_SxBxD, batch.get("labels"), params["loss"], **extra)
 
     return total_loss
 
@@ -70,20 +78,23 @@ def make_train_step(
     schedule: optax.Schedule | None = None,
     dropout: bool = True,
     value_and_grad_fn: ValueAndGradFn | None = None,
+    guide_encode_fn: EncodeFn | None = None,
 ):
     """The pure step `train_step(state, batch) -> (state, metrics)`.
 
     Metrics are device scalars (`loss`, `grad_norm`, `learning_rate`); the loop fetches them
     one step late so the host never waits on the device. `value_and_grad_fn` replaces plain
     autodiff, e.g. with GradCache (same gradients, O(chunk) activation memory).
+    `guide_encode_fn`: GIST's frozen guide encoder, run on `state.frozen["guide"]`.
     """
     embed_fn = make_embed_fn(encode_fn)
     if value_and_grad_fn is None:
-        value_and_grad_fn = jax.value_and_grad(make_loss_fn(embed_fn, loss_fn))
+        guide_embed_fn = None if guide_encode_fn is None else make_embed_fn(guide_encode_fn)
+        value_and_grad_fn = jax.value_and_grad(make_loss_fn(embed_fn, loss_fn, guide_embed_fn))
 
     def train_step(state: TrainState, batch: dict):
         rng = jax.random.fold_in(state.rng, state.step) if dropout else None
-        loss, grads = value_and_grad_fn(state.params, batch, rng)
+        loss, grads = value_and_grad_fn(state.params, batch, rng, state.frozen)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}

@@ -4,7 +4,8 @@ the released embedders' own `config.json`s shrunk, and their sentence-transforme
 Why the released configs: EmbeddingGemma-300m's fields that change the maths (3 heads of
 head_dim 256 on a 768-wide model, one key/value head, query_pre_attn_scalar 256 != head_dim,
 bidirectional attention, sliding window 512 + full layers with separate RoPE bases) stay as
-released (3 -> 4 heads: transformers wants hidden % heads == 0), only shrunk so that the window (16 tokens) is shorter than the test texts; the same for
+released (3 -> 4 heads: transformers wants hidden % heads == 0), only shrunk so that the window
+(16 tokens) is shorter than the test texts; the same for
 Qwen3-Embedding-0.6B (q/k norms, head_dim 128 != hidden / heads, GQA, theta 1e6),
 e5-mistral-7b-instruct (GQA, sliding window 4096 -> 16) and Llama-3.1-8B (llama3 RoPE scaling,
 theta 5e5, as Llama-based embedders inherit it).

@@ -211,3 +211,12 @@ def test_causal_packed_text_sees_only_its_own_earlier_tokens(folders):
         packed = np.asarray(encoder(longer, packed_mask))[:, :24]
         np.testing.assert_allclose(packed, alone, atol=1e-5)  # another text in the row is never seen
         assert (np.abs(extended - alone).max() > 1e-3) == changes
+
+
+def test_dense_chain_widths_are_checked():
+    """Each Dense module must take the previous module's width (named in the error)."""
+    gemma = families.config_from_hf(RELEASED["gemma3"], "g")
+    chain = (siamjax.encoder.DenseConfig(768, 3072, bias=False), siamjax.encoder.DenseConfig(3072, 768, bias=False))
+    assert siamjax.encoder.EncoderSpec(gemma, dense=chain).embedding_dim == 768
+    with pytest.raises(ValueError, match=r"Dense module 1 has in_features 768, but its input is 3072 wide"):
+        siamjax.encoder.EncoderSpec(gemma, dense=(chain[0], chain[0]))

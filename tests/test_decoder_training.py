@@ -142,12 +142,14 @@ def test_llm_embedder_preset_trains_tiny_folder(spec, folders, sentences, tmp_pa
                  "data.pack_length": MAX_SEQ_LENGTH, "data.train.path": str(data), "data.train.tfds.builder": "",
                  "data.train.columns": (("anchor", "anchor"), ("positive", "positive"), ("negative", "negative")),
                  "data.nli_to_triplets": False, "data.prefetch": 1, "eval.sts.tfds.builder": "",
-                 "mesh.fsdp": 8, "mesh.fsdp_min_size": 2**10, "train.batch_size": 16, "train.grad_cache_tokens": MAX_SEQ_LENGTH,
+                 "mesh.fsdp": 8, "mesh.fsdp_min_size": 2**10, "train.batch_size": 16,
+                 "train.grad_cache_tokens": MAX_SEQ_LENGTH,
                  "train.num_steps": 2, "train.progress_bar": False, "train.log_every_steps": 1,
                  "checkpoint.every_steps": 100, "export.dir": "model"}
     flags = [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}" for k, v in overrides.items()]
     config = load_config(str(CONFIGS / f"llm_embedder.py:{spec}"), flags)
-    assert config.loss.name == "mnrl" and config.loss.sharded and config.model.remat and config.model.dtype == "bfloat16"
+    assert config.loss.name == "mnrl" and config.loss.sharded and config.model.remat
+    assert config.model.dtype == "bfloat16"
     assert cli_main(["train", "--config", str(CONFIGS / f"llm_embedder.py:{spec}"), "--workdir",
                      str(tmp_path / "run"), *flags]) == 0
     assert "exported step 2" in capsys.readouterr().out

@@ -97,7 +97,8 @@ class LlamaConfig:
     def to_hf(self, base: dict) -> dict:
         """The `config.json` to save: `base` (unknown keys kept) with our fields, the RoPE in the
         released keys and transformers 5's `rope_parameters`."""
-        ours = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("rope", "layer_types")}
+        ours = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("rope", "layer_types")}
         ours["rope_theta"] = self.rope.theta
         ours["rope_scaling"] = None if self.rope.kind == "default" else self.rope.to_hf()
         ours["rope_parameters"] = self.rope.to_hf()

@@ -50,13 +50,15 @@ class EncoderSpec:
     normalize: bool = False
 
     def __post_init__(self):
-        dense = () if self.dense is None else (self.dense,) if isinstance(self.dense, DenseConfig) else tuple(self.dense)
+        dense = self.dense if self.dense is not None else ()
+        dense = (dense,) if isinstance(dense, DenseConfig) else tuple(dense)
         object.__setattr__(self, "dense", dense)
         width = self.pooling.output_dim(self.transformer.hidden_size)
         for i, layer in enumerate(dense):
             if layer.in_features != width:
+                source = "the pooled width = hidden_size x pooling modes" if i == 0 else "the previous Dense"
                 raise ValueError(f"Dense module {i} has in_features {layer.in_features}, but its input is {width} "
-                                 f"wide ({'the pooled width = hidden_size x pooling modes' if i == 0 else 'the previous Dense'})")
+                                 f"wide ({source})")
             width = layer.out_features
 
     @property

@@ -4,7 +4,7 @@ config.json, random weights) with `SentenceEncoder.from_pretrained`.
     python bench/load_memory.py [--folder /tmp/egemma-random] [--param-dtype float32|bfloat16]
 
 Writes the folder once (1.2 GB of float32 safetensors, model + 2_Dense + 3_Dense + Normalize),
-then loads it in a fresh process and prints its peak RSS (`ru_maxrss`) next to the RSS after
+then loads it in a fresh process and prints its peak RSS (VmHWM) next to the RSS after
 `import siamjax` and the checkpoint's size: streaming the tensors one at a time should add about
 one copy of the weights (plus the largest tensor, the 262k x 768 embedding, in flight), not two.
 """
@@ -52,7 +52,9 @@ def write_folder(folder: pathlib.Path) -> int:
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     del tensors
     (folder / "config.json").write_text(json.dumps(cfg))
-    words = {w: i for i, w in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "hello", "world"])}
+    # a word-level vocabulary as large as the embedding (siamjax refuses a tokenizer far smaller than it)
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "hello", "world"]
+    words = {w: i for i, w in enumerate(specials + [f"w{i}" for i in range(cfg["vocab_size"] - len(specials))])}
     tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>").save_pretrained(str(folder))
@@ -76,15 +78,23 @@ def write_folder(folder: pathlib.Path) -> int:
     return count
 
 
+def _peak_rss_gib() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent across exec)."""
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # not Linux
+
+
 def measure(folder: pathlib.Path, param_dtype: str) -> dict:
     """Run in a fresh process: RSS after imports, then load and report peak RSS and time."""
     import siamjax
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    base = _peak_rss_gib()
     start = time.perf_counter()
     model = siamjax.SentenceEncoder.from_pretrained(folder, param_dtype=param_dtype)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = _peak_rss_gib()
     emb = model.encode(["hello world"])
     return {"rss_after_import_gib": round(base, 2), "peak_rss_gib": round(peak, 2),
             "load_seconds": round(seconds, 1), "embedding_dim": int(emb.shape[-1])}
@@ -100,7 +110,7 @@ def main():
     if args.child:
         print(json.dumps(measure(folder, args.param_dtype)))
         return
-    if not (folder / "model.safetensors").is_file():
+    if not (folder / "tokenizer.json").is_file():
         print(f"writing {folder}: {write_folder(folder) / 1e6:.0f}M parameters")
     size = sum(p.stat().st_size for p in folder.rglob("*.safetensors")) / 2**30
     out = subprocess.run([sys.executable, __file__, "--child", "--folder", str(folder), "--param-dtype",

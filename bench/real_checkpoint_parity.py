@@ -51,11 +51,14 @@ def main() -> None:
     parser.add_argument("--sts", required=True, help="STS-b file (sts-test.csv)")
     parser.add_argument("--limit", type=int, help="first N pairs only")
     args = parser.parse_args()
+    import torch
     from sentence_transformers import SentenceTransformer
 
     s1, s2, gold = read_sts(args.sts, args.limit)
     texts = s1 + s2
-    theirs = SentenceTransformer(args.model, device="cpu").encode(texts, batch_size=32)
+    # float32 like siamjax: sentence-transformers would load e5-mistral in its config's float16
+    theirs = SentenceTransformer(args.model, device="cpu", model_kwargs={"dtype": torch.float32}).encode(
+        texts, batch_size=32)
     model = siamjax.SentenceEncoder.from_pretrained(args.model)
     ours = {"packed": model.encode(texts, batch_size=32), "padded": padded(model, texts)}
     print(f"{args.model}: {model.spec.transformer.model_type}, {len(s1)} pairs, {len(texts)} sentences, "

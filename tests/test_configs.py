@@ -10,7 +10,7 @@ from siamjax.train.config_file import apply_overrides, flat_fields, load_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 PRESETS = ["stsb_minilm.py", "nli_mnrl.py", "tpu_pod.py", "tpu_pod.py:v4-8", "tpu_pod.py:v5e-256",
-           "gpu_cluster.py", "gpu_cluster.py:4"]
+           "gpu_cluster.py", "gpu_cluster.py:4", "llm_embedder.py:gemma3,tpu_pod", "llm_embedder.py:qwen3,gpu_cluster"]
 
 
 def cfg(spec="stsb_minilm.py", *overrides):

@@ -195,7 +195,8 @@ def test_modernbert_config_old_and_new_style_agree():
 
 def test_unsupported_configs_name_file_and_field():
     with pytest.raises(ValueError, match=r"x/config\.json: unknown architecture model_type='gpt2'; siamjax "
-                                         r"supports bert, camembert, distilbert, modernbert, mpnet, roberta, xlm-roberta"):
+                                         r"supports bert, camembert, distilbert, gemma3_text, llama, mistral, "
+                                         r"modernbert, mpnet, qwen3, roberta, xlm-roberta"):
         families.config_from_hf({"model_type": "gpt2"}, "x/config.json")
     with pytest.raises(ValueError, match=r"m/config\.json: RoPE scaling .*linear.* not supported"):
         families.config_from_hf({**RELEASED["modernbert"], "rope_scaling": {"rope_type": "linear", "factor": 2}},

@@ -11,6 +11,8 @@ from typing import Any, ClassVar, Protocol
 from siamjax.encoder import hf_names
 from siamjax.encoder.bert import BertConfig
 from siamjax.encoder.distilbert import DistilBertConfig
+from siamjax.encoder.gemma3 import Gemma3Config
+from siamjax.encoder.llama import LlamaConfig
 from siamjax.encoder.modernbert import ModernBertConfig
 from siamjax.encoder.mpnet import MPNetConfig
 
@@ -40,7 +42,7 @@ class TransformerConfig(Protocol):
     def build(self, *, dtype: Any, param_dtype: Any, remat: bool, attention: str, rngs: Any) -> Any: ...
 
 
-_FAMILIES: tuple[type, ...] = (BertConfig, MPNetConfig, DistilBertConfig, ModernBertConfig)
+_FAMILIES: tuple[type, ...] = (BertConfig, MPNetConfig, DistilBertConfig, ModernBertConfig, Gemma3Config, LlamaConfig)
 FAMILIES: dict[str, type] = {model_type: cls for cls in _FAMILIES for model_type in cls.ARCHITECTURES}
 
 

@@ -12,13 +12,14 @@ import json
 import logging
 import os
 import pathlib
+from collections.abc import Iterator, Mapping
 
+import ml_dtypes
 import numpy as np
 from huggingface_hub import snapshot_download
 from safetensors.numpy import save_file
 
-from siamjax.encoder import families, hf_names
-from siamjax.encoder.verify import load_safetensors
+from siamjax.encoder import families, hf_names, verify
 from siamjax.encoder.model import DenseConfig, EncoderSpec
 from siamjax.encoder.pooling import PoolingConfig
 
@@ -34,8 +35,9 @@ class LoadedFolder:
     """What a model folder holds, ready to build an encoder from."""
 
     spec: EncoderSpec
-    tensors: dict[str, np.ndarray]          # transformer weights, HF names
-    dense_tensors: dict[str, np.ndarray]    # 2_Dense weights (empty without Dense)
+    tensors: Mapping[str, np.ndarray]       # transformer weights, HF names (read on access)
+    dense_tensors: list[Mapping[str, np.ndarray]]  # weights of each Dense module, in order
+    dense_dirs: list[pathlib.Path]          # and their folders (2_Dense, 3_Dense, ...)
     hf_config: dict
     max_seq_length: int
     transformer_dir: pathlib.Path
@@ -69,16 +71,56 @@ def _read_json(path: pathlib.Path) -> dict:
         raise ValueError(f"{path}: invalid JSON ({err})") from err
 
 
-def _weights(folder: pathlib.Path, what: str) -> dict[str, np.ndarray]:
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+                       "BOOL": np.bool_}
+
+
+class SafetensorsFiles(Mapping):
+    """The tensors of one or more safetensors files by name, each read from disk only when looked up.
+
+    Why lazy, and why plain reads rather than a memory map: a 300M-parameter float32 checkpoint
+    is 1.2 GB. Reading every tensor up front and then converting them holds it twice; a memory
+    map keeps every page it touched resident (and counted in RSS) until the file is closed. Here
+    `hf_names.fill_params` reads one tensor into its own buffer, converts and places it, and the
+    buffer is freed before the next read.
+    """
+
+    def __init__(self, paths: list[pathlib.Path]):
+        self._where: dict[str, tuple[pathlib.Path, dict, int]] = {}
+        for path in paths:
+            header, data_start = verify.safetensors_header(path)  # sizes checked: damage is one clear error
+            for name, info in header.items():
+                if name != "__metadata__":
+                    self._where[name] = (path, info, data_start)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        path, info, start = self._where[name]
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise verify.ModelFolderError(f"{path}: tensor {name!r} has dtype {info['dtype']}, which siamjax "
+                                          "cannot read")
+        out = np.empty(info["shape"], _SAFETENSORS_DTYPES[info["dtype"]])
+        begin, _ = info["data_offsets"]
+        with open(path, "rb") as f:
+            f.seek(start + begin)
+            if f.readinto(memoryview(out.reshape(-1).view(np.uint8))) != out.nbytes:
+                raise verify.ModelFolderError(f"{path}: truncated file (tensor {name!r})")
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def _weights(folder: pathlib.Path, what: str) -> SafetensorsFiles:
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     if single.is_file():
-        return load_safetensors(single)
+        return SafetensorsFiles([single])
     if index.is_file():
         shards = sorted(set(_read_json(index)["weight_map"].values()))
-        tensors = {}
-        for shard in shards:
-            tensors.update(load_safetensors(folder / shard))
-        return tensors
+        return SafetensorsFiles([folder / shard for shard in shards])
     pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
     if pickles:
         raise ValueError(
@@ -98,32 +140,34 @@ def _st_modules(folder: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
                              f"siamjax supports {', '.join(_ST_MODULES)}")
         modules.append((kind, folder / entry.get("path", "")))
     kinds = [k for k, _ in modules]
-    order = ["Transformer", "Pooling"] + [k for k in ("Dense", "Normalize") if k in kinds]
+    dense = [k for k in kinds if k == "Dense"]
+    order = ["Transformer", "Pooling"] + dense + (["Normalize"] if "Normalize" in kinds else [])
     if kinds != order:
         raise ValueError(f"{folder / 'modules.json'}: module order {kinds} is not supported; "
-                         "expected Transformer, Pooling, then optional Dense and Normalize")
+                         "expected Transformer, Pooling, then any Dense modules and an optional Normalize")
     return modules
+
+
+def _dense_config(path: pathlib.Path) -> DenseConfig:
+    raw = _read_json(path / "config.json")
+    try:
+        return DenseConfig(**{k: raw[k] for k in ("in_features", "out_features")}, bias=raw.get("bias", True),
+                           activation_function=raw.get("activation_function", "torch.nn.modules.activation.Tanh"))
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"{path / 'config.json'}: {err}") from err
 
 
 def read_folder(folder: pathlib.Path) -> LoadedFolder:
     """Parse a sentence-transformers or plain Hugging Face folder (no model is built here)."""
-    dense_cfg, dense_tensors, normalize = None, {}, False
+    dense_cfgs, dense_dirs, normalize = [], [], False
     if (folder / "modules.json").is_file():
-        modules = dict(_st_modules(folder))
-        transformer_dir = modules["Transformer"]
-        pooling = PoolingConfig.from_st_config(_read_json(modules["Pooling"] / "config.json"),
-                                               str(modules["Pooling"] / "config.json"))
-        if "Dense" in modules:
-            raw = _read_json(modules["Dense"] / "config.json")
-            try:
-                dense_cfg = DenseConfig(**{k: raw[k] for k in ("in_features", "out_features")},
-                                        bias=raw.get("bias", True),
-                                        activation_function=raw.get("activation_function",
-                                                                    "torch.nn.modules.activation.Tanh"))
-            except (KeyError, ValueError) as err:
-                raise ValueError(f"{modules['Dense'] / 'config.json'}: {err}") from err
-            dense_tensors = _weights(modules["Dense"], "Dense layer")
-        normalize = "Normalize" in modules
+        modules = _st_modules(folder)
+        transformer_dir, pooling_dir = modules[0][1], modules[1][1]
+        pooling = PoolingConfig.from_st_config(_read_json(pooling_dir / "config.json"),
+                                               str(pooling_dir / "config.json"))
+        dense_dirs = [path for kind, path in modules if kind == "Dense"]
+        dense_cfgs = [_dense_config(path) for path in dense_dirs]
+        normalize = modules[-1][0] == "Normalize"
         st_config_path = transformer_dir / "sentence_bert_config.json"
         st_config = _read_json(st_config_path) if st_config_path.is_file() else {}
     else:
@@ -138,8 +182,12 @@ def read_folder(folder: pathlib.Path) -> LoadedFolder:
     if max_len > transformer.max_tokens:
         raise ValueError(f"{transformer_dir / 'sentence_bert_config.json'}: max_seq_length {max_len} exceeds "
                          f"the {transformer.max_tokens} positions the model has")
-    spec = EncoderSpec(transformer=transformer, pooling=pooling, dense=dense_cfg, normalize=normalize)
-    return LoadedFolder(spec, tensors, dense_tensors, hf_config, max_len, transformer_dir)
+    try:
+        spec = EncoderSpec(transformer=transformer, pooling=pooling, dense=tuple(dense_cfgs), normalize=normalize)
+    except ValueError as err:
+        raise ValueError(f"{folder / 'modules.json'}: {err}") from err
+    dense_tensors = [_weights(path, "Dense layer") for path in dense_dirs]
+    return LoadedFolder(spec, tensors, dense_tensors, dense_dirs, hf_config, max_len, transformer_dir)
 
 
 def _tokenizer_max_length(transformer_dir: pathlib.Path, max_tokens: int) -> int:
@@ -172,13 +220,14 @@ def write_folder(directory: pathlib.Path, *, spec: EncoderSpec, params: dict, to
     (directory / "1_Pooling").mkdir(exist_ok=True)
     (directory / "1_Pooling" / "config.json").write_text(
         json.dumps(spec.pooling.to_st_config(spec.transformer.hidden_size), indent=2))
-    if spec.dense is not None:
-        dense_dir = directory / "2_Dense"
+    for i, dense in enumerate(spec.dense):
+        n = len(modules)
+        dense_dir = directory / f"{n}_Dense"
         dense_dir.mkdir(exist_ok=True)
-        (dense_dir / "config.json").write_text(json.dumps(dataclasses.asdict(spec.dense), indent=2))
-        save_file(hf_names.export_tensors(params, hf_names.dense_names(spec.dense.bias)),
+        (dense_dir / "config.json").write_text(json.dumps(dataclasses.asdict(dense), indent=2))
+        save_file(hf_names.export_tensors(params, hf_names.dense_names(dense.bias, i)),
                   dense_dir / "model.safetensors", metadata={"format": "pt"})
-        modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+        modules.append({"idx": n, "name": str(n), "path": f"{n}_Dense", "type": "sentence_transformers.models.Dense"})
     if spec.normalize:
         n = len(modules)
         modules.append({"idx": n, "name": str(n), "path": f"{n}_Normalize",
@@ -211,7 +260,7 @@ pipeline_tag: sentence-similarity
 
 A {t.model_type} encoder ({t.num_hidden_layers} layers, hidden size {t.hidden_size})
 mapping text to {dim}-dimensional vectors: {'+'.join(spec.pooling.modes)} pooling
-{'+ Dense ' if spec.dense else ''}{'+ L2 normalisation ' if spec.normalize else ''}over at most {max_seq_length} tokens.
+{'+ Dense ' * len(spec.dense)}{'+ L2 normalisation ' if spec.normalize else ''}over at most {max_seq_length} tokens.
 
 ```python
 from sentence_transformers import SentenceTransformer   # PyTorch

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -62,9 +64,9 @@ def config_fields(cls, config: dict, source: str, *, exclude: tuple[str, ...] = 
         raise ValueError(f"{source}: {err}") from err
 
 
-def dense_names(bias: bool) -> TensorNames:
-    """Names inside `2_Dense/model.safetensors`."""
-    return TensorNames(tuple(linear("linear", ("dense",), bias)))
+def dense_names(bias: bool, index: int = 0) -> TensorNames:
+    """Names inside the `index`-th Dense module's `model.safetensors` (`2_Dense`, `3_Dense`, ...)."""
+    return TensorNames(tuple(linear("linear", ("dense", str(index)), bias)))
 
 
 def _canonical(name: str, prefixes: tuple[str, ...]) -> str:
@@ -88,24 +90,28 @@ def _get(tree: dict, path: Path):
     return tree
 
 
-def fill_params(abstract: dict, tensors: dict[str, np.ndarray], scheme: TensorNames, source: str):
+def fill_params(abstract: dict, tensors: Mapping[str, Any], scheme: TensorNames, source: str, *,
+                place: Callable[[str, np.ndarray], Any] = lambda name, value: value):
     """Fill a copy of the abstract param tree from `tensors`; returns `(params, extras)`.
 
-    `extras` holds the kept, unused tensors (`scheme.kept`, e.g. BERT's pooler) to write back
-    on save.
+    `tensors` may be lazy (a Mapping that reads each tensor from disk when it is looked up, e.g.
+    `folder.SafetensorsFiles`): tensors are read one at a time, transposed and cast to the
+    parameter's dtype, and handed to `place(name, value)` (e.g. a check and a device put) before the next
+    is read, so a checkpoint is never held twice in memory. `extras` holds the kept, unused
+    tensors (`scheme.kept`, e.g. BERT's pooler) to write back on save.
     """
-    tensors = {_canonical(k, scheme.prefixes): v for k, v in tensors.items()}
+    by_name = {_canonical(k, scheme.prefixes): k for k in tensors.keys()}
     params = _copy_tree(abstract)
     expected = {hf for hf, _, _ in scheme.names}
-    missing = sorted(expected - tensors.keys())
+    missing = sorted(expected - by_name.keys())
     if missing:
         raise ValueError(f"{source}: missing weight(s) {missing[:5]}"
                          f"{' and %d more' % (len(missing) - 5) if len(missing) > 5 else ''}; "
                          "the checkpoint does not match its config.json")
     extras, dropped, unexpected = {}, [], []
-    for name in sorted(tensors.keys() - expected):
+    for name in sorted(by_name.keys() - expected):
         if name in scheme.kept:
-            extras[name] = tensors[name]
+            extras[name] = np.asarray(tensors[by_name[name]])
         elif scheme.buffers and name.endswith(scheme.buffers):
             continue
         elif scheme.task_heads and name.startswith(scheme.task_heads):
@@ -119,13 +125,14 @@ def fill_params(abstract: dict, tensors: dict[str, np.ndarray], scheme: TensorNa
         log.warning("%s: ignoring %d task-head tensor(s) not used for embeddings: %s",
                     source, len(dropped), ", ".join(dropped[:4]) + (" ..." if len(dropped) > 4 else ""))
     for hf, path, transpose in scheme.names:
-        value = tensors[hf].T if transpose else tensors[hf]
+        raw = tensors[by_name[hf]]
         target = _get(abstract, path)
-        if tuple(value.shape) != tuple(target.shape):
-            shown = tuple(tensors[hf].shape)
-            want = tuple(target.shape)[::-1] if transpose else tuple(target.shape)
-            raise ValueError(f"{source}: weight {hf!r} has shape {shown}, expected {want} from config.json")
-        _set(params, path, np.ascontiguousarray(value).astype(target.dtype))
+        want = tuple(target.shape)[::-1] if transpose else tuple(target.shape)
+        if tuple(raw.shape) != want:
+            raise ValueError(f"{source}: weight {hf!r} has shape {tuple(raw.shape)}, expected {want} from config.json")
+        value = np.ascontiguousarray(raw.T if transpose else raw).astype(target.dtype, copy=False)
+        del raw
+        _set(params, path, place(hf, value))
     return params, extras
 
 

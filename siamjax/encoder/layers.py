@@ -9,10 +9,12 @@ blocks.
 
 Attention always goes through `jax.nn.dot_product_attention`, with a boolean mask built from
 segment ids (0 padding, k > 0 the k-th text of a packed row): a token attends only within its
-own text, so packed rows compute exactly what separate padded rows would. Two implementations:
+own text, so packed rows compute exactly what separate padded rows would. Causal decoders AND
+`causal_mask` onto it (a text's tokens are contiguous, so a token sees only its own text's
+earlier tokens). Two implementations:
 
 - `"xla"` (default, every backend): XLA's fused softmax(QK^T)V with the full `[L, L]` score
-  matrix per head. Sliding windows use `local_window_size`.
+  matrix per head. Sliding windows use `local_window_size` ((left, right) keys around the query).
 - `"cudnn"` (GPU only, bf16/fp16 compute): cuDNN's fused attention kernel. The segment mask is
   turned into an additive bias by jax; cuDNN's own sliding window only covers the causal
   (left) side, so a bidirectional window is folded into the mask instead.
@@ -73,28 +75,41 @@ def segment_mask(segments_BxL):
         segments_BxL[:, None, None, :] > 0)
 
 
-def window_mask(length: int, window: int):
-    """`[1, 1, L, L]` bool: |query - key| <= window (a bidirectional sliding window)."""
+def window_mask(length: int, window: int | tuple[int, int]):
+    """`[1, 1, L, L]` bool: -left <= key - query <= right (`window` = (left, right); an int is both)."""
+    left, right = (window, window) if isinstance(window, int) else window
     index_L = jnp.arange(length)
-    return (jnp.abs(index_L[:, None] - index_L[None, :]) <= window)[None, None]
+    offset_LxL = index_L[None, :] - index_L[:, None]
+    return ((offset_LxL >= -left) & (offset_LxL <= right))[None, None]
 
 
-def attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask_Bx1xLxL, *, bias_1xNxLxL=None, window: int | None = None,
-           implementation: str = "xla"):
-    """Scaled dot-product attention within segments (and a +-`window` band when given).
+def causal_mask(length: int):
+    """`[1, 1, L, L]` bool: the key is not after the query. ANDed with the segment mask, a packed
+    text sees only its own earlier tokens (its segment starts after the previous text's end)."""
+    index_L = jnp.arange(length)
+    return (index_L[None, :] <= index_L[:, None])[None, None]
 
-    K may be smaller than N (grouped-query attention). `bias_1xNxLxL` is added to the scaled
-    scores (MPNet's relative-position bias). Attention-probability dropout is not applied:
-    fused kernels have none, and hidden-state dropout is what regularises fine-tuning.
+
+def attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask_Bx1xLxL, *, bias_1xNxLxL=None,
+           window: int | tuple[int, int] | None = None, scale: float | None = None, implementation: str = "xla"):
+    """Scaled dot-product attention within segments (and a sliding window when given).
+
+    K may be smaller than N (grouped-query attention). `window` is (left, right): keys from
+    `left` before to `right` after the query (an int is a two-sided band; causal windows are
+    (w - 1, 0) with the causal mask). `scale` multiplies the scores (default 1/sqrt(H); Gemma
+    uses `query_pre_attn_scalar ** -0.5`). `bias_1xNxLxL` is added to the scaled scores
+    (MPNet's relative-position bias). Attention-probability dropout is not applied: fused
+    kernels have none, and hidden-state dropout is what regularises fine-tuning.
     """
+    if window is not None and isinstance(window, int):
+        window = (window, window)
     if implementation == "cudnn":
         if window is not None:
             mask_Bx1xLxL = mask_Bx1xLxL & window_mask(q_BxLxNxH.shape[1], window)
         return jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, bias=bias_1xNxLxL,
-                                            mask=mask_Bx1xLxL, implementation="cudnn")
+                                            mask=mask_Bx1xLxL, scale=scale, implementation="cudnn")
     return jax.nn.dot_product_attention(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, bias=bias_1xNxLxL, mask=mask_Bx1xLxL,
-                                        local_window_size=None if window is None else (window, window),
-                                        implementation="xla")
+                                        scale=scale, local_window_size=window, implementation="xla")
 
 
 def linear(rngs: nnx.Rngs, d_in: int, d_out: int, *, use_bias: bool = True, init_std: float = 0.02,

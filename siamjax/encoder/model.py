@@ -39,20 +39,33 @@ class DenseConfig:
 class EncoderSpec:
     """Everything that fixes the encoder's structure (not its weights).
 
-    `transformer` is the family's config (`BertConfig`, `MPNetConfig`, `DistilBertConfig`,
-    `ModernBertConfig`; see `siamjax.encoder.families`).
+    `transformer` is the family's config (`BertConfig`, `Gemma3Config`, `LlamaConfig`, ...; see
+    `siamjax.encoder.families`). `dense` lists the Dense modules applied in order after pooling
+    (`2_Dense`, `3_Dense`, ...; EmbeddingGemma has two); a single `DenseConfig` or None is accepted.
     """
 
     transformer: TransformerConfig
     pooling: PoolingConfig = PoolingConfig()
-    dense: DenseConfig | None = None
+    dense: tuple[DenseConfig, ...] = ()
     normalize: bool = False
+
+    def __post_init__(self):
+        dense = self.dense if self.dense is not None else ()
+        dense = (dense,) if isinstance(dense, DenseConfig) else tuple(dense)
+        object.__setattr__(self, "dense", dense)
+        width = self.pooling.output_dim(self.transformer.hidden_size)
+        for i, layer in enumerate(dense):
+            if layer.in_features != width:
+                source = "the pooled width = hidden_size x pooling modes" if i == 0 else "the previous Dense"
+                raise ValueError(f"Dense module {i} has in_features {layer.in_features}, but its input is {width} "
+                                 f"wide ({source})")
+            width = layer.out_features
 
     @property
     def embedding_dim(self) -> int:
-        """Width of the output embedding: the Dense layer's, else the pooled width."""
-        if self.dense is not None:
-            return self.dense.out_features
+        """Width of the output embedding: the last Dense layer's, else the pooled width."""
+        if self.dense:
+            return self.dense[-1].out_features
         return self.pooling.output_dim(self.transformer.hidden_size)
 
 
@@ -69,13 +82,9 @@ class SentenceModel(nnx.Module):
             raise ValueError(f"attention={attention!r}: use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
         self.encoder = spec.transformer.build(dtype=dtype, param_dtype=param_dtype, remat=remat,
                                               attention=attention, rngs=rngs)
-        pooled = spec.pooling.output_dim(spec.transformer.hidden_size)
-        if spec.dense is not None and spec.dense.in_features != pooled:
-            raise ValueError(f"Dense in_features ({spec.dense.in_features}) must equal the pooled width "
-                             f"({pooled} = hidden_size x {len(spec.pooling.modes)} pooling modes)")
-        self.dense = None if spec.dense is None else nnx.Linear(
-            spec.dense.in_features, spec.dense.out_features, use_bias=spec.dense.bias,
-            param_dtype=param_dtype, rngs=rngs)
+        self.dense = nnx.Dict({str(i): nnx.Linear(d.in_features, d.out_features, use_bias=d.bias,
+                                                   param_dtype=param_dtype, rngs=rngs)
+                               for i, d in enumerate(spec.dense)}) if spec.dense else None
         self.spec = spec
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, text_index=None, rng=None):
@@ -85,8 +94,8 @@ class SentenceModel(nnx.Module):
         else:
             x_BxD = unpack(pool(h_RxLxD, attention_mask, self.spec.pooling, num_slots(h_RxLxD.shape[1])),
                            text_index)
-        if self.dense is not None:
-            x_BxD = DENSE_ACTIVATIONS[self.spec.dense.activation_function](self.dense(x_BxD))
+        for i, layer in enumerate(self.spec.dense):
+            x_BxD = DENSE_ACTIVATIONS[layer.activation_function](self.dense[str(i)](x_BxD).astype(jnp.float32))
         return l2_normalize(x_BxD) if self.spec.normalize else x_BxD
 
 

@@ -9,6 +9,7 @@ batch) and returns float32 numpy.
 """
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 from typing import Any, Sequence
@@ -53,6 +54,18 @@ def packing_row_length(longest: int, max_seq_length: int) -> int:
     return min(max(bucket_length(longest, max_seq_length), _MIN_PACK_ROW), max_seq_length)
 
 
+def _to_device(name: str, value: np.ndarray, *, source: str | None) -> jax.Array:
+    """One loaded tensor, checked (`verify.check_weights`, unless `source` is None) and put on the
+    default device, its host buffer released before the next tensor is read.
+
+    Why not `jnp.asarray`: on CPU it made two transient copies; and `jax.device_put` is
+    asynchronous, so without waiting every host buffer stayed alive until the end of the load.
+    """
+    if source is not None:
+        verify.check_weights({name: value}, source)
+    return jax.device_put(value).block_until_ready()
+
+
 def _dtype(name: Any):
     return jnp.dtype(name) if name is not None else jnp.float32
 
@@ -93,18 +106,17 @@ class SentenceEncoder:
         """
         path = folder.resolve(path_or_name)
         loaded = folder.read_folder(path)
-        if verify_weights:
-            verify.check_weights(loaded.tensors, str(loaded.transformer_dir))
-            verify.check_weights(loaded.dense_tensors, str(path / "2_Dense"))
-        graphdef, abstract = abstract_params(loaded.spec, param_dtype=_dtype(param_dtype))
-        del graphdef
+        _, abstract = abstract_params(loaded.spec, param_dtype=_dtype(param_dtype))
+        # Tensors are read, checked, cast and put on the device one at a time: never two copies of the model.
+        place = lambda source: functools.partial(_to_device, source=source if verify_weights else None)
         params, extras = hf_names.fill_params(abstract, loaded.tensors, loaded.spec.transformer.tensor_names(),
-                                              str(loaded.transformer_dir))
-        if loaded.spec.dense is not None:
-            dense_params, _ = hf_names.fill_params(abstract, loaded.dense_tensors,
-                                                   hf_names.dense_names(loaded.spec.dense.bias),
-                                                   str(path / "2_Dense"))
-            params["dense"] = dense_params["dense"]
+                                              str(loaded.transformer_dir), place=place(str(loaded.transformer_dir)))
+        if verify_weights:
+            verify.check_weights(extras, str(loaded.transformer_dir))
+        for i, (dense, tensors, where) in enumerate(zip(loaded.spec.dense, loaded.dense_tensors, loaded.dense_dirs)):
+            dense_params, _ = hf_names.fill_params(abstract, tensors, hf_names.dense_names(dense.bias, i), str(where),
+                                                   place=place(str(where)))
+            params["dense"][str(i)] = dense_params["dense"][str(i)]
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(loaded.transformer_dir))
         except Exception as err:
@@ -114,20 +126,21 @@ class SentenceEncoder:
         if limit > loaded.spec.transformer.max_tokens:
             raise ValueError(f"max_seq_length {limit} exceeds the model's {loaded.spec.transformer.max_tokens} "
                              "positions")
-        params = jax.tree.map(jnp.asarray, params)
         return cls(loaded.spec, params, tokenizer, limit, dtype=dtype, param_dtype=param_dtype, remat=remat,
                    attention=attention, hf_config=loaded.hf_config, extras=extras)
 
     @classmethod
     def from_config(cls, config: TransformerConfig, tokenizer, *, pooling: str | Sequence[str] = "mean",
-                    normalize: bool = False, dense_dim: int | None = None, seed: int = 0,
+                    normalize: bool = False, dense_dim: int | Sequence[int] | None = None, seed: int = 0,
                     max_seq_length: int | None = None, dtype: Any = "float32",
                     param_dtype: Any = "float32", remat: bool = False, attention: str = "xla") -> "SentenceEncoder":
-        """A randomly initialised encoder of any family (tests, pre-training from scratch)."""
+        """A randomly initialised encoder of any family (tests, pre-training from scratch);
+        `dense_dim` adds one Tanh Dense layer of that width, or several (a sequence of widths)."""
         modes = (pooling,) if isinstance(pooling, str) else tuple(pooling)
         pooling_cfg = PoolingConfig(modes)
-        dense = None if dense_dim is None else DenseConfig(
-            pooling_cfg.output_dim(config.hidden_size), dense_dim)
+        widths = [] if dense_dim is None else [dense_dim] if isinstance(dense_dim, int) else list(dense_dim)
+        ins = [pooling_cfg.output_dim(config.hidden_size)] + widths[:-1]
+        dense = tuple(DenseConfig(i, o) for i, o in zip(ins, widths))
         spec = EncoderSpec(transformer=config, pooling=pooling_cfg, dense=dense, normalize=normalize)
         _, params = init_params(spec, seed=seed, param_dtype=_dtype(param_dtype))
         return cls(spec, params, tokenizer, max_seq_length or min(config.max_tokens, 512),
@@ -231,7 +244,7 @@ class SentenceEncoder:
     def __repr__(self) -> str:
         b = self.spec.transformer
         return (f"SentenceEncoder({b.model_type}, layers={b.num_hidden_layers}, hidden={b.hidden_size}, "
-                f"pooling={'+'.join(self.spec.pooling.modes)}, dense={self.spec.dense is not None}, "
+                f"pooling={'+'.join(self.spec.pooling.modes)}, dense={len(self.spec.dense)}, "
                 f"normalize={self.spec.normalize}, max_seq_length={self.max_seq_length}, dim={self.embedding_dim})")
 
 

@@ -27,6 +27,8 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
                 "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 # No trained encoder has a weight this large; random bytes read as float32 exceed it ~45% of the time.
 MAX_ABS_WEIGHT = 1e6
+# Elements checked at a time by `check_weights` (16 MiB of float32).
+_CHUNK = 1 << 22
 # Files one of which holds a tokenizer's vocabulary (fast tokenizers, WordPiece, BPE, SentencePiece).
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
                    "tokenizer.model")
@@ -34,6 +36,17 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", 
 
 class ModelFolderError(ValueError):
     """A model folder file that is missing, damaged or inconsistent; the message names the file."""
+
+
+def safetensors_header(path: pathlib.Path) -> tuple[dict, int]:
+    """(header, offset of the data section) of a safetensors file, every tensor's byte range
+    checked against the file's size (for readers that then read tensors one at a time)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: no such file")
+    header = _header(path)
+    with open(path, "rb") as f:
+        return header, 8 + struct.unpack("<Q", f.read(8))[0]
 
 
 def _header(path: pathlib.Path) -> dict:
@@ -93,12 +106,14 @@ def check_weights(tensors: dict[str, np.ndarray], source: str) -> None:
         array = np.asarray(value)
         if array.dtype.kind not in "fV" or array.size == 0:
             continue
-        array = array.astype(np.float32, copy=False)
-        if not np.isfinite(array).all():
-            bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        flat, bad, peak = array.reshape(-1), 0, 0.0
+        for start in range(0, flat.size, _CHUNK):  # a 262k x 768 embedding must not be copied whole
+            chunk = flat[start:start + _CHUNK].astype(np.float32, copy=False)
+            bad += int(chunk.size - np.count_nonzero(np.isfinite(chunk)))
+            peak = max(peak, float(np.nanmax(np.abs(chunk), initial=0.0)))
+        if bad:
             raise ModelFolderError(f"{source}: tensor {name!r} has {bad} non-finite value(s) (damaged "
                                    "weights; pass verify_weights=False / --no-verify-weights to load anyway)")
-        peak = float(np.abs(array).max())
         if peak > MAX_ABS_WEIGHT:
             raise ModelFolderError(f"{source}: tensor {name!r} has a value of magnitude {peak:.3g} (damaged "
                                    "weights; pass verify_weights=False / --no-verify-weights to load anyway)")

@@ -168,8 +168,8 @@ def slot_labels(sets: list[TrainSet]) -> dict[str, int | None]:
 def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int) -> SentenceEncoder:
     """The SentenceEncoder to train: pretrained from `name_or_path` (any supported family), or a
     random BERT."""
-    common = dict(dtype=model_cfg.dtype, remat=model_cfg.remat, attention=model_cfg.attention,
-                  max_seq_length=model_cfg.max_seq_length)
+    common = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype, remat=model_cfg.remat,
+                  attention=model_cfg.attention, max_seq_length=model_cfg.max_seq_length)
     try:
         check_attention(model_cfg.attention, model_cfg.dtype)
     except ValueError as err:  # e.g. cudnn on a machine without a GPU
@@ -245,7 +245,7 @@ def build_optimizer(optim_cfg: ml_collections.ConfigDict, total_steps: int):
     schedule = optim.make_schedule(optim_cfg.lr, total_steps, warmup, optim_cfg.schedule, optim_cfg.end_lr)
     optimizer = optim.make_optimizer(
         schedule, weight_decay=optim_cfg.weight_decay, b1=optim_cfg.b1, b2=optim_cfg.b2,
-        eps=optim_cfg.eps, clip_norm=optim_cfg.clip_norm or None,
+        eps=optim_cfg.eps, clip_norm=optim_cfg.clip_norm or None, float32_moments=optim_cfg.float32_moments,
     )
     return optimizer, schedule
 

@@ -50,7 +50,10 @@ def _model_fields() -> ml_collections.ConfigDict:
     g = ml_collections.ConfigDict()
     g.name_or_path = ""  # sentence-transformers/HF folder or hub name; "" = random init below
     g.max_seq_length = 128  # tokens per text after truncation (also the largest bucket)
-    g.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (master weights stay f32)
+    g.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (weights stay in param_dtype)
+    # dtype the encoder weights are loaded, stored and trained in: "float32", or "bfloat16" to halve
+    # parameter memory (LLM embedders); updates are then rounded to bf16 (see optim.float32_moments)
+    g.param_dtype = "float32"
     g.remat = False  # recompute each layer's activations in the backward pass (saves memory)
     # attention kernel: "xla" (every backend) or "cudnn" (GPU only, needs dtype="bfloat16")
     g.attention = "xla"
@@ -125,6 +128,9 @@ def _optim_fields() -> ml_collections.ConfigDict:
     g.b2 = 0.999
     g.eps = 1e-6
     g.clip_norm = 1.0  # global gradient-norm clipping; 0 = off
+    # with model.param_dtype="bfloat16": Adam moments and updates in float32 (each update rounded
+    # once into the bf16 weights); False keeps them in bf16 too (half the optimizer memory)
+    g.float32_moments = True
     return g
 
 
@@ -247,6 +253,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         need(bool(m.init.tokenizer), "model.name_or_path is empty: set it, or model.init.tokenizer "
              "for a randomly initialised model")
     need(m.dtype in ("float32", "bfloat16"), f"model.dtype={m.dtype!r}: use 'float32' or 'bfloat16'")
+    need(m.param_dtype in ("float32", "bfloat16"), f"model.param_dtype={m.param_dtype!r}: use 'float32' or 'bfloat16'")
+    need(m.param_dtype == "float32" or m.dtype == "bfloat16",
+         "model.param_dtype='bfloat16' needs model.dtype='bfloat16' (float32 compute on bf16 weights gains nothing)")
+    need(isinstance(o.float32_moments, bool), f"optim.float32_moments={o.float32_moments!r}: use True or False")
     need(m.attention in ("xla", "cudnn"), f"model.attention={m.attention!r}: use 'xla' or 'cudnn'")
     need(m.attention != "cudnn" or m.dtype == "bfloat16",
          "model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention has no float32 kernel)")

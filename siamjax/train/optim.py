@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -83,10 +84,13 @@ def make_optimizer(
     eps: float = 1e-6,
     clip_norm: float | None = 1.0,
     mask: Any = None,
+    float32_moments: bool = True,
 ) -> optax.GradientTransformation:
     """AdamW with optional global-norm clipping first; `mask` limits weight decay (see above).
 
     `mask` may be a pytree of bools or a callable params -> mask (default: weight_decay_mask).
+    `float32_moments`: the whole chain runs on float32 copies of gradients and parameters (see
+    `in_float32`); a no-op for float32 parameters.
     """
     adamw = optax.adamw(
         schedule,
@@ -96,6 +100,28 @@ def make_optimizer(
         weight_decay=weight_decay,
         mask=weight_decay_mask if mask is None else mask,
     )
-    if clip_norm is None or clip_norm <= 0:
-        return adamw
-    return optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
+    chain = adamw if clip_norm is None or clip_norm <= 0 else optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
+    return in_float32(chain) if float32_moments else chain
+
+
+def _to_float32(tree):
+    return jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def in_float32(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`inner` applied to float32 copies of the gradients and parameters.
+
+    Why: with bfloat16 weights (`model.param_dtype`), Adam's second moment and the step
+    computed in bf16 lose most small gradients. Here the moments are float32 and the update
+    comes back float32; `optax.apply_updates` adds it to the bf16 weights in float32 and rounds
+    once. (No float32 master copy is kept: updates smaller than half a bf16 ulp of a weight are
+    still lost, the price of halving parameter memory.)
+    """
+
+    def init(params):
+        return inner.init(_to_float32(params))
+
+    def update(grads, state, params=None):
+        return inner.update(_to_float32(grads), state, None if params is None else _to_float32(params))
+
+    return optax.GradientTransformation(init, update)

@@ -25,6 +25,8 @@ import pytest
 
 from config_fixtures import WORDS, read_jsonl, write_tiny_config
 
+pytestmark = pytest.mark.slow  # several minutes: scheduled first (tests/conftest.py)
+
 DRIVER = pathlib.Path(__file__).with_name("cli_driver.py")
 TIMEOUT = 900
 

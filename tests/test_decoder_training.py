@@ -22,6 +22,8 @@ from siamjax.train.config_file import load_config
 from encoder_fixtures import varied_sentences
 from decoder_fixtures import build_hf_folder, st_folder
 
+pytestmark = pytest.mark.slow  # several minutes: scheduled first (tests/conftest.py)
+
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 MAX_SEQ_LENGTH = 32
 BATCH = 16

@@ -22,6 +22,8 @@ from config_fixtures import write_tiny_config
 from encoder_fixtures import varied_sentences
 from family_fixtures import FAMILIES, build_hf_folder, st_folder
 
+pytestmark = pytest.mark.slow  # several minutes: scheduled first (tests/conftest.py)
+
 MAX_SEQ_LENGTH = 32
 BATCH = 16
 

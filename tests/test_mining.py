@@ -12,6 +12,8 @@ from siamjax import SentenceEncoder, mining
 from siamjax.cli import main as cli_main
 from siamjax.search import mine_hard_negatives, search_mesh
 
+pytestmark = pytest.mark.slow  # several minutes: scheduled first (tests/conftest.py)
+
 TOPICS = ["cat", "dog", "car", "rain", "music", "coffee", "football", "river", "computer", "garden"]
 
 

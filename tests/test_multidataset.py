@@ -21,6 +21,8 @@ from config_fixtures import TINY_FIELDS, WORDS, read_jsonl
 from test_multiprocess import finish, start, start_two, stop_all
 from test_train import wait_for_checkpoint
 
+pytestmark = pytest.mark.slow  # several minutes: scheduled first (tests/conftest.py)
+
 STEPS = 12
 RUN_TIMEOUT_S = 900  # three compiled steps per run, two runs at once, on a shared 2-core machine
 # name -> (file, columns, own loss ("" = the run's sharded MNRL), weight, text suffixes per side)

@@ -106,7 +106,7 @@ def measured_matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
 
 def build_step(cfg: BertConfig, batch: int, seq_len: int, dtype: str, remat: bool, seed: int = 0):
     """(compiled step, state, batch, compile seconds, XLA's FLOP count) for a random-init encoder."""
-    graphdef, params = init_params(EncoderSpec(bert=cfg), seed=seed, dtype=jnp.dtype(dtype), remat=remat)
+    graphdef, params = init_params(EncoderSpec(transformer=cfg), seed=seed, dtype=jnp.dtype(dtype), remat=remat)
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
     optimizer = optim.make_optimizer(1e-5)
     state, shardings = train_state.create_train_state({"encoder": params, "loss": {}}, optimizer,

@@ -58,7 +58,7 @@ BAD_FILES = [
     ("p.jsonl", '{"sentence1": "a", "sentence2": "b", "score": true}\n', {}, r"p\.jsonl:1: score True is not a number"),
     ("p.csv", "sentence1,sentence2,score\na,b,1\nc,d,7.5\n", {}, r"p\.csv:3: score 7\.5 out of range \[0\.0, 5\.0\]"),
     ("p.csv", "sentence1,sentence2,score\na,b,-2\n", {"score_range": (-1.0, 1.0)}, r"p\.csv:2: score -2\.0 out of range"),
-    ("p.parquet", "sentence1,sentence2,score\na,b,1\n", {}, r"cannot tell the format from the unknown suffix '\.parquet'"),
+    ("p.xlsx", "sentence1,sentence2,score\na,b,1\n", {}, r"cannot tell the format from the unknown suffix '\.xlsx'"),
 ]
 
 

@@ -73,6 +73,8 @@ def test_kl_distillation_on_eight_devices_equals_one(minilm_dir, tmp_path):
     assert batches[0]["labels"].shape == (16, 2) and batches[0]["labels"].dtype == np.float32
     for b in batches:
         b["input_ids"] = b["input_ids"] % VOCAB
+        del b["dataset"], b["text_ids"]  # as siamjax train does: the dataset picks the step, and text
+        # ids reach only losses that mask false negatives (infonce/mnrl)
     cfg = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=64)
     encoder = SentenceEncoder.from_config(cfg, tokenizer, seed=0, max_seq_length=32)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from family_fixtures import _randomise
+from family_fixtures import save_random_model
 
 # google/embeddinggemma-300m, config.json as released.
 EMBEDDINGGEMMA_300M = {
@@ -122,21 +122,8 @@ def tiny_config(family: str, tokenizer, **overrides) -> dict:
 def build_hf_folder(family: str, folder: pathlib.Path, *, corpus: list[str], seed: int = 0, **overrides):
     """A random tiny `family` model saved by transformers (safetensors), its tokenizer, and the
     released-style config.json (`overrides` change fields of it)."""
-    import torch
-    from transformers import AutoConfig, AutoModel
-
     tokenizer = tiny_tokenizer(family, corpus)
-    config = tiny_config(family, tokenizer, **overrides)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    torch.manual_seed(seed)
-    model = AutoModel.from_config(AutoConfig.from_pretrained(str(folder)), attn_implementation="eager").eval()
-    _randomise(model, seed)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.save_pretrained(str(folder))
-    # transformers 5 rewrote config.json in its own style; put the released style back.
-    (folder / "config.json").write_text(json.dumps({**config, "architectures": [type(model).__name__]}, indent=2))
-    return folder
+    return save_random_model(folder, tiny_config(family, tokenizer, **overrides), tokenizer, seed)
 
 
 def st_folder(hf_folder: pathlib.Path, out: pathlib.Path, *, pooling: tuple[str, ...], max_seq_length: int,

@@ -126,12 +126,17 @@ def build_hf_folder(family: str, folder: pathlib.Path, *, minilm_dir: pathlib.Pa
                     seed: int = 0, **overrides) -> pathlib.Path:
     """A random tiny `family` model saved by transformers (safetensors) with its tokenizer, and the
     released-style config.json (`overrides` change fields of it, e.g. biases on)."""
-    from transformers import AutoConfig, AutoModel
-
     tokenizer = {"mpnet": lambda: _tiny_mpnet_tokenizer(minilm_dir),
                  "distilbert": lambda: _tiny_distilbert_tokenizer(minilm_dir),
                  "modernbert": lambda: _tiny_modernbert_tokenizer(corpus)}[family]()
-    config = {**tiny_config(family, tokenizer), **overrides}
+    return save_random_model(folder, {**tiny_config(family, tokenizer), **overrides}, tokenizer, seed)
+
+
+def save_random_model(folder: pathlib.Path, config: dict, tokenizer, seed: int) -> pathlib.Path:
+    """The transformers model of `config` with random weights (`_randomise`), saved as safetensors
+    with `tokenizer`, and `config` (released style) as its config.json."""
+    from transformers import AutoConfig, AutoModel
+
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     model = AutoModel.from_config(AutoConfig.from_pretrained(str(folder)), attn_implementation="eager").eval()

@@ -157,7 +157,7 @@ def test_training_batch_routes_each_side_after_one_trunk_call(router_dir, texts)
 
 
 def test_router_trains_exports_and_loads_in_sentence_transformers(router_dir, texts, tmp_path):
-    """3 MNRL steps on 8 devices with anchor -> query and positive -> document: both route Dense
+    """3 MNRL steps on 8 devices, packed rows, with q -> query and p -> document: both route Dense
     layers and the shared trunk move; the exported folder loads in sentence-transformers with
     the trained model's embeddings for queries and documents."""
     from sentence_transformers import SentenceTransformer
@@ -171,6 +171,7 @@ def test_router_trains_exports_and_loads_in_sentence_transformers(router_dir, te
     config.data.train.path = str(data)
     config.data.train.columns = (("q", "q"), ("p", "p"))
     config.data.no_duplicates = False  # each sentence is a query in one row and a document in another
+    config.data.pack_length = 64  # packed rows: each side's texts pooled per slot, then routed
     config.loss.name = "mnrl"
     config.optim.lr = 1e-3
     config.optim.warmup_steps = 0

@@ -157,8 +157,12 @@ def _dense_config(path: pathlib.Path) -> DenseConfig:
         raise ValueError(f"{path / 'config.json'}: {err}") from err
 
 
-def read_folder(folder: pathlib.Path) -> LoadedFolder:
-    """Parse a sentence-transformers or plain Hugging Face folder (no model is built here)."""
+def read_folder(folder: pathlib.Path, *, weights: bool = True) -> LoadedFolder:
+    """Parse a sentence-transformers or plain Hugging Face folder (no model is built here).
+
+    `weights=False` reads only the structure (config files): a folder with no safetensors, e.g.
+    the shape of a model too big to download, is enough to plan a run (`siamjax plan`).
+    """
     dense_cfgs, dense_dirs, normalize = [], [], False
     if (folder / "modules.json").is_file():
         modules = _st_modules(folder)
@@ -177,7 +181,7 @@ def read_folder(folder: pathlib.Path) -> LoadedFolder:
                                 "sentence-transformers model folder")
     hf_config = _read_json(transformer_dir / "config.json")
     transformer = families.config_from_hf(hf_config, str(transformer_dir / "config.json"))
-    tensors = _weights(transformer_dir, "transformer")
+    tensors = _weights(transformer_dir, "transformer") if weights else {}
     max_len = int(st_config.get("max_seq_length") or _tokenizer_max_length(transformer_dir, transformer.max_tokens))
     if max_len > transformer.max_tokens:
         raise ValueError(f"{transformer_dir / 'sentence_bert_config.json'}: max_seq_length {max_len} exceeds "
@@ -186,7 +190,7 @@ def read_folder(folder: pathlib.Path) -> LoadedFolder:
         spec = EncoderSpec(transformer=transformer, pooling=pooling, dense=tuple(dense_cfgs), normalize=normalize)
     except ValueError as err:
         raise ValueError(f"{folder / 'modules.json'}: {err}") from err
-    dense_tensors = [_weights(path, "Dense layer") for path in dense_dirs]
+    dense_tensors = [_weights(path, "Dense layer") for path in dense_dirs] if weights else []
     return LoadedFolder(spec, tensors, dense_tensors, dense_dirs, hf_config, max_len, transformer_dir)
 
 

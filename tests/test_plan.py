@@ -10,10 +10,13 @@ device after it ran (new state, batch, metrics: `addressable_shards[...].data.nb
 XLA's temporary buffer of the executable that ran (`memory_analysis().temp_size_in_bytes`; CPU
 devices report no allocator statistics, and RSS growth is noise at these sizes).
 """
+import pathlib
+
 import numpy as np
 import jax
 import pytest
 
+from siamjax.cli import main as cli_main
 from siamjax.data.tokenization import pack_sides, tokenize_sides
 from siamjax.encoder import SentenceEncoder
 from siamjax.encoder.llama import LlamaConfig
@@ -27,6 +30,7 @@ from transformers import AutoTokenizer
 
 from config_fixtures import WORDS
 
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 MESHES = {1: (1, 1), 2: (2, 1), 8: (1, 8)}  # devices -> (data, fsdp): one device, data-parallel, FSDP
 
 
@@ -165,3 +169,11 @@ def test_plan_matches_the_run(name, configs, minilm_dir):
             assert abs(plan.peak_bytes - device_bytes) <= 0.15 * device_bytes, (name, count, plan.peak_bytes, measured)
         _check_collectives(plan, config, data, fsdp, name)
     np.testing.assert_allclose(losses, losses[0], rtol=2e-2 if name == "decoder" else 1e-4)
+
+
+def test_cli_refuses_more_devices_than_jax_started_with(capsys):
+    """JAX fixes the fake device count when it starts: a plan for more says so (exit 2), before compiling."""
+    assert len(jax.devices()) == 8  # JAX has started (conftest asks for 8)
+    code = cli_main(["plan", "--config", str(CONFIGS / "stsb_minilm.py"), "--devices", "16", "--accelerator", "v5e"])
+    assert code == 2
+    assert "--devices 16: JAX already started with 8 CPU devices" in capsys.readouterr().err

@@ -165,15 +165,21 @@ def slot_labels(sets: list[TrainSet]) -> dict[str, int | None]:
     return counts
 
 
-def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int) -> SentenceEncoder:
+def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int, *, abstract: bool = False) -> SentenceEncoder:
     """The SentenceEncoder to train: pretrained from `name_or_path` (any supported family), or a
-    random BERT."""
+    random BERT. `abstract=True` gives it `jax.ShapeDtypeStruct` parameters and reads no weights
+    (a folder's config files suffice): what `siamjax plan` compiles the step from."""
     common = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype, remat=model_cfg.remat,
                   attention=model_cfg.attention, max_seq_length=model_cfg.max_seq_length)
     try:
         check_attention(model_cfg.attention, model_cfg.dtype)
     except ValueError as err:  # e.g. cudnn on a machine without a GPU
         raise ConfigError(f"model.attention={model_cfg.attention!r}: {err}") from err
+    if model_cfg.name_or_path and abstract:
+        try:
+            return SentenceEncoder.shape_only(model_cfg.name_or_path, **common)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"model.name_or_path={model_cfg.name_or_path!r}: {err}") from err
     if model_cfg.name_or_path:
         try:
             return SentenceEncoder.from_pretrained(model_cfg.name_or_path,
@@ -190,7 +196,7 @@ def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int) -> SentenceEn
     )
     return SentenceEncoder.from_config(
         bert, tokenizer, pooling=tuple(init.pooling.split("+")), normalize=init.normalize, seed=seed,
-        **common,
+        abstract=abstract, **common,
     )
 
 

@@ -59,11 +59,12 @@ PLANS = {
                    attention=[("bert-base", 128, 256), ("bert-base", 512, 64), ("gemma3-300m", 512, 64)],
                    mfu_steps=10, shapes=("bert-base", "gemma3-300m"), train_batch=64, train_steps=8,
                    encode_batch=256, encode_sentences=None, max_seq_length=128, plan_batch=64,
-                   budget_s=dict(mfu=170, attention=80, train=110, encode=60, plan=50)),
+                   budget_s=dict(mfu=130, attention=60, train=90, encode=45, plan=40), total_s=400),
     "smoke": dict(tiny=True, mfu=[("bert-base", 32, 8), ("gemma3-300m", 32, 8)],
                   attention=[("bert-base", 32, 8)], mfu_steps=1, shapes=("bert-base", "gemma3-300m"),
                   train_batch=8, train_steps=2, encode_batch=8, encode_sentences=24, max_seq_length=32,
-                  plan_batch=8, budget_s=dict(mfu=600, attention=600, train=600, encode=600, plan=600)),
+                  plan_batch=8, budget_s=dict(mfu=600, attention=600, train=600, encode=600, plan=600),
+                  total_s=3000),
 }
 PLAN_ACCELERATORS = {"H100": "h100", "H200": "h200", "A100": "a100", "TPU v5 lite": "v5e", "TPU v5": "v5p",
                      "TPU v6": "v6e"}
@@ -87,20 +88,24 @@ def missing_prerequisites(smoke: bool, data: pathlib.Path) -> list[str]:
 
 
 class Budget:
-    """Seconds each section may start new rows for; rows after that are recorded as skipped."""
+    """Seconds each section may start new rows for, and seconds from the start of the run after
+    which no row starts at all; rows after that are recorded as skipped. (A row that starts in
+    time runs to its end: the device run's budgets leave room for the slowest row.)"""
 
-    def __init__(self, seconds: dict[str, float]):
-        self.seconds, self.started = seconds, {}
+    def __init__(self, seconds: dict[str, float], total: float = float("inf")):
+        self.seconds, self.total, self.started, self.t0 = seconds, total, {}, time.perf_counter()
 
     def allows(self, section: str) -> bool:
-        start = self.started.setdefault(section, time.perf_counter())
-        return time.perf_counter() - start < self.seconds[section]
+        now = time.perf_counter()
+        start = self.started.setdefault(section, now)
+        return now - start < self.seconds[section] and now - self.t0 < self.total
 
 
 def guarded(section: str, budget: Budget, row: dict, fn) -> dict:
     """`row` updated with `fn()`'s results, or with why it was skipped or failed (never raises)."""
     if not budget.allows(section):
-        return {**row, "skipped": f"{section} budget of {budget.seconds[section]:.0f} s used up"}
+        return {**row, "skipped": f"{section} budget of {budget.seconds[section]:.0f} s (run: "
+                                  f"{budget.total:.0f} s) used up"}
     start = time.perf_counter()
     try:
         row.update(fn())
@@ -219,7 +224,7 @@ def run_all(out: pathlib.Path, *, smoke: bool, data: pathlib.Path) -> dict:
     from environment import SHAPE_CACHE, environment, read_stsb
 
     plan = PLANS["smoke" if smoke else "device"]
-    budget = Budget(plan["budget_s"])
+    budget = Budget(plan["budget_s"], plan["total_s"])
     start = time.perf_counter()
     peak, peak_how = mfu.device_peak("bfloat16", matmul_size=256 if smoke else 2048)
     record = {"command": "python bench/device_check.py " + " ".join(sys.argv[1:]), "smoke": smoke,

@@ -140,12 +140,15 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(STSB_DIR / "sts-test.csv"))
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--rounds", type=int, default=2, help="timed passes per library")
+    parser.add_argument("--pairs", type=int, default=0, help="only the first N pairs of --data (0: all)")
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     s1, s2, scores = read_stsb(args.data)
+    if args.pairs:
+        s1, s2, scores = s1[:args.pairs], s2[:args.pairs], scores[:args.pairs]
     sentences = s1 + s2
     args.model = model_folder(args, sentences)
     env = environment()

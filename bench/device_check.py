@@ -217,7 +217,7 @@ def plan_rows(plan: dict, budget: Budget, folders: dict, data: pathlib.Path, out
     return [guarded("plan", budget, {"shape": "bert-base", "batch": batch, "seq_len": seq}, run)]
 
 
-def run_all(out: pathlib.Path, *, smoke: bool, data: pathlib.Path) -> dict:
+def run_all(out: pathlib.Path, *, smoke: bool, data: pathlib.Path, command: str) -> dict:
     """Every section in order of importance; returns (and writes) the whole record."""
     import mfu
     import shapes
@@ -227,7 +227,7 @@ def run_all(out: pathlib.Path, *, smoke: bool, data: pathlib.Path) -> dict:
     budget = Budget(plan["budget_s"], plan["total_s"])
     start = time.perf_counter()
     peak, peak_how = mfu.device_peak("bfloat16", matmul_size=256 if smoke else 2048)
-    record = {"command": "python bench/device_check.py " + " ".join(sys.argv[1:]), "smoke": smoke,
+    record = {"command": command, "smoke": smoke,
               "environment": {**environment(), "peak_tflops": peak / 1e12, "peak_source": peak_how}}
     print(f"# {record['environment']}", flush=True)
     record["mfu"] = mfu_rows(plan, budget, peak)
@@ -259,7 +259,8 @@ def main(argv=None) -> int:
     if missing:
         print(f"device_check: missing {'; '.join(missing)}", file=sys.stderr)
         return 2
-    record = run_all(pathlib.Path(args.out), smoke=args.smoke, data=data)
+    command = "python bench/device_check.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    record = run_all(pathlib.Path(args.out), smoke=args.smoke, data=data, command=command)
     print(device_report.markdown(record))
     return 0
 

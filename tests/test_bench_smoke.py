@@ -183,6 +183,7 @@ def device_check_record(tmp_path_factory, stsb_dir):
 def test_device_check_smoke_runs_every_section(device_check_record):
     record, md = device_check_record
     assert record["smoke"] and "load_avg_1m" in record["environment"] and record["total_s"] > 0
+    assert record["command"].startswith("python bench/device_check.py --smoke --out")
     sections = ("mfu", "train", "encode", "attention", "plan")
     assert not [r for s in sections for r in record[s] if "error" in r or "skipped" in r]
     assert [(r["shape"], r["seq_len"]) for r in record["mfu"]] == [("bert-base", 32), ("gemma3-300m", 32)]

@@ -4,6 +4,9 @@ only for adapters), the same run on 8 devices (fsdp=4 x data=2) with GradCache a
 loss, the merged export loaded by sentence-transformers, and the PEFT folder loaded by `peft`
 and by sentence-transformers' `load_adapter`.
 """
+import json
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,13 +15,14 @@ import torch
 from flax import nnx
 from peft import PeftModel
 from sentence_transformers import SentenceTransformer
-from transformers import AutoModel
+from transformers import AutoModel, BertConfig, BertModel
 
 from siamjax import parallel
 from siamjax.data.tokenization import tokenize_sides
-from siamjax.encoder import SentenceEncoder, lora
+from siamjax.encoder import SentenceEncoder, lora, peft_folder
 from siamjax.losses import make_grad_cache_value_and_grad
-from siamjax.train import builders
+from siamjax.cli import main as cli_main
+from siamjax.train import builders, load_trained_encoder
 from siamjax.train.config import ConfigError, default_config, lora_config
 from siamjax.train.state import create_train_state, encoder_params
 from siamjax.train.step import compile_train_step, make_train_step
@@ -27,6 +31,7 @@ from decoder_fixtures import build_hf_folder, st_folder
 
 pytestmark = pytest.mark.slow
 
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 MAX_SEQ_LENGTH = 32
 BATCH = 16
 STEPS = 3
@@ -241,3 +246,44 @@ def test_lora_config_errors_name_the_field(folders):
     config.model.init.update(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     with pytest.raises(ConfigError, match=r"model\.lora\.targets=.*'gate'.* do not exist in 'bert'"):
         builders.build_encoder(config.model, 0)
+    # BERT-like blocks take the other six; their PEFT module names are BertModel's own
+    config.model.lora.targets = ("q", "k", "v", "o", "up", "down")
+    bert = builders.build_encoder(config.model, 0)
+    names = set(peft_folder.module_names(bert.spec, bert.params).values())
+    hf = dict(BertModel(BertConfig(**bert.spec.transformer.to_hf({}))).named_modules())
+    assert len(names) == 6 and all(isinstance(hf[n], torch.nn.Linear) for n in names)
+    assert "encoder.layer.0.attention.output.dense" in names
+
+
+def test_siamjax_train_and_export_a_lora_run(folders, sentences, tmp_path, capsys):
+    """`siamjax train` with LoRA on the LLM preset (8 devices, fsdp=8, packed rows, GradCache over
+    them, sharded MNRL + hard negatives), then `siamjax export --adapter`: the merged folder
+    embeds as the run's adapter model, and the PEFT folder holds every adapter."""
+    data = tmp_path / "triplets.jsonl"
+    data.write_text("".join(json.dumps({"anchor": sentences[i], "positive": sentences[i + 40],
+                                        "negative": sentences[i + 80]}) + "\n" for i in range(40)))
+    overrides = {"model.name_or_path": str(folders["qwen3"]), "model.max_seq_length": MAX_SEQ_LENGTH,
+                 "model.dtype": "float32", "model.param_dtype": "float32", "model.lora.rank": 4,
+                 "model.lora.targets": ("q", "k", "v", "o"), "model.lora.dropout": 0.1,
+                 "data.pack_length": MAX_SEQ_LENGTH, "data.train.path": str(data), "data.train.tfds.builder": "",
+                 "data.train.columns": (("anchor", "anchor"), ("positive", "positive"), ("negative", "negative")),
+                 "data.nli_to_triplets": False, "data.prefetch": 1, "eval.sts.tfds.builder": "",
+                 "mesh.fsdp": 8, "mesh.fsdp_min_size": 2**10, "train.batch_size": BATCH,
+                 "train.grad_cache_tokens": MAX_SEQ_LENGTH, "optim.lr": 1e-2, "train.num_steps": 2,
+                 "train.progress_bar": False, "checkpoint.every_steps": 100}
+    flags = [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}" for k, v in overrides.items()]
+    run = tmp_path / "run"
+    assert cli_main(["train", "--config", str(CONFIGS / "llm_embedder.py:qwen3,gpu_cluster"), "--workdir", str(run),
+                     *flags]) == 0
+    assert cli_main(["export", "--workdir", str(run), "--output", str(tmp_path / "merged"),
+                     "--adapter", str(tmp_path / "adapter")]) == 0
+    assert "and its LoRA adapters to" in capsys.readouterr().out
+    trained, step = load_trained_encoder(run)
+    assert step == 2 and trained.spec.lora.targets == ("q", "k", "v", "o")
+    texts = sentences[-24:]
+    merged = SentenceEncoder.from_pretrained(tmp_path / "merged")
+    assert merged.spec.lora is None
+    assert cosines(merged.encode(texts), trained.encode(texts)).min() >= 0.99999
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and len(config["target_modules"]) == 4 * LAYERS
+    assert config["base_model_name_or_path"] == str(folders["qwen3"])

@@ -205,7 +205,7 @@ def merge(params: dict, config: LoRAConfig, param_dtype: Any) -> dict:
 
     def leaf(x):
         x = np.asarray(x)
-        return x.astype(param_dtype) if np.issubdtype(x.dtype, np.floating) or x.dtype == jnp.bfloat16 else x
+        return x.astype(param_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
     def walk(tree):
         if "lora_a" in tree:

@@ -175,7 +175,7 @@ def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int) -> SentenceEn
     except ValueError as err:  # e.g. cudnn on a machine without a GPU
         raise ConfigError(f"model.attention={model_cfg.attention!r}: {err}") from err
     encoder = _base_encoder(model_cfg, seed, common)
-    adapters = lora_config(model_cfg.lora)
+    adapters = lora_config(model_cfg.get("lora"))
     if adapters is None:
         return encoder
     try:

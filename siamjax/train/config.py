@@ -96,8 +96,11 @@ def _lora_fields() -> ml_collections.ConfigDict:
     return g
 
 
-def lora_config(g: ml_collections.ConfigDict) -> LoRAConfig | None:
-    """The `LoRAConfig` of a `model.lora` group, None when rank is 0 (errors name the field)."""
+def lora_config(g: ml_collections.ConfigDict | None) -> LoRAConfig | None:
+    """The `LoRAConfig` of a `model.lora` group, None when rank is 0 or the group is missing (a
+    run folder's config.json from before LoRA); errors name the field."""
+    if g is None:
+        return None
     if not isinstance(g.rank, int) or isinstance(g.rank, bool) or g.rank < 0:
         raise ConfigError(f"model.lora.rank={g.rank!r}: must be an int >= 0 (0 = no LoRA)")
     if g.rank == 0:
@@ -297,7 +300,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(m.attention != "cudnn" or m.dtype == "bfloat16",
          "model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention has no float32 kernel)")
     need(m.max_seq_length >= 8, f"model.max_seq_length={m.max_seq_length}: must be >= 8")
-    lora_config(m.lora)
+    lora_config(m.get("lora"))
     _check_train_data(d)
     _check_file(config.eval.sts, "eval.sts", required=False)
     need(all(b > 0 for b in d.buckets), f"data.buckets={d.buckets}: lengths must be positive")

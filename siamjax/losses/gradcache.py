@@ -209,8 +209,7 @@ def make_grad_cache_value_and_grad(encode_fn: Callable, loss_fn: Callable, chunk
         guide = {} if guide_encode_fn is None else dict(guide_encode_fn=guide_encode_fn, guide_params=frozen["guide"])
         loss, g_enc, g_loss = grad_cache_value_and_grad(
             with_base(encode_fn, (frozen or {}).get("encoder")), loss_fn, params["encoder"], batch, chunk_size,
-            loss_params, rng,
-            chunk_tokens=chunk_tokens, compute_dtype=compute_dtype, **guide)
+            loss_params, rng, chunk_tokens=chunk_tokens, compute_dtype=compute_dtype, **guide)
         return loss, {"encoder": g_enc, "loss": g_loss}
 
     return value_and_grad_fn

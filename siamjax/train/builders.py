@@ -53,9 +53,9 @@ class TrainParts:
     """Everything a run builds from its config before the first step (and export rebuilds).
 
     `params` are the initial `{"encoder", "loss"}` parameters (host arrays; with LoRA only the
-    adapters); `frozen` the untrained ones (`"guide"` for GIST, `"encoder"` a LoRA run's base); `abstract` is the TrainState as
-    ShapeDtypeStructs with shardings (the restore target) and `shardings` its NamedShardings
-    (the jit in/out shardings).
+    adapters); `frozen` the untrained ones (`"guide"` for GIST, `"encoder"` a LoRA run's base);
+    `abstract` is the TrainState as ShapeDtypeStructs with shardings (the restore target) and
+    `shardings` its NamedShardings (the jit in/out shardings).
     """
 
     encoder: SentenceEncoder

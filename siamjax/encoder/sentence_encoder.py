@@ -22,12 +22,13 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from siamjax import similarity as sim
-from siamjax.encoder import folder, hf_names, lora, peft_folder, rows, verify
+from siamjax.encoder import folder, hf_names, lora, peft_folder, router, rows, verify
 from siamjax.encoder.families import TransformerConfig
 from siamjax.encoder.layers import ATTENTION_IMPLEMENTATIONS
 from siamjax.encoder.model import (DenseConfig, EncoderSpec, abstract_params, init_params,
                                    make_encode_fn)
 from siamjax.encoder.pooling import PoolingConfig
+from siamjax.encoder.router import RouterSpec
 from siamjax.quantization import quantize_embeddings
 
 _MIN_BUCKET = 16
@@ -72,24 +73,27 @@ def _dtype(name: Any):
 
 
 class SentenceEncoder:
-    """A sentence-embedding model: transformer + pooling (+ Dense) (+ normalisation)."""
+    """A sentence-embedding model: transformer + pooling (+ Dense) (+ normalisation), or a
+    sentence-transformers Router (`spec` a `RouterSpec`: one trunk, a head per route)."""
 
-    def __init__(self, spec: EncoderSpec, params: dict, tokenizer, max_seq_length: int, *,
+    def __init__(self, spec: EncoderSpec | RouterSpec, params: dict, tokenizer, max_seq_length: int, *,
                  dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, remat: bool = False,
                  attention: str = "xla", hf_config: dict | None = None,
                  extras: dict[str, np.ndarray] | None = None):
         check_attention(attention, dtype)
         self.spec = spec
-        self.graphdef, _ = abstract_params(spec, dtype=_dtype(dtype), param_dtype=_dtype(param_dtype), remat=remat,
-                                           attention=attention)
+        abstract = router.abstract_params if isinstance(spec, RouterSpec) else abstract_params
+        self.graphdef, _ = abstract(spec, dtype=_dtype(dtype), param_dtype=_dtype(param_dtype), remat=remat,
+                                    attention=attention)
         self.params = params
         self.tokenizer = tokenizer
         self.max_seq_length = int(max_seq_length)
         self.dtype, self.param_dtype, self.remat, self.attention = _dtype(dtype), _dtype(param_dtype), remat, attention
         self.hf_config = hf_config or {}
         self.extras = extras or {}
-        self.encode_fn = make_encode_fn(self.graphdef)
+        self.encode_fn = self.sides_encode_fn(()) if self.is_router else make_encode_fn(self.graphdef)
         self._jit_encode = jax.jit(self.encode_fn)
+        self._jit_routes: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -106,18 +110,24 @@ class SentenceEncoder:
         `verify_weights=False`, every weight finite), so a damaged folder is an error, not garbage.
         """
         path = folder.resolve(path_or_name)
-        loaded = folder.read_folder(path)
-        _, abstract = abstract_params(loaded.spec, param_dtype=_dtype(param_dtype))
+        is_router = router.is_router_folder(path)
+        loaded = router.read_router_folder(path) if is_router else folder.read_folder(path)
+        _, abstract = (router.abstract_params if is_router else abstract_params)(loaded.spec,
+                                                                                   param_dtype=_dtype(param_dtype))
         # Tensors are read, checked, cast and put on the device one at a time: never two copies of the model.
         place = lambda source: functools.partial(_to_device, source=source if verify_weights else None)
-        params, extras = hf_names.fill_params(abstract, loaded.tensors, loaded.spec.transformer.tensor_names(),
-                                              str(loaded.transformer_dir), place=place(str(loaded.transformer_dir)))
+        if is_router:
+            params, extras = router.fill_router_params(loaded, abstract, place)
+        else:
+            params, extras = hf_names.fill_params(abstract, loaded.tensors, loaded.spec.transformer.tensor_names(),
+                                                  str(loaded.transformer_dir), place=place(str(loaded.transformer_dir)))
+            for i, (dense, tensors, where) in enumerate(zip(loaded.spec.dense, loaded.dense_tensors,
+                                                            loaded.dense_dirs)):
+                dense_params, _ = hf_names.fill_params(abstract, tensors, hf_names.dense_names(dense.bias, i),
+                                                       str(where), place=place(str(where)))
+                params["dense"][str(i)] = dense_params["dense"][str(i)]
         if verify_weights:
             verify.check_weights(extras, str(loaded.transformer_dir))
-        for i, (dense, tensors, where) in enumerate(zip(loaded.spec.dense, loaded.dense_tensors, loaded.dense_dirs)):
-            dense_params, _ = hf_names.fill_params(abstract, tensors, hf_names.dense_names(dense.bias, i), str(where),
-                                                   place=place(str(where)))
-            params["dense"][str(i)] = dense_params["dense"][str(i)]
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(loaded.transformer_dir))
         except Exception as err:
@@ -150,7 +160,9 @@ class SentenceEncoder:
     def with_lora(self, config: lora.LoRAConfig, seed: int = 0) -> "SentenceEncoder":
         """This encoder with LoRA adapters on `config.targets` (fresh ones: B = 0, so it still
         encodes as before); only the adapters are allocated, the base params are shared."""
-        if self.spec.lora is not None:
+        if self.is_router:
+            raise ValueError("LoRA adapters on a sentence-transformers Router model are not supported yet")
+        if self.lora is not None:
             raise ValueError("this encoder already has LoRA adapters")
         spec = dataclasses.replace(self.spec, lora=config)
         _, abstract = abstract_params(spec, dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
@@ -160,7 +172,7 @@ class SentenceEncoder:
     def merged(self) -> "SentenceEncoder":
         """The plain encoder with the LoRA adapters folded into its weights (what `save` writes);
         itself when it has none."""
-        if self.spec.lora is None:
+        if self.lora is None:
             return self
         params = lora.merge(jax.device_get(self.params), self.spec.lora, self.param_dtype)
         return self._rebuilt(dataclasses.replace(self.spec, lora=None), params)
@@ -182,6 +194,25 @@ class SentenceEncoder:
     def embedding_dim(self) -> int:
         """Width of the embeddings `encode` returns."""
         return self.spec.embedding_dim
+
+    @property
+    def lora(self) -> lora.LoRAConfig | None:
+        """The LoRA adapters' config (`with_lora`), or None (always for Router models)."""
+        return None if self.is_router else self.spec.lora
+
+    @property
+    def is_router(self) -> bool:
+        """Whether this is a sentence-transformers Router model (asymmetric routes)."""
+        return isinstance(self.spec, RouterSpec)
+
+    def sides_encode_fn(self, side_tasks: Sequence[str | None]):
+        """The encode function the train step vmaps over a batch's sides: the model's own for a
+        plain model (every side shares it); for a Router, side s goes through the route that
+        task `side_tasks[s]` resolves to (None: the default route), after one shared trunk call."""
+        if not self.is_router:
+            return self.encode_fn
+        default = self.spec.default_route
+        return router.SideRoutedEncode(self.graphdef, tuple(self.spec.resolve(t) for t in side_tasks), default)
 
     # ----------------------------------------------------------------- tokenisation
     def token_ids(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
@@ -221,12 +252,17 @@ class SentenceEncoder:
                                   lambda row_length: max(1, tokens // row_length))
 
     def encode(self, sentences: Sequence[str] | str, batch_size: int = 64, normalize: bool | None = None,
-               show_progress: bool = False, precision: str = "float32", calibration=None) -> np.ndarray:
+               show_progress: bool = False, precision: str = "float32", calibration=None,
+               route: str | None = None) -> np.ndarray:
         """Embeddings `[N, D]` (float32 numpy; quantised if `precision` is not float32).
 
         `normalize=True` L2-normalises even if the model has no Normalize module; otherwise the
-        model's own configuration decides. A single string returns a `[D]` vector.
+        model's own configuration decides. A single string returns a `[D]` vector. `route`: the
+        task of a Router model's input ("query", "document", ...), resolved to a route as
+        sentence-transformers' `encode(task=)` does (None: the default route); a model without
+        a Router has one path and ignores it.
         """
+        encode_call = self._encode_call(route)
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)
         if batch_size < 1:
@@ -238,7 +274,7 @@ class SentenceEncoder:
         for row_length, n_rows, layout in tqdm(calls, desc="encode", unit="batch", disable=not show_progress):
             idx, batch = rows.call_batch(ids, layout, row_length=row_length, rows=n_rows,
                                          pad_id=self.tokenizer.pad_token_id or 0)
-            emb = self._jit_encode(self.params, batch)  # dispatch before fetching the previous one
+            emb = encode_call(self.params, batch)  # dispatch before fetching the previous one
             if pending is not None:
                 out[pending[0]] = np.asarray(pending[1])[:len(pending[0])]
             pending = (idx, emb)
@@ -250,6 +286,15 @@ class SentenceEncoder:
             out = quantize_embeddings(out, precision, calibration=calibration)
         return out[0] if single else out
 
+    def _encode_call(self, route: str | None):
+        """The jitted encoder of `route` (compiled once per route of a Router)."""
+        if not self.is_router:
+            return self._jit_encode
+        name = self.spec.resolve(route)
+        if name not in self._jit_routes:
+            self._jit_routes[name] = jax.jit(router.make_route_encode_fn(self.graphdef, name))
+        return self._jit_routes[name]
+
     def similarity(self, a, b) -> np.ndarray:
         """Cosine similarity matrix `[N, M]` between two sets of embeddings (or of sentences)."""
         a = self.encode(a) if _is_texts(a) else np.asarray(a, np.float32)
@@ -260,25 +305,30 @@ class SentenceEncoder:
     def save(self, directory: str | os.PathLike) -> pathlib.Path:
         """Write a sentence-transformers folder that `SentenceTransformer(directory)` loads (LoRA
         adapters merged into the weights: a plain model)."""
-        if self.spec.lora is not None:
+        if self.lora is not None:
             return self.merged().save(directory)
         directory = pathlib.Path(directory)
         params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), self.params)
-        folder.write_folder(directory, spec=self.spec, params=params, tokenizer=self.tokenizer,
-                         hf_config=self.hf_config, max_seq_length=self.max_seq_length, extras=self.extras)
+        write = router.write_router_folder if self.is_router else folder.write_folder
+        write(directory, spec=self.spec, params=params, tokenizer=self.tokenizer,
+              hf_config=self.hf_config, max_seq_length=self.max_seq_length, extras=self.extras)
         return directory
 
     def save_adapter(self, directory: str | os.PathLike, base_model_name_or_path: str = "") -> pathlib.Path:
         """Write the LoRA adapters as a PEFT folder (`adapter_config.json` + `adapter_model.safetensors`,
         PEFT's key names) that `peft.PeftModel.from_pretrained(base, directory)` and
         sentence-transformers' `load_adapter` read onto the base transformer."""
-        if self.spec.lora is None:
+        if self.lora is None:
             raise ValueError("this encoder has no LoRA adapters to save")
         return peft_folder.write_adapter(pathlib.Path(directory), spec=self.spec, params=jax.device_get(self.params),
                                          base_model_name_or_path=base_model_name_or_path)
 
     def __repr__(self) -> str:
         b = self.spec.transformer
+        if self.is_router:
+            return (f"SentenceEncoder({b.model_type}, layers={b.num_hidden_layers}, hidden={b.hidden_size}, "
+                    f"router={self.spec.route_names}, default_route={self.spec.default_route!r}, "
+                    f"max_seq_length={self.max_seq_length}, dim={self.embedding_dim})")
         return (f"SentenceEncoder({b.model_type}, layers={b.num_hidden_layers}, hidden={b.hidden_size}, "
                 f"pooling={'+'.join(self.spec.pooling.modes)}, dense={len(self.spec.dense)}, "
                 f"normalize={self.spec.normalize}, max_seq_length={self.max_seq_length}, dim={self.embedding_dim})")

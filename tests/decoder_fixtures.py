@@ -77,8 +77,9 @@ _TOKENIZERS = {
 }
 
 
-def tiny_tokenizer(family: str, corpus: list[str]):
-    """A byte-level BPE with `family`'s special tokens, BOS/EOS template and padding side."""
+def tiny_tokenizer(family: str, corpus: list[str], vocab_size: int = 700):
+    """A byte-level BPE with `family`'s special tokens, BOS/EOS template and padding side
+    (`vocab_size` 700 for tests; bench/shapes.py trains a larger one for realistic token counts)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -86,7 +87,7 @@ def tiny_tokenizer(family: str, corpus: list[str]):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=700, special_tokens=specials,
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     used = [t for t in (bos, eos) if t]
     bpe.post_processor = processors.TemplateProcessing(

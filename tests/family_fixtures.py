@@ -51,7 +51,7 @@ FAMILIES = tuple(RELEASED)
 HIDDEN = 64
 
 
-def _tiny_mpnet_tokenizer(minilm_dir: pathlib.Path):
+def tiny_mpnet_tokenizer(minilm_dir: pathlib.Path):
     """MPNet's tokenizer layout: <s> <pad> </s> <unk>, then the uncased BERT vocabulary, <mask> last
     (the released vocabulary has exactly this shape, 30527 entries)."""
     from transformers import MPNetTokenizer
@@ -70,8 +70,9 @@ def _tiny_distilbert_tokenizer(minilm_dir: pathlib.Path):
                                model_max_length=512)
 
 
-def _tiny_modernbert_tokenizer(corpus: list[str]):
-    """ModernBERT's kind of tokenizer: byte-level BPE, [CLS] text [SEP], no token types."""
+def tiny_modernbert_tokenizer(corpus: list[str], vocab_size: int = 700):
+    """ModernBERT's kind of tokenizer: byte-level BPE, [CLS] text [SEP], no token types
+    (`vocab_size` 700 for tests; bench/shapes.py trains a larger one for realistic token counts)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -79,7 +80,7 @@ def _tiny_modernbert_tokenizer(corpus: list[str]):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=700, special_tokens=specials,
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     bpe.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
                                                        special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
@@ -126,9 +127,9 @@ def build_hf_folder(family: str, folder: pathlib.Path, *, minilm_dir: pathlib.Pa
                     seed: int = 0, **overrides) -> pathlib.Path:
     """A random tiny `family` model saved by transformers (safetensors) with its tokenizer, and the
     released-style config.json (`overrides` change fields of it, e.g. biases on)."""
-    tokenizer = {"mpnet": lambda: _tiny_mpnet_tokenizer(minilm_dir),
+    tokenizer = {"mpnet": lambda: tiny_mpnet_tokenizer(minilm_dir),
                  "distilbert": lambda: _tiny_distilbert_tokenizer(minilm_dir),
-                 "modernbert": lambda: _tiny_modernbert_tokenizer(corpus)}[family]()
+                 "modernbert": lambda: tiny_modernbert_tokenizer(corpus)}[family]()
     return save_random_model(folder, {**tiny_config(family, tokenizer), **overrides}, tokenizer, seed)
 
 

@@ -14,10 +14,13 @@ import pytest
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
+import device_check  # noqa: E402
+import device_report  # noqa: E402
 import encode_throughput  # noqa: E402
 import loss_memory  # noqa: E402
 import mfu  # noqa: E402
 import plot  # noqa: E402
+import shapes  # noqa: E402
 import train_throughput  # noqa: E402
 
 
@@ -70,6 +73,8 @@ def test_train_throughput_core_runs_both_libraries(tiny_dir, stsb_test):
     real = row["real_tokens_per_pair"]
     assert real <= min(row[f"{k}_tokens_per_pair"] for k in ("torch", "jax", "jax_padded"))
     assert row["jax_tokens_per_pair"] <= row["jax_padded_tokens_per_pair"]
+    # the same weights and texts with dropout off: the same loss in both libraries (float32)
+    assert row["jax_eval_loss"] == pytest.approx(row["torch_eval_loss"], abs=1e-4)
     # packed and padded siamjax train on the same texts: same loss up to dropout
     assert abs(row["jax_mean_loss"] - row["jax_padded_mean_loss"]) < 0.5
     # same loss on the same data: both start near log(batch) for a random encoder
@@ -128,17 +133,6 @@ def test_flop_count_matches_hand_computed_bert_base():
     assert mfu.train_step_flops(cfg, 8, 128) == 3 * (tokens * 12 * 14_548_992 + 2 * 64 * 768)
 
 
-def test_mfu_measure_runs_the_real_train_step():
-    import siamjax
-
-    cfg = siamjax.BertConfig(vocab_size=1200, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                             intermediate_size=64, max_position_embeddings=32)
-    row = mfu.measure("tiny", 2, seq_len=16, dtype="float32", warmup=1, steps=1, repeats=1, peak=1e12, cfg=cfg)
-    assert row["model_flops"] == mfu.train_step_flops(cfg, 2, 16)
-    assert row["step_s"] > 0 and 0 < row["mfu"] and np.isfinite(row["loss"])
-    assert row["xla_flops"] > row["model_flops"] * 0.5  # XLA counts at least the matmuls we count
-
-
 def test_cpu_peak_is_measured():
     peak, how = mfu.device_peak("float32", matmul_size=128)
     assert peak > 0 and "measured" in how
@@ -165,3 +159,87 @@ def test_plot_renders_both_charts(tmp_path):
 def test_plot_without_results_fails_clearly(tmp_path, capsys):
     assert plot.main(["--results", str(tmp_path), "--out", str(tmp_path)]) == 1
     assert "no results" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def device_check_record(tmp_path_factory, stsb_dir):
+    """`bench/device_check.py --smoke`, run once: every section on CPU with tiny shapes."""
+    out = tmp_path_factory.mktemp("device_check")
+    assert device_check.main(["--smoke", "--out", str(out), "--data", str(stsb_dir)]) == 0
+    return json.loads((out / "device_check.json").read_text()), (out / "device_check.md").read_text()
+
+
+def test_device_check_smoke_runs_every_section(device_check_record):
+    record, md = device_check_record
+    assert record["smoke"] and "load_avg_1m" in record["environment"] and record["total_s"] > 0
+    assert record["command"].startswith("python bench/device_check.py --smoke --out")
+    sections = ("mfu", "train", "encode", "attention", "plan")
+    assert not [r for s in sections for r in record[s] if "error" in r or "skipped" in r]
+    assert [(r["shape"], r["seq_len"]) for r in record["mfu"]] == [("bert-base", 32), ("gemma3-300m", 32)]
+    for row in record["mfu"]:
+        assert row["packed"] and row["rows"] == 2 and row["dtype"] == "bfloat16" and np.isfinite(row["loss"])
+        assert row["mfu"] > 0 and row["xla_flops"] > 0.5 * row["model_flops"]  # XLA counts what we count
+        cfg = shapes.family_config(row["shape"], tiny=True)
+        assert row["model_flops"] == mfu.train_step_flops(cfg, row["batch"], row["seq_len"], texts_per_row=4)
+    for row in record["train"]:  # same weights, same pairs, dropout off: the same loss (bf16 in both)
+        assert row["torch_pairs_per_s"] > 0 and row["jax_pairs_per_s"] > 0 and row["dtype"] == "bfloat16"
+        assert row["jax_eval_loss"] == pytest.approx(row["torch_eval_loss"], rel=0.03)
+    for row in record["encode"]:  # same embeddings up to bf16 rounding, same Spearman
+        assert row["min_cosine"] > 0.99 and abs(row["torch_spearman"] - row["jax_spearman"]) < 2.0
+    assert [r["attention"] for r in record["attention"]] == ["cudnn"]  # refused on CPU, with the reason
+    assert "needs a GPU" in record["attention"][0]["refused"]
+    planned = record["plan"][0]
+    assert planned["plan_rc"] == 0 and planned["measure_rc"] == 0, planned
+    assert " fit" in planned["plan_output"] and planned["measured_step_s"] > 0
+    for title in ("MFU of the train step", "Training, siamjax vs", "Encoding, siamjax vs", "Fused attention",
+                  "`siamjax plan`"):
+        assert title in md
+
+
+def test_device_check_budget_skips_and_errors_are_recorded():
+    budget = device_check.Budget({"s": 0.0})
+    assert "budget" in device_check.guarded("s", budget, {"shape": "x"}, lambda: {"a": 1.0})["skipped"]
+    failing = device_check.guarded("t", device_check.Budget({"t": 60.0}), {"shape": "x"},
+                                   lambda: 1 / 0)
+    assert failing["error"].startswith("ZeroDivisionError")
+    assert "error: ZeroDivisionError" in device_report.row_line(failing)
+
+
+def test_device_check_names_what_is_missing_in_one_line(tmp_path, capsys):
+    assert device_check.main(["--out", str(tmp_path), "--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sts-train.csv" in err[0] and err[0].startswith("device_check: missing")
+
+
+def test_every_shape_builds_tiny_and_loads_in_both_libraries(tmp_path, stsb_dir, minilm_dir):
+    from sentence_transformers import SentenceTransformer
+
+    import siamjax
+
+    s1, s2, _ = train_throughput.read_stsb(stsb_dir / "sts-test.csv")
+    for name in shapes.SHAPES:
+        folder = shapes.build_shape(name, tmp_path / name, corpus=s1 + s2, minilm_dir=minilm_dir, tiny=True)
+        enc = siamjax.SentenceEncoder.from_pretrained(folder)  # checks the tokenizer fits the embedding
+        assert enc.spec.transformer.hidden_size == shapes.TINY_WIDTH
+        assert enc.spec.transformer.model_type == shapes.SHAPES[name][0]["model_type"]
+        assert SentenceTransformer(str(folder), device="cpu").get_embedding_dimension() == shapes.TINY_WIDTH
+
+
+def test_fill_vocabulary_keeps_tokenisation(tmp_path, stsb_dir):
+    from transformers import AutoTokenizer
+
+    s1, _, _ = train_throughput.read_stsb(stsb_dir / "sts-test.csv")
+    tok = shapes.tiny_tokenizer("gemma3", s1)
+    tok.save_pretrained(str(tmp_path))
+    before = tok(s1[:20])["input_ids"]
+    shapes.fill_vocabulary(tmp_path, 4096)
+    filled = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert len(filled) == 4096 and filled(s1[:20])["input_ids"] == before
+
+
+def test_flop_count_matches_hand_computed_gemma3_300m():
+    cfg = mfu.MODELS["gemma3-300m"]  # 768 wide, 3 heads x 256, 1 kv head, gated MLP 1152, 24 layers
+    per_layer = 2 * (2 * 768 * 768 + 2 * 768 * 256 + 3 * 768 * 1152) + 4 * 512 * 768
+    assert mfu.forward_flops_per_token(cfg, 512) == 24 * per_layer
+    assert mfu.train_step_flops(cfg, 64, 512, texts_per_row=4) == 3 * (2 * 16 * 512 * 24 * per_layer
+                                                                       + 2 * 64 * 64 * 768)

@@ -120,7 +120,7 @@ def test_bf16_compute_keeps_float32_weights(family, folders, sentences):
 def test_cudnn_attention_is_refused_off_gpu(folders):
     with pytest.raises(ValueError, match=r"attention='cudnn' needs a GPU.*'cpu'"):
         SentenceEncoder.from_pretrained(folders["modernbert"], attention="cudnn", dtype="bfloat16")
-    with pytest.raises(ValueError, match=r"attention='flash': use one of xla, cudnn"):
+    with pytest.raises(ValueError, match=r"attention='flash': use one of auto, xla, cudnn"):
         SentenceEncoder.from_pretrained(folders["mpnet"], attention="flash")
 
 

@@ -1,4 +1,4 @@
-"""The `siamjax` command: train | export | eval | encode | search | data prepare | mine.
+"""The `siamjax` command: train | plan | export | eval | encode | search | data prepare | mine.
 
 Each verb lives in its own module under `siamjax/cli/`, registers an argparse subparser through
 `add_parser(subparsers)` and stores its handler `run(args, rest) -> exit code` as the `func`
@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from siamjax.cli import data_cmd, encode_cmd, eval_cmd, export_cmd, mine_cmd, search_cmd, train_cmd
+from siamjax.cli import data_cmd, encode_cmd, eval_cmd, export_cmd, mine_cmd, plan_cmd, search_cmd, train_cmd
 
-_VERBS = (train_cmd, export_cmd, eval_cmd, encode_cmd, search_cmd, data_cmd, mine_cmd)
+_VERBS = (train_cmd, plan_cmd, export_cmd, eval_cmd, encode_cmd, search_cmd, data_cmd, mine_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -157,8 +157,12 @@ def _dense_config(path: pathlib.Path) -> DenseConfig:
         raise ValueError(f"{path / 'config.json'}: {err}") from err
 
 
-def read_folder(folder: pathlib.Path) -> LoadedFolder:
-    """Parse a sentence-transformers or plain Hugging Face folder (no model is built here)."""
+def read_folder(folder: pathlib.Path, *, weights: bool = True) -> LoadedFolder:
+    """Parse a sentence-transformers or plain Hugging Face folder (no model is built here).
+
+    `weights=False` reads only the structure (config files): a folder with no safetensors, e.g.
+    the shape of a model too big to download, is enough to plan a run (`siamjax plan`).
+    """
     dense_cfgs, dense_dirs, normalize = [], [], False
     if (folder / "modules.json").is_file():
         modules = _st_modules(folder)
@@ -169,18 +173,19 @@ def read_folder(folder: pathlib.Path) -> LoadedFolder:
         normalize = modules[-1][0] == "Normalize"
     else:
         transformer_dir, pooling = folder, PoolingConfig(("mean",))
-    transformer, tensors, hf_config, max_len = read_transformer(transformer_dir)
+    transformer, tensors, hf_config, max_len = read_transformer(transformer_dir, weights=weights)
     try:
         spec = EncoderSpec(transformer=transformer, pooling=pooling, dense=tuple(dense_cfgs), normalize=normalize)
     except ValueError as err:
         raise ValueError(f"{folder / 'modules.json'}: {err}") from err
-    dense_tensors = [_weights(path, "Dense layer") for path in dense_dirs]
+    dense_tensors = [_weights(path, "Dense layer") for path in dense_dirs] if weights else []
     return LoadedFolder(spec, tensors, dense_tensors, dense_dirs, hf_config, max_len, transformer_dir)
 
 
-def read_transformer(transformer_dir: pathlib.Path):
+def read_transformer(transformer_dir: pathlib.Path, *, weights: bool = True):
     """`(family config, lazy tensors, config.json dict, max_seq_length)` of a Transformer module
-    folder (a sentence-transformers `Transformer` or a plain Hugging Face folder)."""
+    folder (a sentence-transformers `Transformer` or a plain Hugging Face folder); with
+    `weights=False` the tensors are `{}` (config files only)."""
     st_config_path = transformer_dir / "sentence_bert_config.json"
     st_config = read_json(st_config_path) if st_config_path.is_file() else {}
     if not (transformer_dir / "config.json").is_file():
@@ -188,7 +193,7 @@ def read_transformer(transformer_dir: pathlib.Path):
                                 "sentence-transformers model folder")
     hf_config = read_json(transformer_dir / "config.json")
     transformer = families.config_from_hf(hf_config, str(transformer_dir / "config.json"))
-    tensors = _weights(transformer_dir, "transformer")
+    tensors = _weights(transformer_dir, "transformer") if weights else {}
     max_len = int(st_config.get("max_seq_length") or _tokenizer_max_length(transformer_dir, transformer.max_tokens))
     if max_len > transformer.max_tokens:
         raise ValueError(f"{transformer_dir / 'sentence_bert_config.json'}: max_seq_length {max_len} exceeds "

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from siamjax.encoder import hf_names
+from siamjax.parallel import constrain_rows
 
 ACTIVATIONS: dict[str, Callable] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -39,6 +40,23 @@ ACTIVATIONS: dict[str, Callable] = {
     "swish": jax.nn.silu,
 }
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+ATTENTION_CHOICES = ("auto",) + ATTENTION_IMPLEMENTATIONS
+
+
+def select_attention(configured: str, platform: str, dtype: Any) -> str:
+    """The attention kernel to run: `configured` itself, or for "auto" the best one `platform`
+    ("gpu", "tpu", "cpu", i.e. `jax.default_backend()`) has for `dtype` compute.
+
+    "auto" picks cuDNN's fused (flash) kernel on a GPU with half-precision compute, where it
+    never stores the `[L, L]` scores; XLA's attention everywhere else (TPU included: Pallas
+    splash attention is not wired in yet).
+    """
+    if configured not in ATTENTION_CHOICES:
+        raise ValueError(f"attention={configured!r}: use one of {', '.join(ATTENTION_CHOICES)}")
+    if configured != "auto":
+        return configured
+    half = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+    return "cudnn" if platform == "gpu" and half else "xla"
 
 
 def check_activation(name: str, field: str = "hidden_act") -> None:
@@ -197,11 +215,13 @@ def run_layers(layers: Sequence[nnx.Module], x_BxLxD, rngs: Sequence, remat: boo
 
     With `remat`, each layer is wrapped in `nnx.remat`: its activations are recomputed in the
     backward pass instead of stored, so activation memory is one layer's, not the stack's.
+    Each layer's input keeps the batch layout on an FSDP mesh (`constrain_rows`), so weights
+    are gathered to the activations, not activations sharded like the weights.
     """
     forward = nnx.remat(_call_layer) if remat else _call_layer
     for i, layer in enumerate(layers):
-        x_BxLxD = forward(layer, x_BxLxD, rngs[i], *args_for(i))
-    return x_BxLxD
+        x_BxLxD = forward(layer, constrain_rows(x_BxLxD), rngs[i], *args_for(i))
+    return constrain_rows(x_BxLxD)
 
 
 def _call_layer(layer, x_BxLxD, rng, *args):

@@ -139,6 +139,8 @@ def init_adapters(params: dict, abstract: dict, seed: int) -> dict:
         for name, leaf in shapes.items():
             if isinstance(leaf, dict):
                 out[name] = fill(base.get(name, {}), leaf, path + (name,))
+            elif name in ADAPTER_LEAVES and isinstance(base.get("kernel"), jax.ShapeDtypeStruct):
+                out[name] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)  # a shape-only base (`siamjax plan`)
             elif name == "lora_a":
                 bound = 1.0 / math.sqrt(leaf.shape[0])
                 stream = np.random.default_rng([seed, zlib.crc32("/".join(path).encode())])
@@ -170,10 +172,17 @@ def split_trainable(params: dict, train_heads: bool, base_dtype: Any = None) -> 
                 trained[name] = leaf
             else:
                 cast = base_dtype is not None and jnp.issubdtype(leaf.dtype, jnp.floating)
-                frozen[name] = leaf.astype(base_dtype) if cast else leaf
+                frozen[name] = _cast(leaf, base_dtype) if cast else leaf
         return trained, frozen
 
     return split(params, ())
+
+
+def _cast(leaf, dtype):
+    """`leaf` in `dtype`; a ShapeDtypeStruct (a shape-only model) stays one."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=leaf.sharding)
+    return leaf.astype(dtype)
 
 
 def join(trained: dict, frozen: dict | None) -> dict:

@@ -24,7 +24,7 @@ from transformers import AutoTokenizer
 from siamjax import similarity as sim
 from siamjax.encoder import folder, hf_names, lora, peft_folder, router, rows, verify
 from siamjax.encoder.families import TransformerConfig
-from siamjax.encoder.layers import ATTENTION_IMPLEMENTATIONS
+from siamjax.encoder.layers import ATTENTION_IMPLEMENTATIONS, select_attention
 from siamjax.encoder.model import (DenseConfig, EncoderSpec, abstract_params, init_params,
                                    make_encode_fn)
 from siamjax.encoder.pooling import PoolingConfig
@@ -80,6 +80,7 @@ class SentenceEncoder:
                  dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, remat: bool = False,
                  attention: str = "xla", hf_config: dict | None = None,
                  extras: dict[str, np.ndarray] | None = None):
+        attention = select_attention(attention, jax.default_backend(), _dtype(dtype))
         check_attention(attention, dtype)
         self.spec = spec
         abstract = router.abstract_params if isinstance(spec, RouterSpec) else abstract_params
@@ -141,19 +142,37 @@ class SentenceEncoder:
                    attention=attention, hf_config=loaded.hf_config, extras=extras)
 
     @classmethod
+    def shape_only(cls, path_or_name: str | os.PathLike, *, dtype: Any = "float32", param_dtype: Any = "float32",
+                   remat: bool = False, attention: str = "xla",
+                   max_seq_length: int | None = None) -> "SentenceEncoder":
+        """The encoder a folder describes with `jax.ShapeDtypeStruct` parameters and no tokenizer:
+        nothing is allocated and no weights need exist (config files suffice). Why: planning a
+        run (`siamjax plan`) of an 8B model needs its structure, never its weights."""
+        loaded = folder.read_folder(folder.resolve(path_or_name), weights=False)
+        _, params = abstract_params(loaded.spec, param_dtype=_dtype(param_dtype))
+        limit = loaded.max_seq_length if max_seq_length is None else int(max_seq_length)
+        return cls(loaded.spec, params, None, limit, dtype=dtype, param_dtype=param_dtype, remat=remat,
+                   attention=attention, hf_config=loaded.hf_config)
+
+    @classmethod
     def from_config(cls, config: TransformerConfig, tokenizer, *, pooling: str | Sequence[str] = "mean",
                     normalize: bool = False, dense_dim: int | Sequence[int] | None = None, seed: int = 0,
                     max_seq_length: int | None = None, dtype: Any = "float32",
-                    param_dtype: Any = "float32", remat: bool = False, attention: str = "xla") -> "SentenceEncoder":
+                    param_dtype: Any = "float32", remat: bool = False, attention: str = "xla",
+                    abstract: bool = False) -> "SentenceEncoder":
         """A randomly initialised encoder of any family (tests, pre-training from scratch);
-        `dense_dim` adds one Tanh Dense layer of that width, or several (a sequence of widths)."""
+        `dense_dim` adds one Tanh Dense layer of that width, or several (a sequence of widths).
+        `abstract=True`: `jax.ShapeDtypeStruct` parameters instead (nothing allocated; planning)."""
         modes = (pooling,) if isinstance(pooling, str) else tuple(pooling)
         pooling_cfg = PoolingConfig(modes)
         widths = [] if dense_dim is None else [dense_dim] if isinstance(dense_dim, int) else list(dense_dim)
         ins = [pooling_cfg.output_dim(config.hidden_size)] + widths[:-1]
         dense = tuple(DenseConfig(i, o) for i, o in zip(ins, widths))
         spec = EncoderSpec(transformer=config, pooling=pooling_cfg, dense=dense, normalize=normalize)
-        _, params = init_params(spec, seed=seed, param_dtype=_dtype(param_dtype))
+        if abstract:
+            _, params = abstract_params(spec, param_dtype=_dtype(param_dtype))
+        else:
+            _, params = init_params(spec, seed=seed, param_dtype=_dtype(param_dtype))
         return cls(spec, params, tokenizer, max_seq_length or min(config.max_tokens, 512),
                    dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention)
 
@@ -335,8 +354,10 @@ class SentenceEncoder:
 
 
 def check_attention(attention: str, dtype: Any) -> None:
-    """"cudnn" only runs on a GPU and only in half precision: say so before anything compiles."""
+    """"cudnn" only runs on a GPU and only in half precision: say so before anything compiles
+    ("auto" is resolved first: `select_attention`)."""
     dtype = _dtype(dtype)
+    attention = select_attention(attention, jax.default_backend(), dtype)
     if attention not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"attention={attention!r}: use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
     if attention != "cudnn":

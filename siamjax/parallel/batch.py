@@ -77,3 +77,18 @@ def to_global_array(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, ja
                               jax.process_count(), field=f"global batch (batch[{key!r}])")
         out[key] = jax.make_array_from_process_local_data(NamedSharding(mesh, spec), local)
     return out
+
+
+def constrain_rows(x: jax.Array) -> jax.Array:
+    """`x [R, ...]` with its row axis kept split over the batch axes, inside a step traced under
+    `jax.set_mesh` with an 'fsdp' axis (unchanged otherwise, or when R does not split evenly).
+
+    Why: the encoder carries no sharding annotations, and without one XLA's sharding propagation
+    lets FSDP-sharded weights shard the activations along the hidden axis instead (all-reducing
+    activations in every layer). Pinning each layer's input to the batch layout makes XLA
+    all-gather the weights and reduce-scatter their gradients: FSDP (ZeRO-3) as intended.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.shape.get("fsdp", 1) == 1 or x.shape[0] % batch_shard_count(mesh):
+        return x
+    return jax.lax.with_sharding_constraint(x, P(BATCH_AXES, *([None] * (x.ndim - 1))))

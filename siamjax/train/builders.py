@@ -165,16 +165,18 @@ def slot_labels(sets: list[TrainSet]) -> dict[str, int | None]:
     return counts
 
 
-def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int) -> SentenceEncoder:
+def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int, *, abstract: bool = False) -> SentenceEncoder:
     """The SentenceEncoder to train: pretrained from `name_or_path` (any supported family), or a
-    random BERT; with LoRA adapters when `model.lora.rank` > 0."""
+    random BERT; with LoRA adapters when `model.lora.rank` > 0. `abstract=True` gives it
+    `jax.ShapeDtypeStruct` parameters and reads no weights (a folder's config files suffice): what
+    `siamjax plan` compiles the step from."""
     common = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype, remat=model_cfg.remat,
                   attention=model_cfg.attention, max_seq_length=model_cfg.max_seq_length)
     try:
         check_attention(model_cfg.attention, model_cfg.dtype)
     except ValueError as err:  # e.g. cudnn on a machine without a GPU
         raise ConfigError(f"model.attention={model_cfg.attention!r}: {err}") from err
-    encoder = _base_encoder(model_cfg, seed, common)
+    encoder = _base_encoder(model_cfg, seed, common, abstract)
     adapters = lora_config(model_cfg.get("lora"))
     if adapters is None:
         return encoder
@@ -184,8 +186,13 @@ def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int) -> SentenceEn
         raise ConfigError(f"model.lora.targets={list(adapters.targets)!r}: {err}") from err
 
 
-def _base_encoder(model_cfg: ml_collections.ConfigDict, seed: int, common: dict) -> SentenceEncoder:
+def _base_encoder(model_cfg: ml_collections.ConfigDict, seed: int, common: dict, abstract: bool) -> SentenceEncoder:
     """The pretrained (or random BERT) encoder of `model`, before any LoRA adapters."""
+    if model_cfg.name_or_path and abstract:
+        try:
+            return SentenceEncoder.shape_only(model_cfg.name_or_path, **common)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"model.name_or_path={model_cfg.name_or_path!r}: {err}") from err
     if model_cfg.name_or_path:
         try:
             return SentenceEncoder.from_pretrained(model_cfg.name_or_path,
@@ -202,7 +209,7 @@ def _base_encoder(model_cfg: ml_collections.ConfigDict, seed: int, common: dict)
     )
     return SentenceEncoder.from_config(
         bert, tokenizer, pooling=tuple(init.pooling.split("+")), normalize=init.normalize, seed=seed,
-        **common,
+        abstract=abstract, **common,
     )
 
 

@@ -18,6 +18,7 @@ import ml_collections
 from siamjax.data.records import ON_BAD_ROW_CHOICES, split_roles
 from siamjax.data.sampler import MIXING_CHOICES
 from siamjax.data.shards import INDEX_FILE
+from siamjax.encoder.layers import ATTENTION_CHOICES
 from siamjax.encoder.lora import LoRAConfig
 from siamjax.losses import GUIDED_LOSSES, LOSS_NAMES, TEACHER_LOSSES
 from siamjax.parallel import check_batch_divisible, resolve_mesh_shape
@@ -56,8 +57,9 @@ def _model_fields() -> ml_collections.ConfigDict:
     # parameter memory (LLM embedders); updates are then rounded to bf16 (see optim.float32_moments)
     g.param_dtype = "float32"
     g.remat = False  # recompute each layer's activations in the backward pass (saves memory)
-    # attention kernel: "xla" (every backend) or "cudnn" (GPU only, needs dtype="bfloat16")
-    g.attention = "xla"
+    # attention kernel: "auto" (cuDNN's fused kernel on a GPU with dtype="bfloat16", XLA elsewhere;
+    # `siamjax plan` lists the choice), "xla" (every backend) or "cudnn" (GPU only, bfloat16)
+    g.attention = "auto"
     # check at load that every pretrained weight is finite (one pass; False skips it for huge models)
     g.verify_weights = True
     g.lora = _lora_fields()
@@ -279,10 +281,11 @@ def file_dataset() -> ml_collections.ConfigDict:
     return d
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict, *, data: bool = True) -> None:
     """Every check that needs no compilation: fields, files, mesh and batch divisibility.
 
-    Raises ConfigError naming the field, so a typo costs seconds, not a compile.
+    Raises ConfigError naming the field, so a typo costs seconds, not a compile. `data=False`
+    skips the checks that read data files (`siamjax plan`: a planned run's data may be elsewhere).
     """
     def need(ok: bool, message: str):
         if not ok:
@@ -301,7 +304,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(m.param_dtype == "float32" or m.dtype == "bfloat16",
          "model.param_dtype='bfloat16' needs model.dtype='bfloat16' (float32 compute on bf16 weights gains nothing)")
     need(isinstance(o.float32_moments, bool), f"optim.float32_moments={o.float32_moments!r}: use True or False")
-    need(m.attention in ("xla", "cudnn"), f"model.attention={m.attention!r}: use 'xla' or 'cudnn'")
+    need(m.attention in ATTENTION_CHOICES, f"model.attention={m.attention!r}: use one of {ATTENTION_CHOICES}")
     need(m.attention != "cudnn" or m.dtype == "bfloat16",
          "model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention has no float32 kernel)")
     need(m.max_seq_length >= 8, f"model.max_seq_length={m.max_seq_length}: must be >= 8")
@@ -311,8 +314,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
              for p in mapping) and len({role for role, _ in mapping}) == len(mapping),
          f"model.router_mapping={m.router_mapping!r}: must be (side role, task) pairs of non-empty strings, "
          "each role once")
-    _check_train_data(d)
-    _check_file(config.eval.sts, "eval.sts", required=False)
+    if data:
+        _check_train_data(d)
+        _check_file(config.eval.sts, "eval.sts", required=False)
     need(all(b > 0 for b in d.buckets), f"data.buckets={d.buckets}: lengths must be positive")
     need(d.pack_length == 0 or d.pack_length >= m.max_seq_length,
          f"data.pack_length={d.pack_length}: must be 0 (off) or >= model.max_seq_length={m.max_seq_length}")

@@ -121,7 +121,7 @@ def _uses_text_ids(config: ml_collections.ConfigDict, ts: builders.TrainSet) -> 
     return bool(config.data.text_ids) and builders.loss_slot_configs(config)[ts.loss_slot].name in TEXT_ID_LOSSES
 
 
-def _step_for(config: ml_collections.ConfigDict, parts: builders.TrainParts, slot: str, encode_fn):
+def step_for(config: ml_collections.ConfigDict, parts: builders.TrainParts, slot: str, encode_fn):
     """The train step of one loss slot (GradCache over pairs or packed tokens when configured);
     the frozen guide (GIST) goes to the run's loss only (validate refuses guided per-dataset losses).
     `encode_fn`: the dataset's (`builders.sides_encode_fn`: a Router routes each side)."""
@@ -150,7 +150,7 @@ def _compiled_steps(config: ml_collections.ConfigDict, parts: builders.TrainPart
         encode_fn = builders.sides_encode_fn(config.model, parts.encoder, ts.source.sides)
         cache_key = (ts.loss_slot, tuple(sorted(example)), getattr(encode_fn, "side_routes", None))
         if cache_key not in compiled:
-            compiled[cache_key] = compile_train_step(_step_for(config, parts, ts.loss_slot, encode_fn),
+            compiled[cache_key] = compile_train_step(step_for(config, parts, ts.loss_slot, encode_fn),
                                                      parts.shardings, example, mesh)
         steps.append(compiled[cache_key])
     return steps

@@ -1,0 +1,212 @@
+"""What a compiled, SPMD-partitioned program does per device, read from its HLO text: bytes each
+collective kind moves and the FLOPs of its matrix products, loops counted by their trip counts.
+
+Why parse the text: `compiled.cost_analysis()` counts a `while` body once (GradCache's chunk
+loop runs it n times) and reports no collectives at all. Every instruction of the per-device
+program is `%name = SHAPE opcode(%operands), attributes`; computations a loop runs n times
+(`backend_config={... "known_trip_count":{"n":"N"}}`) have their instructions counted n times.
+
+Collective bytes are the data one device sends over the interconnect with the usual ring
+algorithms on a group of n devices: all-gather and reduce-scatter (n-1)/n of the full array,
+all-reduce 2(n-1)/n of it, collective-permute and all-to-all the array (all-to-all (n-1)/n).
+XLA:CPU writes a reduce-scatter as an all-reduce followed by a dynamic slice (TPU and GPU
+compilers fuse the pair into one reduce-scatter); an all-reduce whose every user slices it is
+counted as the reduce-scatter those backends run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+COLLECTIVE_KINDS = ("all-gather", "reduce-scatter", "all-reduce", "collective-permute", "all-to-all")
+_DTYPE_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "f8e4m3": 1,
+                "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8,
+                "f64": 8, "c64": 8, "c128": 16}
+_ARRAY = re.compile(r"\b([a-z]+[0-9a-z]*)\[([0-9,]*)\]")
+_HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
+_CALLEE = re.compile(r"\b(body|condition|calls|to_apply|true_computation|false_computation)=%([\w.\-]+)")
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\](?:,\s*device_ids=\([^)]*\))?\s*\{([^}]*)\}")
+_LIST_GROUPS = re.compile(r"replica_groups=\{\{([0-9,]*)\}")
+_IOTA_GROUPS = re.compile(r"replica_groups=\[(\d+),(\d+)\]<=")
+
+
+@dataclasses.dataclass(frozen=True)
+class Instruction:
+    name: str
+    shape: str        # result shape text, e.g. "f32[64,128]{1,0}" or a "(...)" tuple
+    opcode: str
+    operands: tuple[str, ...]
+    attributes: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramStats:
+    """Per-device totals of one compiled step: collective bytes sent by kind, and matmul FLOPs."""
+
+    collective_bytes: dict[str, float]
+    matmul_flops: float
+    unknown_trip_counts: int  # while loops without a known trip count (counted once)
+
+
+def array_bytes(shape: str) -> int:
+    """Bytes of every array in a shape text (a tuple sums its elements; tokens count 0)."""
+    return sum(_DTYPE_BYTES.get(dtype, 0) * math.prod(int(d) for d in dims.split(",") if d)
+               for dtype, dims in _ARRAY.findall(shape))
+
+
+def _dims(shape: str) -> list[int]:
+    found = _ARRAY.search(shape)
+    return [int(d) for d in found.group(2).split(",") if d] if found else []
+
+
+def _split_instruction(line: str) -> Instruction | None:
+    """`[ROOT] %name = SHAPE opcode(operands), attributes` -> Instruction (None for other lines)."""
+    text = line.strip()
+    if text.startswith("ROOT "):
+        text = text[5:]
+    if not text.startswith("%") or " = " not in text:
+        return None
+    name, rest = text[1:].split(" = ", 1)
+    if rest.startswith("("):  # tuple shape: up to its matching parenthesis
+        depth = 0
+        for end, char in enumerate(rest):
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0:
+                break
+        shape, rest = rest[: end + 1], rest[end + 1:].lstrip()
+    else:
+        shape, _, rest = rest.partition(" ")
+    opcode, _, rest = rest.partition("(")
+    depth, end = 1, 0
+    for end, char in enumerate(rest):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            break
+    operands = tuple(op.strip().lstrip("%") for op in rest[:end].split(",") if op.strip().startswith("%"))
+    return Instruction(name, shape, opcode, operands, rest[end + 1:])
+
+
+def parse_computations(hlo_text: str) -> tuple[dict[str, list[Instruction]], str]:
+    """(computation name -> its instructions, the ENTRY computation's name)."""
+    computations: dict[str, list[Instruction]] = {}
+    entry, current = "", None
+    for line in hlo_text.splitlines():
+        header = _HEADER.match(line.strip()) if "=" not in line.split("(", 1)[0] else None
+        if header:
+            current = header.group(2)
+            computations[current] = []
+            entry = current if header.group(1) else entry
+            continue
+        instruction = _split_instruction(line) if current is not None else None
+        if instruction is not None:
+            computations[current].append(instruction)
+    return computations, entry
+
+
+def _multipliers(computations: dict[str, list[Instruction]], entry: str) -> tuple[dict[str, int], int]:
+    """How often each computation runs per call of ENTRY, and how many loops had no trip count."""
+    times: dict[str, int] = {}
+    unknown = 0
+
+    def visit(name: str, count: int) -> None:
+        nonlocal unknown
+        times[name] = times.get(name, 0) + count
+        for inst in computations.get(name, ()):
+            trip = _TRIP.search(inst.attributes)
+            if inst.opcode == "while" and trip is None:
+                unknown += 1
+            callees = [(kind, callee) for kind, callee in _CALLEE.findall(inst.attributes)]
+            branches = _BRANCHES.search(inst.attributes)
+            if branches:
+                callees += [("branch", b.strip().lstrip("%")) for b in branches.group(1).split(",") if b.strip()]
+            for kind, callee in callees:
+                if kind == "to_apply" and inst.opcode not in ("call", "map"):
+                    continue  # reductions' scalar combiners
+                loops = int(trip.group(1)) if kind in ("body", "condition") and trip else 1
+                visit(callee, count * loops)
+
+    visit(entry, 1)
+    return times, unknown
+
+
+def _group_size(attributes: str, default: int) -> int:
+    """Devices in each replica group of a collective (`default` when none is written: all)."""
+    mesh = _MESH_GROUPS.search(attributes)
+    if mesh:
+        sizes = {k.strip().strip("'"): int(v) for k, v in (p.split("=") for p in mesh.group(1).split(",") if p)}
+        return math.prod(sizes[a.strip().strip("'")] for a in mesh.group(2).split(",") if a.strip())
+    listed = _LIST_GROUPS.search(attributes)
+    if listed:
+        return len([d for d in listed.group(1).split(",") if d])
+    iota = _IOTA_GROUPS.search(attributes)
+    return int(iota.group(2)) if iota else default
+
+
+def _element_users(inst: Instruction, element: int | None, users: dict[str, list[Instruction]]) -> list[Instruction]:
+    """Users of `inst`'s result, or of tuple element `element` (through its get-tuple-elements)."""
+    if element is None:
+        return users.get(inst.name, [])
+    picks = [u for u in users.get(inst.name, []) if u.opcode == "get-tuple-element"
+             and re.search(rf"\bindex={element}\b", u.attributes)]
+    return [user for pick in picks for user in users.get(pick.name, [])]
+
+
+def _slices_only(found: list[Instruction], computations: dict[str, list[Instruction]]) -> bool:
+    """Every user is a dynamic slice (or a fusion computing one): the all-reduce is a reduce-scatter."""
+    def slicing(user: Instruction) -> bool:
+        if user.opcode == "dynamic-slice":
+            return True
+        called = _CALLEE.search(user.attributes)
+        return user.opcode == "fusion" and called is not None and any(
+            i.opcode == "dynamic-slice" for i in computations.get(called.group(2), ()))
+    return bool(found) and all(slicing(u) for u in found)
+
+
+def _collective_bytes(inst: Instruction, n: int, shapes: dict[str, str], users: dict[str, list[Instruction]],
+                      computations: dict[str, list[Instruction]]) -> dict[str, float]:
+    """Bytes one device sends for one collective instruction, by kind (see the module docstring)."""
+    kind = inst.opcode.removesuffix("-start")
+    elements = [m.group(0) for m in _ARRAY.finditer(inst.shape)]
+    if kind == "reduce-scatter":
+        sizes = {kind: float(array_bytes(shapes.get(inst.operands[0], inst.shape)))}
+    elif kind == "all-reduce":  # element-wise: a tuple all-reduce may hold reduce-scatters too
+        sizes = {"all-reduce": 0.0, "reduce-scatter": 0.0}
+        tupled = inst.shape.startswith("(")
+        for k, element in enumerate(elements):
+            sliced = _slices_only(_element_users(inst, k if tupled else None, users), computations)
+            sizes["reduce-scatter" if sliced else "all-reduce"] += array_bytes(element)
+    else:  # async starts return (operand, result) tuples: the largest is the full array
+        sizes = {kind: float(max((array_bytes(e) for e in elements), default=0))}
+    factor = {"all-gather": (n - 1) / n, "reduce-scatter": (n - 1) / n, "all-reduce": 2 * (n - 1) / n,
+              "collective-permute": 1.0, "all-to-all": (n - 1) / n}
+    return {k: factor[k] * v for k, v in sizes.items()}
+
+
+def program_stats(hlo_text: str, num_devices: int) -> ProgramStats:
+    """Collective bytes sent per device by kind, and dot FLOPs, of one compiled program."""
+    computations, entry = parse_computations(hlo_text)
+    times, unknown = _multipliers(computations, entry)
+    shapes = {i.name: i.shape for insts in computations.values() for i in insts}
+    users: dict[str, list[Instruction]] = {}
+    for insts in computations.values():
+        for inst in insts:
+            for op in inst.operands:
+                users.setdefault(op, []).append(inst)
+    sent = dict.fromkeys(COLLECTIVE_KINDS, 0.0)
+    flops = 0.0
+    for comp, insts in computations.items():
+        count = times.get(comp, 0)
+        for inst in insts:
+            if inst.opcode.removesuffix("-start") in COLLECTIVE_KINDS and count:
+                n = _group_size(inst.attributes, num_devices)
+                for kind, sent_bytes in _collective_bytes(inst, n, shapes, users, computations).items():
+                    sent[kind] += count * sent_bytes
+            elif inst.opcode == "dot" and count:
+                contracting = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", inst.attributes)
+                lhs = _dims(shapes.get(inst.operands[0], "")) if inst.operands else []
+                k = math.prod(lhs[int(d)] for d in contracting.group(1).split(",") if d) if contracting and lhs else 1
+                flops += count * 2.0 * math.prod(_dims(inst.shape)) * k
+    return ProgramStats(sent, flops, unknown)

@@ -158,26 +158,28 @@ class DecoderLayer(nnx.Module):
         self.implementation = attention
 
     def __call__(self, x_BxLxD, mask_Bx1xLxL, cos_BxLxH, sin_BxLxH, *, rng=None):
-        del rng  # LLM embedders train without hidden-state dropout
+        # LLM embedders train without hidden-state dropout; `rng` feeds only LoRA's dropout
+        r_q, r_k, r_v, r_o, r_gate, r_up, r_down = layers.projection_rngs(rng, 7)
         b, l, _ = x_BxLxD.shape
         n, k, h = self.heads
         h_BxLxD = self.attn_norm(x_BxLxD)
-        q_BxLxNxH = self.q_proj(h_BxLxD).reshape(b, l, n, h)
-        k_BxLxKxH = self.k_proj(h_BxLxD).reshape(b, l, k, h)
-        v_BxLxKxH = self.v_proj(h_BxLxD).reshape(b, l, k, h)
+        q_BxLxNxH = layers.project(self.q_proj, h_BxLxD, r_q).reshape(b, l, n, h)
+        k_BxLxKxH = layers.project(self.k_proj, h_BxLxD, r_k).reshape(b, l, k, h)
+        v_BxLxKxH = layers.project(self.v_proj, h_BxLxD, r_v).reshape(b, l, k, h)
         if self.q_norm is not None:
             q_BxLxNxH, k_BxLxKxH = self.q_norm(q_BxLxNxH), self.k_norm(k_BxLxKxH)
         q_BxLxNxH = rotary.apply(q_BxLxNxH, cos_BxLxH, sin_BxLxH)
         k_BxLxKxH = rotary.apply(k_BxLxKxH, cos_BxLxH, sin_BxLxH)
         a_BxLxNxH = layers.attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask_Bx1xLxL, window=self.window,
                                   scale=self.query_scale, implementation=self.implementation)
-        a_BxLxD = self.o_proj(a_BxLxNxH.reshape(b, l, n * h))
+        a_BxLxD = layers.project(self.o_proj, a_BxLxNxH.reshape(b, l, n * h), r_o)
         if self.attn_post_norm is not None:
             a_BxLxD = self.attn_post_norm(a_BxLxD)
         x_BxLxD = x_BxLxD + a_BxLxD.astype(jnp.float32)
         h_BxLxD = self.mlp_norm(x_BxLxD)
-        m_BxLxF = layers.ACTIVATIONS[self.act_name](self.gate_proj(h_BxLxD)) * self.up_proj(h_BxLxD)
-        m_BxLxD = self.down_proj(m_BxLxF)
+        m_BxLxF = (layers.ACTIVATIONS[self.act_name](layers.project(self.gate_proj, h_BxLxD, r_gate))
+                   * layers.project(self.up_proj, h_BxLxD, r_up))
+        m_BxLxD = layers.project(self.down_proj, m_BxLxF, r_down)
         if self.mlp_post_norm is not None:
             m_BxLxD = self.mlp_post_norm(m_BxLxD)
         return x_BxLxD + m_BxLxD.astype(jnp.float32)

@@ -137,6 +137,20 @@ def linear(rngs: nnx.Rngs, d_in: int, d_out: int, *, use_bias: bool = True, init
                       kernel_init=nnx.initializers.normal(init_std), rngs=rngs)
 
 
+def project(linear: nnx.Module, x, rng):
+    """`linear(x)`; a LoRA-wrapped projection (`siamjax.encoder.lora.LoRALinear`) also gets its
+    dropout key (None at inference), a plain `nnx.Linear` has no dropout of its own."""
+    return linear(x) if isinstance(linear, nnx.Linear) else linear(x, rng=rng)
+
+
+def projection_rngs(rng, count: int) -> list:
+    """`count` keys for the projections' LoRA dropout, drawn from `rng` without disturbing the
+    keys the block already splits from it (all None at inference)."""
+    if rng is None:
+        return [None] * count
+    return list(jax.random.split(jax.random.fold_in(rng, 0x10A), count))
+
+
 def embed(rngs: nnx.Rngs, num: int, dim: int, *, init_std: float = 0.02, dtype: Any, param_dtype: Any) -> nnx.Embed:
     """An embedding table with HF's normal(init_std) initialisation."""
     return nnx.Embed(num, dim, dtype=dtype, param_dtype=param_dtype,
@@ -174,13 +188,15 @@ class PostNormBlock(nnx.Module):
     def __call__(self, x_BxLxD, mask_Bx1xLxL, bias_1xNxLxL=None, *, rng=None):
         b, l, d = x_BxLxD.shape
         split = lambda t: t.reshape(b, l, self.num_heads, d // self.num_heads)
-        a_BxLxNxH = attend(split(self.query(x_BxLxD)), split(self.key(x_BxLxD)), split(self.value(x_BxLxD)),
-                           mask_Bx1xLxL, bias_1xNxLxL=bias_1xNxLxL, implementation=self.implementation)
+        r_q, r_k, r_v, r_o, r_up, r_down = projection_rngs(rng, 6)
+        a_BxLxNxH = attend(split(project(self.query, x_BxLxD, r_q)), split(project(self.key, x_BxLxD, r_k)),
+                           split(project(self.value, x_BxLxD, r_v)), mask_Bx1xLxL, bias_1xNxLxL=bias_1xNxLxL,
+                           implementation=self.implementation)
         rng_attn, rng_mlp = jax.random.split(rng) if rng is not None else (None, None)
-        a_BxLxD = dropout(self.attn_out(a_BxLxNxH.reshape(b, l, d)), self.attn_dropout, rng_attn)
+        a_BxLxD = dropout(project(self.attn_out, a_BxLxNxH.reshape(b, l, d), r_o), self.attn_dropout, rng_attn)
         x_BxLxD = self.attn_norm(x_BxLxD + a_BxLxD)
-        h_BxLxF = ACTIVATIONS[self.act_name](self.intermediate(x_BxLxD))
-        h_BxLxD = dropout(self.output(h_BxLxF), self.mlp_dropout, rng_mlp)
+        h_BxLxF = ACTIVATIONS[self.act_name](project(self.intermediate, x_BxLxD, r_up))
+        h_BxLxD = dropout(project(self.output, h_BxLxF, r_down), self.mlp_dropout, rng_mlp)
         return self.out_norm(x_BxLxD + h_BxLxD)
 
 

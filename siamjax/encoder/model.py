@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from siamjax.encoder import lora
 from siamjax.encoder.families import TransformerConfig
 from siamjax.encoder.layers import ATTENTION_IMPLEMENTATIONS
 from siamjax.encoder.pooling import DENSE_ACTIVATIONS, PoolingConfig, pool
@@ -42,12 +43,14 @@ class EncoderSpec:
     `transformer` is the family's config (`BertConfig`, `Gemma3Config`, `LlamaConfig`, ...; see
     `siamjax.encoder.families`). `dense` lists the Dense modules applied in order after pooling
     (`2_Dense`, `3_Dense`, ...; EmbeddingGemma has two); a single `DenseConfig` or None is accepted.
+    `lora` wraps the transformer's chosen projections in LoRA adapters (`siamjax.encoder.lora`).
     """
 
     transformer: TransformerConfig
     pooling: PoolingConfig = PoolingConfig()
     dense: tuple[DenseConfig, ...] = ()
     normalize: bool = False
+    lora: lora.LoRAConfig | None = None
 
     def __post_init__(self):
         dense = self.dense if self.dense is not None else ()
@@ -82,6 +85,8 @@ class SentenceModel(nnx.Module):
             raise ValueError(f"attention={attention!r}: use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
         self.encoder = spec.transformer.build(dtype=dtype, param_dtype=param_dtype, remat=remat,
                                               attention=attention, rngs=rngs)
+        if spec.lora is not None:
+            lora.wrap(self.encoder, spec.transformer.model_type, spec.lora, rngs)
         self.dense = nnx.Dict({str(i): nnx.Linear(d.in_features, d.out_features, use_bias=d.bias,
                                                    param_dtype=param_dtype, rngs=rngs)
                                for i, d in enumerate(spec.dense)}) if spec.dense else None

@@ -9,6 +9,7 @@ batch) and returns float32 numpy.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import pathlib
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from siamjax import similarity as sim
-from siamjax.encoder import folder, hf_names, router, rows, verify
+from siamjax.encoder import folder, hf_names, lora, peft_folder, router, rows, verify
 from siamjax.encoder.families import TransformerConfig
 from siamjax.encoder.layers import ATTENTION_IMPLEMENTATIONS, select_attention
 from siamjax.encoder.model import (DenseConfig, EncoderSpec, abstract_params, init_params,
@@ -175,6 +176,31 @@ class SentenceEncoder:
         return cls(spec, params, tokenizer, max_seq_length or min(config.max_tokens, 512),
                    dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention)
 
+    def with_lora(self, config: lora.LoRAConfig, seed: int = 0) -> "SentenceEncoder":
+        """This encoder with LoRA adapters on `config.targets` (fresh ones: B = 0, so it still
+        encodes as before); only the adapters are allocated, the base params are shared."""
+        if self.is_router:
+            raise ValueError("LoRA adapters on a sentence-transformers Router model are not supported yet")
+        if self.lora is not None:
+            raise ValueError("this encoder already has LoRA adapters")
+        spec = dataclasses.replace(self.spec, lora=config)
+        _, abstract = abstract_params(spec, dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
+                                      attention=self.attention)
+        return self._rebuilt(spec, lora.init_adapters(self.params, abstract, seed))
+
+    def merged(self) -> "SentenceEncoder":
+        """The plain encoder with the LoRA adapters folded into its weights (what `save` writes);
+        itself when it has none."""
+        if self.lora is None:
+            return self
+        params = lora.merge(jax.device_get(self.params), self.spec.lora, self.param_dtype)
+        return self._rebuilt(dataclasses.replace(self.spec, lora=None), params)
+
+    def _rebuilt(self, spec: EncoderSpec, params: dict) -> "SentenceEncoder":
+        return SentenceEncoder(spec, params, self.tokenizer, self.max_seq_length, dtype=self.dtype,
+                               param_dtype=self.param_dtype, remat=self.remat, attention=self.attention,
+                               hf_config=self.hf_config, extras=self.extras)
+
     def with_params(self, params: dict) -> "SentenceEncoder":
         """The same encoder with other weights (e.g. after training)."""
         new = object.__new__(SentenceEncoder)
@@ -187,6 +213,11 @@ class SentenceEncoder:
     def embedding_dim(self) -> int:
         """Width of the embeddings `encode` returns."""
         return self.spec.embedding_dim
+
+    @property
+    def lora(self) -> lora.LoRAConfig | None:
+        """The LoRA adapters' config (`with_lora`), or None (always for Router models)."""
+        return None if self.is_router else self.spec.lora
 
     @property
     def is_router(self) -> bool:
@@ -291,13 +322,25 @@ class SentenceEncoder:
 
     # ----------------------------------------------------------------- saving
     def save(self, directory: str | os.PathLike) -> pathlib.Path:
-        """Write a sentence-transformers folder that `SentenceTransformer(directory)` loads."""
+        """Write a sentence-transformers folder that `SentenceTransformer(directory)` loads (LoRA
+        adapters merged into the weights: a plain model)."""
+        if self.lora is not None:
+            return self.merged().save(directory)
         directory = pathlib.Path(directory)
         params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), self.params)
         write = router.write_router_folder if self.is_router else folder.write_folder
         write(directory, spec=self.spec, params=params, tokenizer=self.tokenizer,
               hf_config=self.hf_config, max_seq_length=self.max_seq_length, extras=self.extras)
         return directory
+
+    def save_adapter(self, directory: str | os.PathLike, base_model_name_or_path: str = "") -> pathlib.Path:
+        """Write the LoRA adapters as a PEFT folder (`adapter_config.json` + `adapter_model.safetensors`,
+        PEFT's key names) that `peft.PeftModel.from_pretrained(base, directory)` and
+        sentence-transformers' `load_adapter` read onto the base transformer."""
+        if self.lora is None:
+            raise ValueError("this encoder has no LoRA adapters to save")
+        return peft_folder.write_adapter(pathlib.Path(directory), spec=self.spec, params=jax.device_get(self.params),
+                                         base_model_name_or_path=base_model_name_or_path)
 
     def __repr__(self) -> str:
         b = self.spec.transformer

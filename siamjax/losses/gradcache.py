@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from siamjax.encoder.lora import with_base
 from siamjax.encoder.model import encode_sides
 from siamjax.encoder.rows import num_slots, unpack
 from siamjax.losses import checks as chk
@@ -200,15 +201,16 @@ def make_grad_cache_value_and_grad(encode_fn: Callable, loss_fn: Callable, chunk
 
     The shape `siamjax.train.step.make_train_step(value_and_grad_fn=...)` takes: a drop-in
     replacement for `jax.value_and_grad` of the embed-then-loss function. `frozen` holds the
-    guide's parameters (`frozen["guide"]`) when `guide_encode_fn` is given.
+    guide's parameters (`frozen["guide"]`) when `guide_encode_fn` is given, and a LoRA run's
+    frozen base (`frozen["encoder"]`), joined to the trained adapters in every chunk.
     """
 
     def value_and_grad_fn(params, batch, rng, frozen=None):
         loss_params = params.get("loss") or {}
         guide = {} if guide_encode_fn is None else dict(guide_encode_fn=guide_encode_fn, guide_params=frozen["guide"])
         loss, g_enc, g_loss = grad_cache_value_and_grad(
-            encode_fn, loss_fn, params["encoder"], batch, chunk_size, loss_params, rng,
-            chunk_tokens=chunk_tokens, compute_dtype=compute_dtype, **guide)
+            with_base(encode_fn, (frozen or {}).get("encoder")), loss_fn, params["encoder"], batch, chunk_size,
+            loss_params, rng, chunk_tokens=chunk_tokens, compute_dtype=compute_dtype, **guide)
         return loss, {"encoder": g_enc, "loss": g_loss}
 
     return value_and_grad_fn

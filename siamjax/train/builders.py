@@ -21,13 +21,13 @@ from transformers import AutoTokenizer
 from siamjax import losses
 from siamjax.data import concat_datasets, in_memory, nli_to_triplets, open_shards, read_pairs, tfds_builders
 from siamjax.data.records import NLI_LABELS
-from siamjax.encoder import BertConfig, SentenceEncoder
+from siamjax.encoder import BertConfig, SentenceEncoder, lora
 from siamjax.encoder.sentence_encoder import check_attention
 from siamjax.encoder.model import EncodeFn
 from siamjax.evaluation import STSEvaluator
 from siamjax.parallel import BATCH_AXES
 from siamjax.train import optim
-from siamjax.train.config import ConfigError, train_groups
+from siamjax.train.config import ConfigError, lora_config, train_groups
 from siamjax.train.state import TrainState, state_shardings
 
 # The loss slot of the datasets that use the run's `loss` group; a dataset with its own
@@ -52,10 +52,10 @@ class TrainSet:
 class TrainParts:
     """Everything a run builds from its config before the first step (and export rebuilds).
 
-    `params` are the initial `{"encoder", "loss"}` parameters (host arrays); `frozen` the
-    untrained ones (`{"guide": ...}` for GIST, else `{}`); `abstract` is the TrainState as
-    ShapeDtypeStructs with shardings (the restore target) and `shardings` its NamedShardings
-    (the jit in/out shardings).
+    `params` are the initial `{"encoder", "loss"}` parameters (host arrays; with LoRA only the
+    adapters); `frozen` the untrained ones (`"guide"` for GIST, `"encoder"` a LoRA run's base);
+    `abstract` is the TrainState as ShapeDtypeStructs with shardings (the restore target) and
+    `shardings` its NamedShardings (the jit in/out shardings).
     """
 
     encoder: SentenceEncoder
@@ -167,14 +167,27 @@ def slot_labels(sets: list[TrainSet]) -> dict[str, int | None]:
 
 def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int, *, abstract: bool = False) -> SentenceEncoder:
     """The SentenceEncoder to train: pretrained from `name_or_path` (any supported family), or a
-    random BERT. `abstract=True` gives it `jax.ShapeDtypeStruct` parameters and reads no weights
-    (a folder's config files suffice): what `siamjax plan` compiles the step from."""
+    random BERT; with LoRA adapters when `model.lora.rank` > 0. `abstract=True` gives it
+    `jax.ShapeDtypeStruct` parameters and reads no weights (a folder's config files suffice): what
+    `siamjax plan` compiles the step from."""
     common = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype, remat=model_cfg.remat,
                   attention=model_cfg.attention, max_seq_length=model_cfg.max_seq_length)
     try:
         check_attention(model_cfg.attention, model_cfg.dtype)
     except ValueError as err:  # e.g. cudnn on a machine without a GPU
         raise ConfigError(f"model.attention={model_cfg.attention!r}: {err}") from err
+    encoder = _base_encoder(model_cfg, seed, common, abstract)
+    adapters = lora_config(model_cfg.get("lora"))
+    if adapters is None:
+        return encoder
+    try:
+        return encoder.with_lora(adapters, seed)
+    except ValueError as err:  # a family without LoRA targets, or a target its blocks lack
+        raise ConfigError(f"model.lora.targets={list(adapters.targets)!r}: {err}") from err
+
+
+def _base_encoder(model_cfg: ml_collections.ConfigDict, seed: int, common: dict, abstract: bool) -> SentenceEncoder:
+    """The pretrained (or random BERT) encoder of `model`, before any LoRA adapters."""
     if model_cfg.name_or_path and abstract:
         try:
             return SentenceEncoder.shape_only(model_cfg.name_or_path, **common)
@@ -294,13 +307,23 @@ def build_parts(config: ml_collections.ConfigDict, mesh: Mesh, *, total_steps: i
     loss_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     loss_fns, loss_params = build_losses(config, mesh, encoder.embedding_dim, num_labels, loss_rng)
     optimizer, schedule = build_optimizer(config.optim, total_steps)
-    params = {"encoder": encoder.params, "loss": loss_params}
+    trained, base = split_encoder(encoder)
+    params = {"encoder": trained, "loss": loss_params}
     guide = build_guide(config.loss, config.model, encoder)
-    frozen = {} if guide is None else {"guide": guide.params}
+    frozen = ({} if guide is None else {"guide": guide.params}) | ({"encoder": base} if base else {})
     abstract, shardings = state_shardings(params, optimizer, mesh, config.mesh.fsdp_min_size, frozen)
     return TrainParts(encoder=encoder, loss_fns=loss_fns, params=params, optimizer=optimizer,
                       schedule=schedule, abstract=abstract, shardings=shardings, dropout_rng=dropout_rng,
                       guide=guide, frozen=frozen)
+
+
+def split_encoder(encoder: SentenceEncoder) -> tuple[dict, dict]:
+    """(trained, frozen base) encoder params: with LoRA the adapters (+ Dense heads with
+    `train_heads`) against the rest, stored in `base_dtype`; without, everything is trained."""
+    adapters = encoder.lora
+    if adapters is None:
+        return encoder.params, {}
+    return lora.split_trainable(encoder.params, adapters.train_heads, adapters.base_dtype or None)
 
 
 def make_sts_evaluate(file_cfg: ml_collections.ConfigDict, encoder: SentenceEncoder,

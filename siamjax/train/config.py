@@ -19,6 +19,7 @@ from siamjax.data.records import ON_BAD_ROW_CHOICES, split_roles
 from siamjax.data.sampler import MIXING_CHOICES
 from siamjax.data.shards import INDEX_FILE
 from siamjax.encoder.layers import ATTENTION_CHOICES
+from siamjax.encoder.lora import LoRAConfig
 from siamjax.losses import GUIDED_LOSSES, LOSS_NAMES, TEACHER_LOSSES
 from siamjax.parallel import check_batch_divisible, resolve_mesh_shape
 from siamjax.train.optim import SCHEDULES
@@ -61,6 +62,7 @@ def _model_fields() -> ml_collections.ConfigDict:
     g.attention = "auto"
     # check at load that every pretrained weight is finite (one pass; False skips it for huge models)
     g.verify_weights = True
+    g.lora = _lora_fields()
     # A sentence-transformers Router model (name_or_path is a Router folder: one shared trunk, a
     # Dense etc. per route): the task each text side is encoded as, (side role, task) pairs as in
     # sentence-transformers' `router_mapping`; a task picks a route as `encode(task=)` does. Sides
@@ -78,6 +80,43 @@ def _model_fields() -> ml_collections.ConfigDict:
     g.init.pooling = "mean"  # "mean", "cls", "max" or "+"-joined, e.g. "mean+max"
     g.init.normalize = False  # L2-normalise the output embeddings
     return g
+
+
+def _lora_fields() -> ml_collections.ConfigDict:
+    """LoRA (Hu et al. 2021): train low-rank adapters on chosen projections, the base frozen.
+
+    Only the adapters (and, with train_heads, the Dense heads) get gradients and Adam moments;
+    the export folds them into the weights (a plain model), `SentenceEncoder.save_adapter` writes
+    them as a PEFT folder."""
+    g = ml_collections.ConfigDict()
+    g.rank = 0  # adapter rank r; 0 = off (full fine-tuning)
+    g.alpha = 16.0  # adapters are scaled by alpha / rank (PEFT's lora_alpha)
+    g.dropout = 0.0  # dropout on each adapter's input while training (PEFT's lora_dropout)
+    # projections that get adapters, in every family's one vocabulary: q k v o (attention) and
+    # gate up down (MLP; decoder LLMs' gate_proj/up_proj/down_proj, BERT-like families' up
+    # (intermediate) and down (output)); Hu et al.'s and PEFT's default is q, v
+    g.targets = ("q", "v")
+    g.train_heads = False  # also train the Dense heads after pooling (2_Dense, ...); pooling has no weights
+    # dtype the frozen base is stored in while training: "" = model.param_dtype, or "float32" /
+    # "bfloat16" (half the memory of a float32 base; the adapters stay float32)
+    g.base_dtype = ""
+    return g
+
+
+def lora_config(g: ml_collections.ConfigDict | None) -> LoRAConfig | None:
+    """The `LoRAConfig` of a `model.lora` group, None when rank is 0 or the group is missing (a
+    run folder's config.json from before LoRA); errors name the field."""
+    if g is None:
+        return None
+    if not isinstance(g.rank, int) or isinstance(g.rank, bool) or g.rank < 0:
+        raise ConfigError(f"model.lora.rank={g.rank!r}: must be an int >= 0 (0 = no LoRA)")
+    if g.rank == 0:
+        return None
+    try:
+        return LoRAConfig(rank=g.rank, alpha=float(g.alpha), dropout=float(g.dropout), targets=tuple(g.targets),
+                          train_heads=bool(g.train_heads), base_dtype=g.base_dtype)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model.lora.{err}") from None
 
 
 def _data_fields() -> ml_collections.ConfigDict:
@@ -269,6 +308,7 @@ def validate(config: ml_collections.ConfigDict, *, data: bool = True) -> None:
     need(m.attention != "cudnn" or m.dtype == "bfloat16",
          "model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention has no float32 kernel)")
     need(m.max_seq_length >= 8, f"model.max_seq_length={m.max_seq_length}: must be >= 8")
+    lora_config(m.get("lora"))
     mapping = tuple(m.router_mapping or ())
     need(all(isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(x, str) and x for x in p)
              for p in mapping) and len({role for role, _ in mapping}) == len(mapping),

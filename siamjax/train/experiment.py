@@ -31,7 +31,7 @@ from siamjax.train.config import validate
 from siamjax.train.loop import LoopResult, train_loop
 from siamjax.train.metrics import MetricWriter
 from siamjax.train.preemption import PreemptionFlag
-from siamjax.train.state import create_train_state
+from siamjax.train.state import create_train_state, encoder_params
 from siamjax.train.workdir import WorkdirLock, check_writable, storage_errors
 from siamjax.train.step import compile_train_step, make_train_step
 
@@ -276,8 +276,8 @@ def load_trained_encoder(workdir: str | pathlib.Path, step: int | None = None) -
             step, state = _restore_for_export(manager, parts.abstract, step, workdir)
         finally:
             manager.close()
-    params = jax.tree.map(np.asarray, jax.device_get(state.params["encoder"]))
-    return parts.encoder.with_params(params), step
+    params = jax.tree.map(np.asarray, jax.device_get(encoder_params(state.params, state.frozen)))
+    return parts.encoder.with_params(params), step  # a LoRA encoder: `save` writes the merged model
 
 
 def _restore_for_export(manager, abstract, step: int | None, workdir: pathlib.Path):
@@ -303,15 +303,25 @@ def _restore_for_export(manager, abstract, step: int | None, workdir: pathlib.Pa
     raise ckpt.CheckpointError(f"no usable checkpoint in {manager.directory}: {'; '.join(failures)}")
 
 
-def export_run(workdir: str | pathlib.Path, output: str | pathlib.Path, step: int | None = None) -> tuple[pathlib.Path, int]:
-    """Writes a run's best (else last, or `step`) checkpoint as a sentence-transformers folder.
+def export_run(workdir: str | pathlib.Path, output: str | pathlib.Path, step: int | None = None, *,
+               adapter: str | pathlib.Path | None = None) -> tuple[pathlib.Path, int]:
+    """Writes a run's best (else last, or `step`) checkpoint as a sentence-transformers folder
+    (a LoRA run's adapters merged into the weights), and, with `adapter`, a LoRA run's adapters
+    as a PEFT folder there too (for `peft` / sentence-transformers' `load_adapter` on the base).
 
     In a multi-process job every process joins the (collective) orbax restore, each onto one
     of its own devices, and only process 0 writes the folder. Returns (folder, step).
     """
     output = pathlib.Path(output)
     check_writable(output, "model folder")  # before the restore, not after it
+    if adapter is not None:
+        check_writable(pathlib.Path(adapter), "adapter folder")
     encoder, step = load_trained_encoder(workdir, step)
+    if adapter is not None and encoder.lora is None:
+        raise ValueError(f"{workdir} is not a LoRA run (model.lora.rank is 0): it has no adapters to export")
     if jax.process_index() == 0:
         encoder.save(output)
+        if adapter is not None:
+            base = json.loads((pathlib.Path(workdir) / "config.json").read_text())["model"]["name_or_path"]
+            encoder.save_adapter(adapter, base_model_name_or_path=base)
     return output, step

@@ -16,7 +16,7 @@ import numpy as np
 
 from siamjax.train import checkpoint as ckpt
 from siamjax.train.metrics import MetricWriter
-from siamjax.train.state import TrainState
+from siamjax.train.state import TrainState, encoder_params
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,7 +58,7 @@ def _checked(step: int, metrics: dict, last_good: Callable[[], int | None]) -> d
 def _evaluate(evaluate: Callable[[Any], dict[str, float]], state: TrainState, step: int,
               writer: MetricWriter) -> dict[str, float]:
     """Evaluates the encoder parameters of `state` and logs the metrics under eval/."""
-    metrics = evaluate(state.params["encoder"])
+    metrics = evaluate(encoder_params(state.params, state.frozen))
     writer.write(step, metrics, prefix="eval/")
     writer.message(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return metrics

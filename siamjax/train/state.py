@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from siamjax.encoder.lora import join
 from siamjax.parallel import tree_shardings
 
 
@@ -24,8 +25,9 @@ class TrainState:
 
     `params` is `{"encoder": <encoder params>, "loss": <learnable loss params or {}>}`;
     `rng` is a raw uint32[2] key, folded with `step` so a resumed run draws the same dropout.
-    `frozen` holds parameters the step uses but never trains (`{"guide": ...}`, GIST's guide
-    encoder, or `{}`): no gradients, no optimizer moments, sharded by the same FSDP rule.
+    `frozen` holds parameters the step uses but never trains: `"guide"`, GIST's guide encoder,
+    and `"encoder"`, the frozen base of a LoRA run (its `params["encoder"]` then holds only the
+    adapters); no gradients, no optimizer moments, sharded by the same FSDP rule.
     """
 
     step: jax.Array
@@ -33,6 +35,11 @@ class TrainState:
     opt_state: Any
     rng: jax.Array
     frozen: Any = flax.struct.field(default_factory=dict)
+
+
+def encoder_params(params: Any, frozen: Any) -> Any:
+    """The whole encoder's params: the trained ones joined with a LoRA run's frozen base."""
+    return join(params["encoder"], (frozen or {}).get("encoder"))
 
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation, rng: jax.Array,

@@ -19,7 +19,7 @@ from siamjax.encoder.model import EncodeFn, encode_sides
 from siamjax.encoder.rows import TOKEN_KEYS
 from siamjax.losses import LossFn
 from siamjax.parallel import batch_shardings, replicated
-from siamjax.train.state import TrainState
+from siamjax.train.state import TrainState, encoder_params
 
 # value_and_grad_fn(params, batch, rng, frozen) -> (loss, grads): replaces autodiff (GradCache).
 ValueAndGradFn = Callable[[Any, dict, jax.Array, Any], tuple[jax.Array, Any]]
@@ -54,13 +54,14 @@ def make_loss_fn(embed_fn, loss_fn: LossFn, guide_embed_fn=None):
     """total_loss(params, batch, rng, frozen) -> scalar: embed every side, then score with `loss_fn`.
 
     `batch["text_ids"]` ([S, B], when present) goes to the loss for false-negative masking.
+    A LoRA run's frozen base (`frozen["encoder"]`) is joined to the trained adapters.
     With `guide_embed_fn` (GIST), the frozen guide encoder (`frozen["guide"]`, no dropout, no
     gradient) embeds the same sides inside the same step, and the loss gets `guide_SxBxD`.
     """
 
     def total_loss(params, batch, rng, frozen=None):
         sides = split_sides(batch)
-        emb_SxBxD = embed_fn(params["encoder"], sides, rng)
+        emb_SxBxD = embed_fn(encoder_params(params, frozen), sides, rng)  # gradients reach `params` only
         extra = {}
         if guide_embed_fn is not None:
             extra["guide_SxBxD"] = jax.lax.stop_gradient(guide_embed_fn(frozen["guide"], sides, None))

@@ -4,151 +4,22 @@ Each case asserts what issue 18 asks of every failure: the documented exit code,
 on stderr with no traceback, the file / line / field named, and no output file or checkpoint
 written or damaged. Cases that must succeed (a BOM, a bare "\\r" inside a line, a corrupt newest
 checkpoint) assert the right result instead. To stay fast, the cases run in one child process
-(`cli_driver.py`, each case with its own stdout/stderr file descriptors); the storage cases run
-in a second one inside a private mount namespace (tmpfs for disk full, read-only mounts), and
-the workdir-lock cases start real concurrent trainers.
+(`cli_driver.py`, each case with its own stdout/stderr file descriptors). Storage faults and
+concurrent trainers are in test_bad_storage.py; the shared world is bad_input_fixtures.py.
 """
-import hashlib
 import json
-import os
 import pathlib
 import re
-import shlex
-import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
-from config_fixtures import WORDS, read_jsonl, write_tiny_config
+from bad_input_fixtures import assert_one_line, encode, run_driver, train, world  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow  # several minutes: scheduled first (tests/conftest.py)
 
-DRIVER = pathlib.Path(__file__).with_name("cli_driver.py")
-TIMEOUT = 900
-
-
-# ----------------------------------------------------------------------------- fixtures
-def run_driver(steps: list, workdir: pathlib.Path, wrap: list[str] | None = None) -> list[dict]:
-    """Runs `steps` (argv lists / {"exec": code}) in one child process; one result per step."""
-    cases, results = workdir / "cases.json", workdir / "results.json"
-    cases.write_text(json.dumps(steps, default=str))
-    command = [sys.executable, str(DRIVER), str(cases), str(results)]
-    if wrap:  # the command goes inside the wrapper's shell script
-        command = [*wrap[:-1], f"{wrap[-1]} {shlex.join(command)}"]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0 and results.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(results.read_text())
-
-
-def tree_digest(folder: pathlib.Path) -> dict[str, str]:
-    """relative path -> sha1 of every file under `folder` (to prove nothing changed)."""
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def write_pairs(path: pathlib.Path, n: int, seed: int) -> pathlib.Path:
-    rng = np.random.default_rng(seed)
-    rows = [{"s1": " ".join(rng.choice(WORDS, 4)) + f" {i}", "s2": " ".join(rng.choice(WORDS, 5)) + f" {i}",
-             "score": float(rng.random())} for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def damaged_copy(model: pathlib.Path, target: pathlib.Path, damage) -> str:
-    shutil.copytree(model, target)
-    damage(target)
-    return str(target)
-
-
-def garble(folder: pathlib.Path) -> None:
-    """Random bytes over 4 KB in the middle of the tensor data (header and sizes intact)."""
-    path = folder / "model.safetensors"
-    data = bytearray(path.read_bytes())
-    middle = len(data) // 2
-    data[middle:middle + 4096] = np.random.default_rng(0).bytes(4096)
-    path.write_bytes(bytes(data))
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, minilm_dir):
-    """A tiny model folder, its damaged copies, data files of every bad kind, a tiny config."""
-    import siamjax
-    from transformers import AutoTokenizer
-
-    root = tmp_path_factory.mktemp("bad_inputs")
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
-    cfg = siamjax.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=64, max_position_embeddings=64)
-    model = siamjax.SentenceEncoder.from_config(cfg, tok, normalize=True, seed=0).save(root / "tiny")
-    st = model / "model.safetensors"
-    models = {
-        "tiny": str(model),
-        "notok": damaged_copy(model, root / "notok", lambda p: [os.remove(p / f) for f in
-                                                               ("tokenizer.json", "tokenizer_config.json")]),
-        "garbled": damaged_copy(model, root / "garbled", garble),
-        "truncated": damaged_copy(model, root / "truncated",
-                                  lambda p: (p / "model.safetensors").write_bytes(st.read_bytes()[:100_000])),
-        "empty": damaged_copy(model, root / "empty", lambda p: (p / "model.safetensors").write_bytes(b"")),
-    }
-    d = root / "data"
-    d.mkdir()
-    train = write_pairs(d / "train.jsonl", 64, seed=0)
-    rows = read_jsonl(train)
-    files = {
-        "train": train,
-        "empty": d / "empty.jsonl",
-        "nocol": d / "nocol.csv", "suffix": d / "train.parquet2", "allbad": d / "allbad.jsonl",
-        "dups": d / "dups.jsonl", "nulltrain": d / "nulltrain.jsonl",
-        "sts": d / "sts.csv", "sts_bom": d / "sts_bom.csv", "sts_75": d / "sts_75.csv", "sts_true": d / "sts_true.jsonl",
-        "nulltext": d / "null.jsonl", "cr": d / "cr.txt", "corpus": d / "corpus.txt", "nan": d / "nan.npy",
-        "nullcorpus": d / "nullcorpus.jsonl",
-    }
-    files["empty"].write_text("")
-    files["nocol"].write_text("s1,s3,score\n" + "".join(f"{r['s1']},{r['s2']},{r['score']}\n" for r in rows))
-    files["suffix"].write_text(train.read_text())
-    files["allbad"].write_text("".join(json.dumps({"s1": "a", "s2": "b", "score": "high"}) + "\n" for _ in range(40)))
-    files["dups"].write_text("".join(json.dumps({"s1": "a b", "s2": "c d", "score": 0.5}) + "\n" for _ in range(40)))
-    files["nulltrain"].write_text(train.read_text() + json.dumps({"s1": None, "s2": "x", "score": 0.1}) + "\n")
-    sts = "sentence1,sentence2,score\nA man eats.,A man is eating.,4.5\nA cat.,The stock market.,0.2\nDogs run.,A dog runs.,3.8\n"
-    files["sts"].write_text(sts)
-    files["sts_bom"].write_bytes(b"\xef\xbb\xbf" + sts.encode())
-    files["sts_75"].write_text(sts.replace("0.2", "7.5"))
-    files["sts_true"].write_text('{"sentence1": "a", "sentence2": "b", "score": true}\n'
-                                 '{"sentence1": "c", "sentence2": "d", "score": 1}\n')
-    files["nulltext"].write_text('{"text": "hello"}\n{"text": null}\n')
-    files["nullcorpus"].write_text('{"_id": "a", "text": "a cat"}\n{"_id": "b", "text": null}\n')
-    files["cr"].write_bytes(b"hello\rworld\nfoo\n")
-    files["corpus"].write_text("a cat\na dog\na fish\n")
-    np.save(files["nan"], np.array([[0.5] * 32, [np.nan] * 32, [1.0] * 32], np.float32))
-    beirs = {}
-    for name, qrels, bom in (("beir_missing", "q1\td1\t1\nq1\tnope\t1\n", False), ("beir_bom", "q1\td1\t1\n", True)):
-        b = root / name
-        (b / "qrels").mkdir(parents=True)
-        prefix = b"\xef\xbb\xbf" if bom else b""
-        (b / "corpus.jsonl").write_bytes(prefix + b'{"_id": "d1", "text": "a cat"}\n{"_id": "d2", "text": "a dog"}\n')
-        (b / "queries.jsonl").write_bytes(prefix + b'{"_id": "q1", "text": "cat"}\n')
-        (b / "qrels" / "test.tsv").write_bytes(prefix + b"query-id\tcorpus-id\tscore\n" + qrels.encode())
-        beirs[name] = str(b)
-    config = write_tiny_config(root / "tiny.py", tokenizer=minilm_dir, fields={
-        "model.max_seq_length": 32, "data.train.path": str(train),
-        "data.train.columns": (("s1", "s1"), ("s2", "s2"), ("score", "score")), "data.buckets": (16, 32),
-        "loss.name": "cosent", "train.num_steps": 4, "checkpoint.every_steps": 2, "mesh.num_devices": 1})
-    return {"root": root, "models": models, "files": {k: str(v) for k, v in files.items()}, **beirs,
-            "config": str(config)}
-
 
 # ----------------------------------------------------------------------------- the cases
-def train(world, workdir, *overrides):
-    return ["train", "--config", world["config"], "--workdir", str(workdir), *overrides]
-
-
-def encode(model, inp, out):
-    return ["encode", "--model", model, "--input", inp, "--output", out, "--quiet"]
-
 
 def input_cases(w) -> list[tuple]:
     """(name, argv, exit code, stderr regex, paths that must not exist afterwards)."""
@@ -263,12 +134,6 @@ def results(world):
     return dict(zip(names, outcome))
 
 
-def assert_one_line(result, code, pattern):
-    err = result["err"]
-    assert result["code"] == code, result
-    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("siamjax "), err
-    assert re.search(pattern, err), err
-
 
 # ----------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("index", range(19))
@@ -344,86 +209,3 @@ def test_an_internal_error_is_one_line_not_exit_1(world, results):
     assert_one_line(results["internal bug reported"], 70,
                     r"internal error: RuntimeError: boom \(a bug in siamjax; rerun with --debug")
 
-
-# ----------------------------------------------------------------------------- storage
-def _namespace_wrap(mounts: list[str]) -> list[str] | None:
-    """`unshare -rm sh -c "<mounts>; <command>"` if this machine allows private mounts, else None."""
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        return None
-    return ["unshare", "-rm", "sh", "-c", " && ".join(mounts) + " && exec"]
-
-
-def test_disk_full_and_read_only_folders(world, tmp_path):
-    """A 6 MB tmpfs fills at the second checkpoint: one "no space left on DIR" line, exit 3, and
-    the first checkpoint still restores (checked inside the namespace, where the tmpfs lives).
-    Read-only folders (workdir, export output, encode/eval output) fail before the work."""
-    full, ro = tmp_path / "full", tmp_path / "ro"
-    full.mkdir()
-    ro.mkdir()
-    restore = ("from siamjax import train\n"
-               f"encoder, step = train.load_trained_encoder({str(full)!r})\nresult = step")
-    steps = [
-        train(world, full, "--config.train.num_steps=8"),
-        {"exec": restore},
-        train(world, ro / "run"),
-        ["export", "--workdir", world["root"] / "ck", "--output", ro / "model"],
-        encode(world["models"]["tiny"], world["files"]["corpus"], ro / "e.npy"),
-        ["eval", "sts", "--model", world["models"]["tiny"], "--data", world["files"]["sts"], "--output", ro / "m.json"],
-    ]
-    wrap = _namespace_wrap([f"mount -t tmpfs -o size=6m tmpfs {full}", f"mount -t tmpfs -o ro,size=1m tmpfs {ro}"])
-    if wrap is None:  # no private mounts here: a simulated ENOSPC from the checkpoint writer
-        steps[0:0] = [{"exec": "import siamjax.train.checkpoint as c\nsave, calls = c.save, []\n"
-                               "def full_save(*a, **k):\n    calls.append(1)\n    if len(calls) > 1:\n"
-                               "        raise ValueError('Error writing local file: No space left on device')\n"
-                               "    return save(*a, **k)\nc.save = full_save"}]
-        results = run_driver(steps[:3], tmp_path)[1:]
-    else:
-        results = run_driver(steps, tmp_path, wrap=wrap)
-    assert_one_line(results[0], 3, rf"^siamjax train: no space left on {re.escape(str(full))}$")
-    assert results[1]["code"] == 2, "the previous checkpoint (step 2) is intact and restores"
-    if wrap is None:
-        pytest.skip("private mounts not permitted: disk full simulated, read-only cases not run")
-    for result, what in zip(results[2:], ("workdir", "model folder", "--output file", "--output file")):
-        assert_one_line(result, 3, rf"{re.escape(str(ro))}: read-only file system")
-    assert results[2]["out"] == "" and results[3]["out"] == "", "failed before any work"
-
-
-# ----------------------------------------------------------------------------- workdir lock
-def _popen_train(world, workdir, *overrides):
-    return subprocess.Popen([sys.executable, "-m", "siamjax.cli", *train(world, workdir, *overrides)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait_for(predicate, proc, what, timeout=600):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        assert proc.poll() is None, f"run ended (rc={proc.returncode}) before {what}: {proc.stdout.read()[-2000:]}"
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def test_concurrent_trainers_on_one_workdir(world, tmp_path):
-    """A second trainer on a busy workdir exits 2 naming the holder, and the first is unaffected:
-    it runs on and metrics.jsonl holds its steps only, once each, in order. (A lock left by a
-    SIGKILLed holder is tested in test_workdir.py.)"""
-    busy = tmp_path / "busy"
-    first = _popen_train(world, busy, "--config.train.num_steps=100000", "--config.checkpoint.every_steps=10")
-    try:
-        _wait_for(lambda: (busy / "metrics.jsonl").is_file() and (busy / "metrics.jsonl").read_text(), first,
-                  "the first trainer's first step")
-        (second,) = run_driver([train(world, busy)], tmp_path)
-        assert first.poll() is None, "the first trainer is still running"
-        first.send_signal(signal.SIGTERM)
-        out = first.communicate(timeout=300)[0]
-    finally:
-        if first.poll() is None:
-            first.kill()
-    assert first.returncode == 75, out
-    assert_one_line(second, 2, rf"workdir {re.escape(str(busy))} is in use by another run \(host \S+, "
-                               rf"pid {first.pid}, since ")
-    steps = [r["step"] for r in read_jsonl(busy / "metrics.jsonl")]
-    assert steps == list(range(1, len(steps) + 1)), "metrics.jsonl holds one run, in order"

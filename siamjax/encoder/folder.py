@@ -13,13 +13,14 @@ import logging
 import os
 import pathlib
 from collections.abc import Iterator, Mapping
+from importlib.metadata import PackageNotFoundError, version
 
 import ml_dtypes
 import numpy as np
 from huggingface_hub import snapshot_download
 from safetensors.numpy import save_file
 
-from siamjax.encoder import families, hf_names, verify
+from siamjax.encoder import families, hf_names, prompts, verify
 from siamjax.encoder.model import DenseConfig, EncoderSpec
 from siamjax.encoder.pooling import PoolingConfig
 
@@ -41,6 +42,7 @@ class LoadedFolder:
     hf_config: dict
     max_seq_length: int
     transformer_dir: pathlib.Path
+    settings: prompts.ModelSettings = dataclasses.field(default_factory=prompts.ModelSettings)
 
 
 def resolve(path_or_name: str | os.PathLike) -> pathlib.Path:
@@ -187,7 +189,8 @@ def read_folder(folder: pathlib.Path) -> LoadedFolder:
     except ValueError as err:
         raise ValueError(f"{folder / 'modules.json'}: {err}") from err
     dense_tensors = [_weights(path, "Dense layer") for path in dense_dirs]
-    return LoadedFolder(spec, tensors, dense_tensors, dense_dirs, hf_config, max_len, transformer_dir)
+    settings = prompts.read_settings(folder / prompts.CONFIG_FILE)
+    return LoadedFolder(spec, tensors, dense_tensors, dense_dirs, hf_config, max_len, transformer_dir, settings)
 
 
 def _tokenizer_max_length(transformer_dir: pathlib.Path, max_tokens: int) -> int:
@@ -205,8 +208,12 @@ def hf_config_for(transformer: families.TransformerConfig, base: dict | None) ->
 
 
 def write_folder(directory: pathlib.Path, *, spec: EncoderSpec, params: dict, tokenizer, hf_config: dict,
-                 max_seq_length: int, extras: dict[str, np.ndarray]) -> None:
-    """Write a complete sentence-transformers folder (loads in PyTorch and in siamjax)."""
+                 max_seq_length: int, extras: dict[str, np.ndarray],
+                 settings: prompts.ModelSettings | None = None, card: str | None = None) -> None:
+    """Write a complete sentence-transformers folder (loads in PyTorch and in siamjax).
+
+    `settings` go to `config_sentence_transformers.json` (prompts, similarity, ...); `card` is
+    the README.md model card (default: a short description of the architecture)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(hf_config_for(spec.transformer, hf_config), indent=2))
     tensors = hf_names.export_tensors(params, spec.transformer.tensor_names())
@@ -234,19 +241,20 @@ def write_folder(directory: pathlib.Path, *, spec: EncoderSpec, params: dict, to
                         "type": "sentence_transformers.models.Normalize"})
         (directory / f"{n}_Normalize").mkdir(exist_ok=True)
     (directory / "modules.json").write_text(json.dumps(modules, indent=2))
-    (directory / "config_sentence_transformers.json").write_text(json.dumps(
-        {"__version__": {"siamjax": _version()}, "prompts": {}, "default_prompt_name": None,
-         "similarity_fn_name": "cosine"}, indent=2))
-    (directory / "README.md").write_text(_model_card(spec, max_seq_length))
+    (directory / prompts.CONFIG_FILE).write_text(json.dumps(
+        prompts.settings_json(settings or prompts.ModelSettings(), library_versions()), indent=2))
+    (directory / "README.md").write_text(card if card is not None else _model_card(spec, max_seq_length))
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("siamjax")
-    except PackageNotFoundError:
-        return "unknown"
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that made a folder (config `__version__`, model cards)."""
+    out = {}
+    for name in ("siamjax", "jax", "flax", "transformers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "unknown"
+    return out
 
 
 def _model_card(spec: EncoderSpec, max_seq_length: int) -> str:

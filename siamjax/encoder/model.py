@@ -87,13 +87,14 @@ class SentenceModel(nnx.Module):
                                for i, d in enumerate(spec.dense)}) if spec.dense else None
         self.spec = spec
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, text_index=None, rng=None):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, text_index=None, prompt_mask=None,
+                 rng=None):
         h_RxLxD = self.encoder(input_ids, attention_mask, token_type_ids, rng=rng)
         if text_index is None:  # one text per row
-            x_BxD = pool(h_RxLxD, attention_mask, self.spec.pooling)[:, 0]
+            x_BxD = pool(h_RxLxD, attention_mask, self.spec.pooling, prompt_RxL=prompt_mask)[:, 0]
         else:
-            x_BxD = unpack(pool(h_RxLxD, attention_mask, self.spec.pooling, num_slots(h_RxLxD.shape[1])),
-                           text_index)
+            x_BxD = unpack(pool(h_RxLxD, attention_mask, self.spec.pooling, num_slots(h_RxLxD.shape[1]),
+                                prompt_RxL=prompt_mask), text_index)
         for i, layer in enumerate(self.spec.dense):
             x_BxD = DENSE_ACTIVATIONS[layer.activation_function](self.dense[str(i)](x_BxD).astype(jnp.float32))
         return l2_normalize(x_BxD) if self.spec.normalize else x_BxD
@@ -108,13 +109,15 @@ def make_encode_fn(graphdef: nnx.GraphDef) -> EncodeFn:
     `batch` holds int arrays `input_ids`, `attention_mask` and optionally `token_type_ids`,
     each `[R, L]`, one text per row; or a packed batch (`siamjax.encoder.rows`) whose
     `attention_mask` holds segment ids and whose `text_index [n, b]` says where each of the
-    B = n * b texts sits. With `rng` given, dropout is on (training mode).
+    B = n * b texts sits. An optional `prompt_mask` `[R, L]` marks prompt tokens (1), which
+    pooling drops when the spec's `include_prompt` is False. With `rng` given, dropout is on
+    (training mode).
     """
 
     def encode_fn(params, batch, *, rng=None):
         model = nnx.merge(graphdef, params)
         return model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                     text_index=batch.get("text_index"), rng=rng)
+                     text_index=batch.get("text_index"), prompt_mask=batch.get("prompt_mask"), rng=rng)
 
     return encode_fn
 

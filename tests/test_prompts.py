@@ -15,10 +15,16 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from transformers import AutoTokenizer
+
+from config_fixtures import WORDS
 from encoder_fixtures import varied_sentences
-from siamjax.encoder import SentenceEncoder, rows
+from siamjax.cli import main
+from siamjax.data import make_train_iterator, read_pairs
+from siamjax.encoder import BertConfig, SentenceEncoder, rows
 from siamjax.encoder.prompts import ModelSettings, prompt_length, read_settings
 from siamjax.parallel import BATCH_AXES, make_mesh
+from siamjax.train.step import make_embed_fn, split_sides
 
 PROMPTS = {"query": "query: ", "passage": "passage: ", "sts": "Represent this sentence for similarity: "}
 CUSTOM = "Instruct: find the duplicate question\nQuery: "
@@ -113,6 +119,14 @@ def test_settings_round_trip_and_load_in_sentence_transformers(models, texts, tm
     assert got.shape == (16, 192)
     assert _cosines(got, st.encode_query(texts[:16])).min() >= 0.99999
     assert np.allclose(back.similarity(got[:3], got[3:5]), got[:3] @ got[3:5].T, rtol=1e-5)
+    # the CLI: `siamjax encode --prompt-name query --truncate-dim 64` (bad names: exit 2, no traceback)
+    (tmp_path / "in.txt").write_text("\n".join(texts[:16]) + "\n")
+    argv = ["encode", "--model", str(saved), "--input", str(tmp_path / "in.txt"), "--quiet"]
+    assert main(argv + ["--output", str(tmp_path / "q.npy"), "--prompt-name", "query", "--truncate-dim", "64"]) == 0
+    lines = (tmp_path / "in.txt").read_text().splitlines()
+    assert _cosines(np.load(tmp_path / "q.npy"), back.encode_query(lines, truncate_dim=64)).min() >= 0.99999
+    assert main(argv + ["--output", str(tmp_path / "x.npy"), "--prompt-name", "nope"]) == 2
+    assert main(argv + ["--output", str(tmp_path / "x.npy"), "--truncate-dim", "999"]) == 2
 
 
 def test_bad_settings_are_one_clear_error(models, tmp_path):
@@ -151,3 +165,37 @@ def test_encode_splits_rows_over_8_devices_like_1(models, texts):
     out = ours.encode_call(batch, mesh8)
     assert out.sharding.spec == P(BATCH_AXES) and len(out.addressable_shards) == 8
     assert sorted(order[order >= 0].tolist()) == sorted(i for row in layout for i in row)
+
+
+def test_training_batches_leave_the_prompt_out_of_pooling_padded_and_packed(minilm_dir, tmp_path):
+    """With include_prompt=False the pipeline's `prompt_mask` (each side's own prompt length)
+    reaches pooling in the train step: padded and packed batches embed like `encode(prompt=)`."""
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    bert = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=64)
+    enc = SentenceEncoder.from_config(bert, tokenizer, include_prompt=False, max_seq_length=32, seed=1)
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "pairs.jsonl", "w") as f:
+        for i in range(16):
+            words = rng.choice(WORDS, size=(2, int(rng.integers(1, 9))))
+            f.write(json.dumps({"a": " ".join(words[0]) + f" {i}", "b": " ".join(words[1]) + f" {i}"}) + "\n")
+    data = read_pairs(tmp_path / "pairs.jsonl", columns={"anchor": "a", "positive": "b"})
+    kwargs = dict(global_batch_size=16, max_seq_length=32, seed=0, prefetch=0, mask_prompts=True,
+                  prompts=[{"anchor": "query: "}])
+    batches = {}
+    for name, extra in (("padded", {}), ("packed", {"pack_length": 64, "num_shards": 8})):
+        it = make_train_iterator([data], tokenizer, **kwargs, **extra)
+        batches[name] = next(it)
+        it.close()
+    padded = batches["padded"]
+    assert (padded["prompt_mask"][0].sum(-1) == 3).all() and not padded["prompt_mask"][1].any()
+    embed = jax.jit(make_embed_fn(enc.encode_fn), static_argnums=2)
+    emb = {name: np.asarray(embed(enc.params, split_sides(b), None)) for name, b in batches.items()}
+    assert _cosines(emb["padded"], emb["packed"]).min() >= 0.99999
+    where = {tuple(ids): i for i, ids in enumerate(enc.token_ids(["query: " + a for a in data.texts[0]]))}
+    order = [where[tuple(row[:n])] for row, n in zip(padded["input_ids"][0], padded["attention_mask"][0].sum(-1))]
+    expected = enc.encode(list(data.texts[0]), prompt="query: ")[order]
+    assert _cosines(emb["padded"][0], expected).min() >= 0.99999
+    unmasked = np.asarray(embed(enc.params, {k: v for k, v in split_sides(padded).items() if k != "prompt_mask"},
+                                None))
+    assert _cosines(unmasked[0], expected).min() < 0.999  # the mask is what makes them equal

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The token arrays of one side of a batch, `[R, L]` each (packed batches add `text_index`);
-# `prompt_mask` (1 on prompt tokens) is there only when pooling must leave the prompt out.
-TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "prompt_mask")
+# The token arrays of one side of a batch, `[R, L]` each (packed batches add `text_index`; and
+# `prompt_mask`, 1 on prompt tokens, is there when pooling must leave the prompt out).
+TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def token_ids(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:

@@ -30,7 +30,7 @@ from siamjax.encoder.layers import ATTENTION_IMPLEMENTATIONS
 from siamjax.encoder.model import (DenseConfig, EncoderSpec, abstract_params, init_params,
                                    make_encode_fn)
 from siamjax.encoder.pooling import PoolingConfig
-from siamjax.parallel import BATCH_AXES, batch_shard_count, make_mesh, replicated
+from siamjax.parallel import make_mesh, replicated
 from siamjax.quantization import quantize_embeddings
 
 _MIN_BUCKET = 16
@@ -146,11 +146,13 @@ class SentenceEncoder:
     def from_config(cls, config: TransformerConfig, tokenizer, *, pooling: str | Sequence[str] = "mean",
                     normalize: bool = False, dense_dim: int | Sequence[int] | None = None, seed: int = 0,
                     max_seq_length: int | None = None, dtype: Any = "float32",
-                    param_dtype: Any = "float32", remat: bool = False, attention: str = "xla") -> "SentenceEncoder":
+                    param_dtype: Any = "float32", remat: bool = False, attention: str = "xla",
+                    include_prompt: bool = True) -> "SentenceEncoder":
         """A randomly initialised encoder of any family (tests, pre-training from scratch);
-        `dense_dim` adds one Tanh Dense layer of that width, or several (a sequence of widths)."""
+        `dense_dim` adds one Tanh Dense layer of that width, or several (a sequence of widths);
+        `include_prompt=False` pools without the prompt's tokens."""
         modes = (pooling,) if isinstance(pooling, str) else tuple(pooling)
-        pooling_cfg = PoolingConfig(modes)
+        pooling_cfg = PoolingConfig(modes, include_prompt=include_prompt)
         widths = [] if dense_dim is None else [dense_dim] if isinstance(dense_dim, int) else list(dense_dim)
         ins = [pooling_cfg.output_dim(config.hidden_size)] + widths[:-1]
         dense = tuple(DenseConfig(i, o) for i, o in zip(ins, widths))
@@ -259,7 +261,7 @@ class SentenceEncoder:
         ids = self.token_ids([text_prompt + t for t in texts] if text_prompt else texts)
         skip = prompt_length(self.tokenizer, text_prompt, self.max_seq_length) \
             if text_prompt and not self.spec.pooling.include_prompt else None
-        out = self._encode_ids(ids, batch_size, mesh or self._default_mesh(), skip, show_progress)
+        out = self._encode_ids(ids, batch_size, mesh or _local_mesh(), skip, show_progress)
         if dim is not None:
             out = out[:, :dim]
         if normalize:
@@ -282,7 +284,7 @@ class SentenceEncoder:
 
     def _encode_ids(self, ids, batch_size: int, mesh: Mesh, skip: int | None, show_progress: bool) -> np.ndarray:
         """float32 `[N, D]` of tokenised texts, each call's rows split over `mesh`'s devices."""
-        n = batch_shard_count(mesh)
+        n = mesh.devices.size
         out = np.zeros((len(ids), self.embedding_dim), np.float32)
         pending = None
         for row_length, n_rows, layout in tqdm(self.plan_calls(ids, batch_size, n), desc="encode", unit="batch",
@@ -298,21 +300,18 @@ class SentenceEncoder:
         return out
 
     def place_call(self, batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-        """One call's arrays on `mesh`, rows (and `text_index`'s shards) split over ('data', 'fsdp')."""
-        rows_sharding = NamedSharding(mesh, P(BATCH_AXES))
+        """One call's arrays on `mesh`, rows (and `text_index`'s shards) split over all its axes
+        (('data', 'fsdp') for the training mesh)."""
+        rows_sharding = _rows_sharding(mesh)
         return {key: jax.device_put(value, rows_sharding) for key, value in batch.items()}
 
     def encode_call(self, batch: dict[str, np.ndarray], mesh: Mesh) -> jax.Array:
         """Embeddings of one `rows.call_batch` batch, computed on `mesh` (asynchronous)."""
         if mesh not in self._on_mesh:
-            fn = jax.jit(self.encode_fn, out_shardings=NamedSharding(mesh, P(BATCH_AXES)))
+            fn = jax.jit(self.encode_fn, out_shardings=_rows_sharding(mesh))
             self._on_mesh[mesh] = (fn, jax.device_put(self.params, replicated(mesh)))
         fn, params = self._on_mesh[mesh]
         return fn(params, self.place_call(batch, mesh))
-
-    @staticmethod
-    def _default_mesh() -> Mesh:
-        return _local_mesh()
 
     def similarity(self, a, b) -> np.ndarray:
         """`[N, M]` scores between two sets of embeddings (or of sentences) with the model's
@@ -364,6 +363,11 @@ def _local_mesh() -> Mesh:
     """
     devices = jax.local_devices()
     return make_mesh(data=-1, fsdp=1, devices=devices[:1] if jax.default_backend() == "cpu" else devices)
+
+
+def _rows_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (row) axis split over every axis of `mesh`."""
+    return NamedSharding(mesh, P(tuple(mesh.axis_names)))
 
 
 def _scatter(out: np.ndarray, order: np.ndarray, emb: jax.Array) -> None:

@@ -190,7 +190,7 @@ def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int) -> SentenceEn
     )
     return SentenceEncoder.from_config(
         bert, tokenizer, pooling=tuple(init.pooling.split("+")), normalize=init.normalize, seed=seed,
-        **common,
+        include_prompt=init.get("include_prompt", True), **common,
     )
 
 

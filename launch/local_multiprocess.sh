@@ -12,6 +12,7 @@
 #   DEVICES_PER_PROCESS  fake CPU devices per process (default 4)
 #   PORT                 coordinator port on localhost (default 12355)
 #   PYTHON               interpreter (default python3)
+#   XLA_FLAGS            kept; each process gets the fake-device count appended to it
 # If any process exits non-zero, the others are stopped and the script exits with its code.
 set -euo pipefail
 
@@ -29,9 +30,10 @@ python="${PYTHON:-python3}"
 
 # Each argument shell-quoted (%q), so overrides like "--config.x=(('a','b'),)" survive `bash -c`.
 quoted_args="$(printf ' %q' --config "$config" "$@")"
+xla_flags="$(printf '%q' "${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=${devices}")"
 commands=()
 for ((i = 0; i < n; i++)); do
-  commands+=("XLA_FLAGS=--xla_force_host_platform_device_count=${devices} JAX_PLATFORMS=cpu \
+  commands+=("XLA_FLAGS=${xla_flags} JAX_PLATFORMS=cpu \
 SIAMJAX_COORDINATOR=localhost:${port} SIAMJAX_NUM_PROCESSES=${n} SIAMJAX_PROCESS_ID=${i} \
 ${python} -m siamjax.cli train${quoted_args}")
 done

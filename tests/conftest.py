@@ -5,14 +5,34 @@ devices, so the flag must be in place before any test module imports jax.
 """
 import os
 
+# --xla_backend_optimization_level=0: the tests compile hundreds of tiny programs whose run
+# time is negligible, and LLVM's optimisation passes are most of each compile. Level 0 skips
+# only those; XLA's HLO passes (fusion, SPMD partitioning: what the tests check) run as usual,
+# and matmuls use the same precompiled kernels. Subprocesses inherit it; the quickstart test
+# drops XLA_FLAGS, as it runs exactly as a user would.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_backend_optimization_level=0 --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import atexit
 import pathlib
+import shutil
+import tempfile
+
+# One XLA compilation cache for the whole session, shared by both xdist workers and every
+# subprocess the tests start (they inherit the environment): many tests compile the same tiny
+# train step in a fresh process (CLI runs, resumes, the processes of one multi-process run), and
+# compiling is most of their CPU time. The workers import this file after the controller, see the
+# variable set and reuse the folder; only the process that made it removes it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _XLA_CACHE = tempfile.mkdtemp(prefix="siamjax-test-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 
 import pytest
 

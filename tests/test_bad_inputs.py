@@ -73,19 +73,6 @@ def garble(folder: pathlib.Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def shared_compilation_cache(tmp_path_factory):
-    """Every child process of this module shares one persistent XLA cache: they compile the same
-    tiny train and encode steps again and again (each case set is a new process), and a cache
-    hit turns ~30 s of compilation on 2 busy cores into a file read. (This process's jax is
-    already configured; only the children read these variables.)"""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("xla_cache")))
-        patch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-        patch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-        yield
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, minilm_dir):
     """A tiny model folder, its damaged copies, data files of every bad kind, a tiny config."""

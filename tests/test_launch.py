@@ -23,10 +23,10 @@ def _run(args, env=None, ok=True):
 
 def test_local_multiprocess_dry_run_wires_each_process():
     out = _run([str(LAUNCH / "local_multiprocess.sh"), "--dry-run", "3", "configs/x.py", "--workdir", "w"],
-               env={"DEVICES_PER_PROCESS": "2", "PORT": "2222"}).stdout.splitlines()
+               env={"DEVICES_PER_PROCESS": "2", "PORT": "2222", "XLA_FLAGS": "--xla_dump_to=/tmp/d"}).stdout.splitlines()
     assert len(out) == 3
     for i, line in enumerate(out):
-        assert "--xla_force_host_platform_device_count=2" in line
+        assert r"XLA_FLAGS=--xla_dump_to=/tmp/d\ --xla_force_host_platform_device_count=2 " in line  # kept, then the count
         assert "SIAMJAX_COORDINATOR=localhost:2222" in line and "SIAMJAX_NUM_PROCESSES=3" in line
         assert f"SIAMJAX_PROCESS_ID={i}" in line
         assert line.rstrip().endswith("-m siamjax.cli train --config configs/x.py --workdir w")

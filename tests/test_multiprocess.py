@@ -192,7 +192,8 @@ def start_two(config, workdir, *overrides, heartbeat_s=5):
     port = portpicker.pick_unused_port()
     procs = []
     for i in range(2):
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+        env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
+                   JAX_PLATFORMS="cpu",
                    SIAMJAX_HEARTBEAT_TIMEOUT=str(heartbeat_s))
         cmd = [sys.executable, "-m", "siamjax.cli", "train", "--config", str(config), "--workdir", str(workdir),
                "--config.train.num_steps=100000", "--config.checkpoint.every_steps=100000", *overrides,

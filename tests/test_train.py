@@ -88,7 +88,7 @@ def wait_for_checkpoint(workdir, proc, min_step, timeout=240):
 def test_resume_after_sigterm_and_sigkill_is_exact(tiny, tmp_path):
     """Uninterrupted vs preempted (SIGTERM) + killed (SIGKILL) + restarted: same batches, same bits."""
     config, _ = tiny
-    steps = 150
+    steps = 80  # room for: preempt after step 10, kill 20 steps after the resume, finish
     common = [f"--config.train.num_steps={steps}", "--config.mesh.num_devices=4", "--config.mesh.fsdp=2",
               "--config.data.group_by_length=true"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -42,7 +42,6 @@ class LoadedFolder:
     hf_config: dict
     max_seq_length: int
     transformer_dir: pathlib.Path
-    settings: prompts.ModelSettings = dataclasses.field(default_factory=prompts.ModelSettings)
 
 
 def resolve(path_or_name: str | os.PathLike) -> pathlib.Path:
@@ -66,7 +65,7 @@ def resolve(path_or_name: str | os.PathLike) -> pathlib.Path:
         ) from err
 
 
-def _read_json(path: pathlib.Path) -> dict:
+def read_json(path: pathlib.Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -121,7 +120,7 @@ def _weights(folder: pathlib.Path, what: str) -> SafetensorsFiles:
     if single.is_file():
         return SafetensorsFiles([single])
     if index.is_file():
-        shards = sorted(set(_read_json(index)["weight_map"].values()))
+        shards = sorted(set(read_json(index)["weight_map"].values()))
         return SafetensorsFiles([folder / shard for shard in shards])
     pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
     if pickles:
@@ -133,7 +132,7 @@ def _weights(folder: pathlib.Path, what: str) -> SafetensorsFiles:
 
 
 def _st_modules(folder: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
-    entries = _read_json(folder / "modules.json")
+    entries = read_json(folder / "modules.json")
     modules = []
     for i, entry in enumerate(entries):
         kind = str(entry.get("type", "")).rsplit(".", 1)[-1]
@@ -151,7 +150,7 @@ def _st_modules(folder: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
 
 
 def _dense_config(path: pathlib.Path) -> DenseConfig:
-    raw = _read_json(path / "config.json")
+    raw = read_json(path / "config.json")
     try:
         return DenseConfig(**{k: raw[k] for k in ("in_features", "out_features")}, bias=raw.get("bias", True),
                            activation_function=raw.get("activation_function", "torch.nn.modules.activation.Tanh"))
@@ -165,39 +164,54 @@ def read_folder(folder: pathlib.Path) -> LoadedFolder:
     if (folder / "modules.json").is_file():
         modules = _st_modules(folder)
         transformer_dir, pooling_dir = modules[0][1], modules[1][1]
-        pooling = PoolingConfig.from_st_config(_read_json(pooling_dir / "config.json"),
-                                               str(pooling_dir / "config.json"))
+        pooling = read_pooling(pooling_dir)
         dense_dirs = [path for kind, path in modules if kind == "Dense"]
         dense_cfgs = [_dense_config(path) for path in dense_dirs]
         normalize = modules[-1][0] == "Normalize"
-        st_config_path = transformer_dir / "sentence_bert_config.json"
-        st_config = _read_json(st_config_path) if st_config_path.is_file() else {}
     else:
-        transformer_dir, pooling, st_config = folder, PoolingConfig(("mean",)), {}
+        transformer_dir, pooling = folder, PoolingConfig(("mean",))
+    transformer, tensors, hf_config, max_len = read_transformer(transformer_dir)
+    try:
+        spec = EncoderSpec(transformer=transformer, pooling=pooling, dense=tuple(dense_cfgs), normalize=normalize)
+    except ValueError as err:
+        raise ValueError(f"{folder / 'modules.json'}: {err}") from err
+    dense_tensors = [_weights(path, "Dense layer") for path in dense_dirs]
+    return LoadedFolder(spec, tensors, dense_tensors, dense_dirs, hf_config, max_len, transformer_dir)
+
+
+def read_transformer(transformer_dir: pathlib.Path):
+    """`(family config, lazy tensors, config.json dict, max_seq_length)` of a Transformer module
+    folder (a sentence-transformers `Transformer` or a plain Hugging Face folder)."""
+    st_config_path = transformer_dir / "sentence_bert_config.json"
+    st_config = read_json(st_config_path) if st_config_path.is_file() else {}
     if not (transformer_dir / "config.json").is_file():
         raise FileNotFoundError(f"{transformer_dir}: no config.json; not a Hugging Face or "
                                 "sentence-transformers model folder")
-    hf_config = _read_json(transformer_dir / "config.json")
+    hf_config = read_json(transformer_dir / "config.json")
     transformer = families.config_from_hf(hf_config, str(transformer_dir / "config.json"))
     tensors = _weights(transformer_dir, "transformer")
     max_len = int(st_config.get("max_seq_length") or _tokenizer_max_length(transformer_dir, transformer.max_tokens))
     if max_len > transformer.max_tokens:
         raise ValueError(f"{transformer_dir / 'sentence_bert_config.json'}: max_seq_length {max_len} exceeds "
                          f"the {transformer.max_tokens} positions the model has")
-    try:
-        spec = EncoderSpec(transformer=transformer, pooling=pooling, dense=tuple(dense_cfgs), normalize=normalize)
-    except ValueError as err:
-        raise ValueError(f"{folder / 'modules.json'}: {err}") from err
-    dense_tensors = [_weights(path, "Dense layer") for path in dense_dirs]
-    settings = prompts.read_settings(folder / prompts.CONFIG_FILE)
-    return LoadedFolder(spec, tensors, dense_tensors, dense_dirs, hf_config, max_len, transformer_dir, settings)
+    return transformer, tensors, hf_config, max_len
+
+
+def read_pooling(pooling_dir: pathlib.Path) -> PoolingConfig:
+    """A `Pooling` module folder's config."""
+    return PoolingConfig.from_st_config(read_json(pooling_dir / "config.json"), str(pooling_dir / "config.json"))
+
+
+def read_dense(dense_dir: pathlib.Path) -> tuple[DenseConfig, SafetensorsFiles]:
+    """A `Dense` module folder's config and (lazy) weights."""
+    return _dense_config(dense_dir), _weights(dense_dir, "Dense layer")
 
 
 def _tokenizer_max_length(transformer_dir: pathlib.Path, max_tokens: int) -> int:
     """sentence-transformers 6 saves `max_seq_length` as the tokenizer's `model_max_length`, and
     reads it back capped by the model's positions; folders without either get the positions."""
     path = transformer_dir / "tokenizer_config.json"
-    limit = _read_json(path).get("model_max_length") if path.is_file() else None
+    limit = read_json(path).get("model_max_length") if path.is_file() else None
     return min(int(limit), max_tokens) if isinstance(limit, (int, float)) and limit > 0 else max_tokens
 
 
@@ -214,26 +228,14 @@ def write_folder(directory: pathlib.Path, *, spec: EncoderSpec, params: dict, to
 
     `settings` go to `config_sentence_transformers.json` (prompts, similarity, ...); `card` is
     the README.md model card (default: a short description of the architecture)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(hf_config_for(spec.transformer, hf_config), indent=2))
-    tensors = hf_names.export_tensors(params, spec.transformer.tensor_names())
-    tensors.update({k: np.ascontiguousarray(v) for k, v in extras.items()})
-    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
-    tokenizer.save_pretrained(str(directory))
-    (directory / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": int(max_seq_length), "do_lower_case": False}, indent=2))
+    write_transformer(directory, transformer=spec.transformer, params=params, tokenizer=tokenizer,
+                      hf_config=hf_config, max_seq_length=max_seq_length, extras=extras)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    (directory / "1_Pooling").mkdir(exist_ok=True)
-    (directory / "1_Pooling" / "config.json").write_text(
-        json.dumps(spec.pooling.to_st_config(spec.transformer.hidden_size), indent=2))
+    write_pooling(directory / "1_Pooling", spec.pooling, spec.transformer.hidden_size)
     for i, dense in enumerate(spec.dense):
         n = len(modules)
-        dense_dir = directory / f"{n}_Dense"
-        dense_dir.mkdir(exist_ok=True)
-        (dense_dir / "config.json").write_text(json.dumps(dataclasses.asdict(dense), indent=2))
-        save_file(hf_names.export_tensors(params, hf_names.dense_names(dense.bias, i)),
-                  dense_dir / "model.safetensors", metadata={"format": "pt"})
+        write_dense(directory / f"{n}_Dense", dense, params, i)
         modules.append({"idx": n, "name": str(n), "path": f"{n}_Dense", "type": "sentence_transformers.models.Dense"})
     if spec.normalize:
         n = len(modules)
@@ -241,9 +243,41 @@ def write_folder(directory: pathlib.Path, *, spec: EncoderSpec, params: dict, to
                         "type": "sentence_transformers.models.Normalize"})
         (directory / f"{n}_Normalize").mkdir(exist_ok=True)
     (directory / "modules.json").write_text(json.dumps(modules, indent=2))
+    write_model_config(directory, settings)
+    (directory / "README.md").write_text(card if card is not None else _model_card(spec, max_seq_length))
+
+
+def write_model_config(directory: pathlib.Path, settings: prompts.ModelSettings | None = None) -> None:
+    """The folder's `config_sentence_transformers.json`: `settings` (prompts, similarity, ...)."""
     (directory / prompts.CONFIG_FILE).write_text(json.dumps(
         prompts.settings_json(settings or prompts.ModelSettings(), library_versions()), indent=2))
-    (directory / "README.md").write_text(card if card is not None else _model_card(spec, max_seq_length))
+
+
+def write_transformer(directory: pathlib.Path, *, transformer: families.TransformerConfig, params: dict, tokenizer,
+                      hf_config: dict, max_seq_length: int, extras: dict[str, np.ndarray]) -> None:
+    """A `Transformer` module folder: config.json, HF-named weights, tokenizer, max_seq_length."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(hf_config_for(transformer, hf_config), indent=2))
+    tensors = hf_names.export_tensors(params, transformer.tensor_names())
+    tensors.update({k: np.ascontiguousarray(v) for k, v in extras.items()})
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    tokenizer.save_pretrained(str(directory))
+    (directory / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": int(max_seq_length), "do_lower_case": False}, indent=2))
+
+
+def write_pooling(directory: pathlib.Path, pooling: PoolingConfig, hidden_size: int) -> None:
+    """A `Pooling` module folder."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(pooling.to_st_config(hidden_size), indent=2))
+
+
+def write_dense(directory: pathlib.Path, dense: DenseConfig, params: dict, key: int | str) -> None:
+    """A `Dense` module folder holding `params["dense"][key]`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(dataclasses.asdict(dense), indent=2))
+    save_file(hf_names.export_tensors(params, hf_names.dense_names(dense.bias, key)),
+              directory / "model.safetensors", metadata={"format": "pt"})
 
 
 def library_versions() -> dict[str, str]:

@@ -90,14 +90,25 @@ class SentenceModel(nnx.Module):
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, text_index=None, prompt_mask=None,
                  rng=None):
         h_RxLxD = self.encoder(input_ids, attention_mask, token_type_ids, rng=rng)
-        if text_index is None:  # one text per row
-            x_BxD = pool(h_RxLxD, attention_mask, self.spec.pooling, prompt_RxL=prompt_mask)[:, 0]
-        else:
-            x_BxD = unpack(pool(h_RxLxD, attention_mask, self.spec.pooling, num_slots(h_RxLxD.shape[1]),
-                                prompt_RxL=prompt_mask), text_index)
-        for i, layer in enumerate(self.spec.dense):
-            x_BxD = DENSE_ACTIVATIONS[layer.activation_function](self.dense[str(i)](x_BxD).astype(jnp.float32))
-        return l2_normalize(x_BxD) if self.spec.normalize else x_BxD
+        dense = [(layer, self.dense[str(i)]) for i, layer in enumerate(self.spec.dense)]
+        return sentence_head(h_RxLxD, attention_mask, text_index, self.spec.pooling, dense, self.spec.normalize,
+                             prompt_mask=prompt_mask)
+
+
+def sentence_head(h_RxLxD, attention_mask, text_index, pooling: PoolingConfig,
+                  dense: list[tuple[DenseConfig, nnx.Linear]], normalize: bool, prompt_mask=None):
+    """Token states `[R, L, D]` -> sentence embeddings `[B, D']`: pool (per text of a packed row
+    when `text_index` is given; without the `prompt_mask` tokens if the pooling excludes the
+    prompt), the Dense layers in order, then the optional L2 normalisation.
+    (A Router model applies a different head per route to the same token states.)"""
+    if text_index is None:  # one text per row
+        x_BxD = pool(h_RxLxD, attention_mask, pooling, prompt_RxL=prompt_mask)[:, 0]
+    else:
+        x_BxD = unpack(pool(h_RxLxD, attention_mask, pooling, num_slots(h_RxLxD.shape[1]), prompt_RxL=prompt_mask),
+                       text_index)
+    for layer, linear in dense:
+        x_BxD = DENSE_ACTIVATIONS[layer.activation_function](linear(x_BxD).astype(jnp.float32))
+    return l2_normalize(x_BxD) if normalize else x_BxD
 
 
 EncodeFn = Callable[..., jax.Array]
@@ -120,6 +131,21 @@ def make_encode_fn(graphdef: nnx.GraphDef) -> EncodeFn:
                      text_index=batch.get("text_index"), prompt_mask=batch.get("prompt_mask"), rng=rng)
 
     return encode_fn
+
+
+def encode_sides(encode_fn: EncodeFn, params, sides: dict, rngs_S: jax.Array | None = None) -> jax.Array:
+    """The S stacked sides of a batch (`[S, B, L]` inputs) -> `[S, B, D]`.
+
+    Every side goes through `encode_fn` with the same parameters, in one vmapped call (side s
+    with dropout key `rngs_S[s]`, or none). An encode function that routes sides differently
+    (a Router model's, `siamjax.encoder.router`) brings its own `encode_sides` method, used here.
+    """
+    own = getattr(encode_fn, "encode_sides", None)
+    if own is not None:
+        return own(params, sides, rngs_S)
+    if rngs_S is None:
+        return jax.vmap(lambda side: encode_fn(params, side))(sides)
+    return jax.vmap(lambda side, key: encode_fn(params, side, rng=key))(sides, rngs_S)
 
 
 def init_params(spec: EncoderSpec, *, seed: int = 0, dtype: Any = jnp.float32,

@@ -23,13 +23,15 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from siamjax import similarity as sim
-from siamjax.encoder import folder, hf_names, rows, verify
-from siamjax.encoder.prompts import DOCUMENT_PROMPT_NAMES, QUERY_PROMPT_NAMES, ModelSettings, prompt_length
+from siamjax.encoder import folder, hf_names, router, rows, verify
+from siamjax.encoder.prompts import (CONFIG_FILE, DOCUMENT_PROMPT_NAMES, QUERY_PROMPT_NAMES, ModelSettings,
+                                     prompt_length, read_settings)
 from siamjax.encoder.families import TransformerConfig
 from siamjax.encoder.layers import ATTENTION_IMPLEMENTATIONS
 from siamjax.encoder.model import (DenseConfig, EncoderSpec, abstract_params, init_params,
                                    make_encode_fn)
 from siamjax.encoder.pooling import PoolingConfig
+from siamjax.encoder.router import RouterSpec
 from siamjax.parallel import make_mesh, replicated
 from siamjax.quantization import quantize_embeddings
 
@@ -75,16 +77,18 @@ def _dtype(name: Any):
 
 
 class SentenceEncoder:
-    """A sentence-embedding model: transformer + pooling (+ Dense) (+ normalisation)."""
+    """A sentence-embedding model: transformer + pooling (+ Dense) (+ normalisation), or a
+    sentence-transformers Router (`spec` a `RouterSpec`: one trunk, a head per route)."""
 
-    def __init__(self, spec: EncoderSpec, params: dict, tokenizer, max_seq_length: int, *,
+    def __init__(self, spec: EncoderSpec | RouterSpec, params: dict, tokenizer, max_seq_length: int, *,
                  dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, remat: bool = False,
                  attention: str = "xla", hf_config: dict | None = None,
                  extras: dict[str, np.ndarray] | None = None, settings: ModelSettings | None = None):
         check_attention(attention, dtype)
         self.spec = spec
-        self.graphdef, _ = abstract_params(spec, dtype=_dtype(dtype), param_dtype=_dtype(param_dtype), remat=remat,
-                                           attention=attention)
+        abstract = router.abstract_params if isinstance(spec, RouterSpec) else abstract_params
+        self.graphdef, _ = abstract(spec, dtype=_dtype(dtype), param_dtype=_dtype(param_dtype), remat=remat,
+                                    attention=attention)
         self.params = params
         self.tokenizer = tokenizer
         self.max_seq_length = int(max_seq_length)
@@ -94,8 +98,8 @@ class SentenceEncoder:
         self.settings = settings or ModelSettings()
         if self.settings.truncate_dim is not None:
             _check_truncate_dim(self.settings.truncate_dim, spec.embedding_dim)
-        self.encode_fn = make_encode_fn(self.graphdef)
-        self._on_mesh: dict = {}  # mesh -> (its jitted encode_fn, params replicated on it)
+        self.encode_fn = self.sides_encode_fn(()) if self.is_router else make_encode_fn(self.graphdef)
+        self._on_mesh: dict = {}  # (mesh, route) -> (its jitted encode fn, params replicated on the mesh)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -115,18 +119,24 @@ class SentenceEncoder:
         `truncate_dim` (Matryoshka models), which `truncate_dim` here overrides.
         """
         path = folder.resolve(path_or_name)
-        loaded = folder.read_folder(path)
-        _, abstract = abstract_params(loaded.spec, param_dtype=_dtype(param_dtype))
+        is_router = router.is_router_folder(path)
+        loaded = router.read_router_folder(path) if is_router else folder.read_folder(path)
+        _, abstract = (router.abstract_params if is_router else abstract_params)(loaded.spec,
+                                                                                   param_dtype=_dtype(param_dtype))
         # Tensors are read, checked, cast and put on the device one at a time: never two copies of the model.
         place = lambda source: functools.partial(_to_device, source=source if verify_weights else None)
-        params, extras = hf_names.fill_params(abstract, loaded.tensors, loaded.spec.transformer.tensor_names(),
-                                              str(loaded.transformer_dir), place=place(str(loaded.transformer_dir)))
+        if is_router:
+            params, extras = router.fill_router_params(loaded, abstract, place)
+        else:
+            params, extras = hf_names.fill_params(abstract, loaded.tensors, loaded.spec.transformer.tensor_names(),
+                                                  str(loaded.transformer_dir), place=place(str(loaded.transformer_dir)))
+            for i, (dense, tensors, where) in enumerate(zip(loaded.spec.dense, loaded.dense_tensors,
+                                                            loaded.dense_dirs)):
+                dense_params, _ = hf_names.fill_params(abstract, tensors, hf_names.dense_names(dense.bias, i),
+                                                       str(where), place=place(str(where)))
+                params["dense"][str(i)] = dense_params["dense"][str(i)]
         if verify_weights:
             verify.check_weights(extras, str(loaded.transformer_dir))
-        for i, (dense, tensors, where) in enumerate(zip(loaded.spec.dense, loaded.dense_tensors, loaded.dense_dirs)):
-            dense_params, _ = hf_names.fill_params(abstract, tensors, hf_names.dense_names(dense.bias, i), str(where),
-                                                   place=place(str(where)))
-            params["dense"][str(i)] = dense_params["dense"][str(i)]
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(loaded.transformer_dir))
         except Exception as err:
@@ -136,7 +146,7 @@ class SentenceEncoder:
         if limit > loaded.spec.transformer.max_tokens:
             raise ValueError(f"max_seq_length {limit} exceeds the model's {loaded.spec.transformer.max_tokens} "
                              "positions")
-        settings = loaded.settings
+        settings = read_settings(path / CONFIG_FILE)
         if truncate_dim is not None:
             settings = dataclasses.replace(settings, truncate_dim=truncate_dim)
         return cls(loaded.spec, params, tokenizer, limit, dtype=dtype, param_dtype=param_dtype, remat=remat,
@@ -202,6 +212,26 @@ class SentenceEncoder:
     def truncate_dim(self) -> int | None:
         return self.settings.truncate_dim
 
+    @property
+    def pools_without_prompt(self) -> bool:
+        """Whether pooling leaves the prompt's tokens out (Pooling `include_prompt: false`; a Router's
+        routes pool with their prompts)."""
+        return not self.is_router and not self.spec.pooling.include_prompt
+
+    @property
+    def is_router(self) -> bool:
+        """Whether this is a sentence-transformers Router model (asymmetric routes)."""
+        return isinstance(self.spec, RouterSpec)
+
+    def sides_encode_fn(self, side_tasks: Sequence[str | None]):
+        """The encode function the train step vmaps over a batch's sides: the model's own for a
+        plain model (every side shares it); for a Router, side s goes through the route that
+        task `side_tasks[s]` resolves to (None: the default route), after one shared trunk call."""
+        if not self.is_router:
+            return self.encode_fn
+        default = self.spec.default_route
+        return router.SideRoutedEncode(self.graphdef, tuple(self.spec.resolve(t) for t in side_tasks), default)
+
     # ----------------------------------------------------------------- tokenisation
     def token_ids(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
         """Unpadded token ids, truncated at `max_length` (default: `max_seq_length`)."""
@@ -240,7 +270,7 @@ class SentenceEncoder:
     def encode(self, sentences: Sequence[str] | str, batch_size: int = 64, normalize: bool | None = None,
                show_progress: bool = False, precision: str = "float32", calibration=None, *,
                prompt_name: str | None = None, prompt: str | None = None, truncate_dim: int | None = None,
-               mesh: Mesh | None = None) -> np.ndarray:
+               route: str | None = None, mesh: Mesh | None = None) -> np.ndarray:
         """Embeddings `[N, D]` (float32 numpy; quantised if `precision` is not float32).
 
         As sentence-transformers' `encode`: `prompt` (or the model's prompt `prompt_name`, else
@@ -248,8 +278,10 @@ class SentenceEncoder:
         `include_prompt: false` its tokens are left out of pooling; the embeddings are cut to
         `truncate_dim` (default: the model's) and only then L2-normalised if `normalize=True`
         (otherwise the model's own Normalize module decides). A single string returns `[D]`.
-        Rows are split over the devices of `mesh` (default: all of this process's accelerators
-        on the ('data', 'fsdp') axes), so N devices encode a corpus N times as fast.
+        `route`: the task of a Router model's input ("query", "document", ...), resolved to a
+        route as sentence-transformers' `encode(task=)` does (None: the default route); a model
+        without a Router has one path and ignores it. Rows are split over the devices of `mesh`
+        (default: all of this process's accelerators), so N devices encode a corpus N times as fast.
         """
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)
@@ -260,8 +292,8 @@ class SentenceEncoder:
         _check_texts(texts)
         ids = self.token_ids([text_prompt + t for t in texts] if text_prompt else texts)
         skip = prompt_length(self.tokenizer, text_prompt, self.max_seq_length) \
-            if text_prompt and not self.spec.pooling.include_prompt else None
-        out = self._encode_ids(ids, batch_size, mesh or _local_mesh(), skip, show_progress)
+            if text_prompt and self.pools_without_prompt else None
+        out = self._encode_ids(ids, batch_size, mesh or _local_mesh(), skip, show_progress, route)
         if dim is not None:
             out = out[:, :dim]
         if normalize:
@@ -274,15 +306,16 @@ class SentenceEncoder:
         """`encode` for search queries: without `prompt`/`prompt_name`, the model's "query" prompt
         (sentence-transformers' `encode_query`; every model has one, "" unless its folder sets it)."""
         name = self.settings.task_prompt_name(QUERY_PROMPT_NAMES, kwargs.get("prompt"), kwargs.get("prompt_name"))
-        return self.encode(sentences, **{**kwargs, "prompt_name": name})
+        return self.encode(sentences, **{"route": "query", **kwargs, "prompt_name": name})
 
     def encode_document(self, sentences: Sequence[str] | str, **kwargs) -> np.ndarray:
         """`encode` for documents: without `prompt`/`prompt_name`, the model's first prompt of
         "document", "passage", "corpus" (sentence-transformers' `encode_document`)."""
         name = self.settings.task_prompt_name(DOCUMENT_PROMPT_NAMES, kwargs.get("prompt"), kwargs.get("prompt_name"))
-        return self.encode(sentences, **{**kwargs, "prompt_name": name})
+        return self.encode(sentences, **{"route": "document", **kwargs, "prompt_name": name})
 
-    def _encode_ids(self, ids, batch_size: int, mesh: Mesh, skip: int | None, show_progress: bool) -> np.ndarray:
+    def _encode_ids(self, ids, batch_size: int, mesh: Mesh, skip: int | None, show_progress: bool,
+                    route: str | None = None) -> np.ndarray:
         """float32 `[N, D]` of tokenised texts, each call's rows split over `mesh`'s devices."""
         n = mesh.devices.size
         out = np.zeros((len(ids), self.embedding_dim), np.float32)
@@ -291,7 +324,7 @@ class SentenceEncoder:
                                                disable=not show_progress):
             order, batch = rows.call_batch(ids, layout, row_length=row_length, rows=n_rows, num_shards=n,
                                            pad_id=self.tokenizer.pad_token_id or 0, prompt_length=skip)
-            emb = self.encode_call(batch, mesh)  # dispatch before fetching the previous one
+            emb = self.encode_call(batch, mesh, route)  # dispatch before fetching the previous one
             if pending is not None:
                 _scatter(out, *pending)
             pending = (order, emb)
@@ -326,13 +359,17 @@ class SentenceEncoder:
         the model's settings (prompts, similarity, ...) and `card` as its README.md model card."""
         directory = pathlib.Path(directory)
         params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), self.params)
-        folder.write_folder(directory, spec=self.spec, params=params, tokenizer=self.tokenizer,
-                            hf_config=self.hf_config, max_seq_length=self.max_seq_length, extras=self.extras,
-                            settings=self.settings, card=card)
+        write = router.write_router_folder if self.is_router else folder.write_folder
+        write(directory, spec=self.spec, params=params, tokenizer=self.tokenizer, hf_config=self.hf_config,
+              max_seq_length=self.max_seq_length, extras=self.extras, settings=self.settings, card=card)
         return directory
 
     def __repr__(self) -> str:
         b = self.spec.transformer
+        if self.is_router:
+            return (f"SentenceEncoder({b.model_type}, layers={b.num_hidden_layers}, hidden={b.hidden_size}, "
+                    f"router={self.spec.route_names}, default_route={self.spec.default_route!r}, "
+                    f"max_seq_length={self.max_seq_length}, dim={self.embedding_dim})")
         return (f"SentenceEncoder({b.model_type}, layers={b.num_hidden_layers}, hidden={b.hidden_size}, "
                 f"pooling={'+'.join(self.spec.pooling.modes)}, dense={len(self.spec.dense)}, "
                 f"normalize={self.spec.normalize}, max_seq_length={self.max_seq_length}, dim={self.embedding_dim})")

@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from siamjax.encoder.model import encode_sides
 from siamjax.encoder.rows import num_slots, unpack
 from siamjax.losses import checks as chk
 
@@ -115,9 +116,9 @@ def _chunk_embedder(layout, rng, compute_dtype):
             p = jax.tree.map(lambda a: a.astype(compute_dtype), p)
         chunk_Sx = layout.encoder_inputs(chunk_Sx)
         if rng is None or not keyed:
-            return jax.vmap(lambda side: enc(p, side))(chunk_Sx)
+            return encode_sides(enc, p, chunk_Sx)
         keys_S = jax.random.split(jax.random.fold_in(rng, i), chunk_Sx["input_ids"].shape[0])
-        return jax.vmap(lambda side, k: enc(p, side, rng=k))(chunk_Sx, keys_S)
+        return encode_sides(enc, p, chunk_Sx, keys_S)
 
     return embed_chunk
 

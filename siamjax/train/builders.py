@@ -194,6 +194,18 @@ def build_encoder(model_cfg: ml_collections.ConfigDict, seed: int) -> SentenceEn
     )
 
 
+def sides_encode_fn(model_cfg: ml_collections.ConfigDict, encoder: SentenceEncoder,
+                    sides: tuple[str, ...]) -> EncodeFn:
+    """The encode function for a dataset with text sides `sides` (roles): the encoder's own for
+    a plain model; for a Router, each side routed by `model.router_mapping` (role -> task)."""
+    mapping = dict(model_cfg.router_mapping or ())
+    try:
+        return encoder.sides_encode_fn([mapping.get(role) for role in sides])
+    except ValueError as err:
+        raise ConfigError(f"model.router_mapping={tuple(model_cfg.router_mapping)!r} for text sides {list(sides)}: "
+                          f"{err}") from err
+
+
 def build_loss(loss_cfg: ml_collections.ConfigDict, mesh: Mesh, dim: int, num_labels: int | None, rng,
                field: str = "loss"):
     """(registry LossFn, initial learnable loss params) for `loss.name` and `loss.kwargs`."""

@@ -59,6 +59,11 @@ def _model_fields() -> ml_collections.ConfigDict:
     g.attention = "xla"
     # check at load that every pretrained weight is finite (one pass; False skips it for huge models)
     g.verify_weights = True
+    # A sentence-transformers Router model (name_or_path is a Router folder: one shared trunk, a
+    # Dense etc. per route): the task each text side is encoded as, (side role, task) pairs as in
+    # sentence-transformers' `router_mapping`; a task picks a route as `encode(task=)` does. Sides
+    # not listed take the Router's default route. Models without a Router ignore it.
+    g.router_mapping = (("anchor", "query"), ("positive", "document"), ("negative", "document"))
     # Random initialisation (used only when name_or_path is ""): a BERT of this shape.
     g.init = ml_collections.ConfigDict()
     g.init.tokenizer = ""  # folder or hub name of the HF tokenizer giving the vocabulary
@@ -269,6 +274,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(m.attention != "cudnn" or m.dtype == "bfloat16",
          "model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention has no float32 kernel)")
     need(m.max_seq_length >= 8, f"model.max_seq_length={m.max_seq_length}: must be >= 8")
+    mapping = tuple(m.router_mapping or ())
+    need(all(isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(x, str) and x for x in p)
+             for p in mapping) and len({role for role, _ in mapping}) == len(mapping),
+         f"model.router_mapping={m.router_mapping!r}: must be (side role, task) pairs of non-empty strings, "
+         "each role once")
     _check_train_data(d)
     _check_file(config.eval.sts, "eval.sts", required=False)
     need(all(b > 0 for b in d.buckets), f"data.buckets={d.buckets}: lengths must be positive")

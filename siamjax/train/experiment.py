@@ -127,16 +127,17 @@ def _uses_text_ids(config: ml_collections.ConfigDict, ts: builders.TrainSet) -> 
     return bool(config.data.text_ids) and builders.loss_slot_configs(config)[ts.loss_slot].name in TEXT_ID_LOSSES
 
 
-def _step_for(config: ml_collections.ConfigDict, parts: builders.TrainParts, slot: str):
+def _step_for(config: ml_collections.ConfigDict, parts: builders.TrainParts, slot: str, encode_fn):
     """The train step of one loss slot (GradCache over pairs or packed tokens when configured);
-    the frozen guide (GIST) goes to the run's loss only (validate refuses guided per-dataset losses)."""
+    the frozen guide (GIST) goes to the run's loss only (validate refuses guided per-dataset losses).
+    `encode_fn`: the dataset's (`builders.sides_encode_fn`: a Router routes each side)."""
     t, value_and_grad_fn, loss_fn = config.train, None, parts.loss_fns[slot]
     guide_encode_fn = parts.guide_encode_fn if slot == builders.RUN_LOSS else None
     if t.grad_cache_chunk or t.grad_cache_tokens:
         value_and_grad_fn = make_grad_cache_value_and_grad(
-            parts.encode_fn, loss_fn, t.grad_cache_chunk or None, chunk_tokens=t.grad_cache_tokens or None,
+            encode_fn, loss_fn, t.grad_cache_chunk or None, chunk_tokens=t.grad_cache_tokens or None,
             guide_encode_fn=guide_encode_fn)
-    return make_train_step(parts.encode_fn, loss_fn, parts.optimizer, schedule=parts.schedule,
+    return make_train_step(encode_fn, loss_fn, parts.optimizer, schedule=parts.schedule,
                            dropout=t.dropout, value_and_grad_fn=value_and_grad_fn, guide_encode_fn=guide_encode_fn,
                            loss_slot=None if len(parts.loss_fns) == 1 else slot)
 
@@ -153,10 +154,11 @@ def _compiled_steps(config: ml_collections.ConfigDict, parts: builders.TrainPart
             example["labels"] = np.zeros((1,), np.float32)
         if _uses_text_ids(config, ts):
             example["text_ids"] = np.zeros((1, 1), np.int32)
-        cache_key = (ts.loss_slot, tuple(sorted(example)))
+        encode_fn = builders.sides_encode_fn(config.model, parts.encoder, ts.source.sides)
+        cache_key = (ts.loss_slot, tuple(sorted(example)), getattr(encode_fn, "side_routes", None))
         if cache_key not in compiled:
-            compiled[cache_key] = compile_train_step(_step_for(config, parts, ts.loss_slot), parts.shardings,
-                                                     example, mesh)
+            compiled[cache_key] = compile_train_step(_step_for(config, parts, ts.loss_slot, encode_fn),
+                                                     parts.shardings, example, mesh)
         steps.append(compiled[cache_key])
     return steps
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from siamjax.encoder.model import EncodeFn
+from siamjax.encoder.model import EncodeFn, encode_sides
 from siamjax.encoder.rows import TOKEN_KEYS
 from siamjax.losses import LossFn
 from siamjax.parallel import batch_shardings, replicated
@@ -37,18 +37,16 @@ def split_sides(batch: dict) -> dict:
 def make_embed_fn(encode_fn: EncodeFn):
     """embed(encoder_params, sides [S, B, L] dict, rng or None) -> float32 `[S, B, D]`.
 
-    One vmapped encoder call over the S sides, so every side shares the same parameters and
-    their gradients land on one pytree; each side gets its own dropout key. Mixed precision
+    One vmapped encoder call over the S sides (`siamjax.encoder.model.encode_sides`), so every
+    side shares the same parameters and their gradients land on one pytree; each side gets its
+    own dropout key. A Router model's encode_fn runs the shared trunk once over all sides and
+    each side's own route head after it. Mixed precision
     and rematerialisation are properties of the encoder (`SentenceEncoder(dtype=, remat=)`).
     """
 
     def embed(params, sides, rng):
-        if rng is None:
-            emb_SxBxD = jax.vmap(lambda s: encode_fn(params, s, rng=None))(sides)
-        else:
-            rngs_S = jax.random.split(rng, sides["input_ids"].shape[0])
-            emb_SxBxD = jax.vmap(lambda s, r: encode_fn(params, s, rng=r))(sides, rngs_S)
-        return emb_SxBxD.astype(jnp.float32)
+        rngs_S = None if rng is None else jax.random.split(rng, sides["input_ids"].shape[0])
+        return encode_sides(encode_fn, params, sides, rngs_S).astype(jnp.float32)
 
     return embed
 

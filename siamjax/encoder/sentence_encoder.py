@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
@@ -338,12 +338,15 @@ class SentenceEncoder:
         rows_sharding = _rows_sharding(mesh)
         return {key: jax.device_put(value, rows_sharding) for key, value in batch.items()}
 
-    def encode_call(self, batch: dict[str, np.ndarray], mesh: Mesh) -> jax.Array:
-        """Embeddings of one `rows.call_batch` batch, computed on `mesh` (asynchronous)."""
-        if mesh not in self._on_mesh:
-            fn = jax.jit(self.encode_fn, out_shardings=_rows_sharding(mesh))
-            self._on_mesh[mesh] = (fn, jax.device_put(self.params, replicated(mesh)))
-        fn, params = self._on_mesh[mesh]
+    def encode_call(self, batch: dict[str, np.ndarray], mesh: Mesh, route: str | None = None) -> jax.Array:
+        """Embeddings of one `rows.call_batch` batch, computed on `mesh` (asynchronous), through
+        `route` (a Router model's task; compiled once per route and mesh)."""
+        name = self.spec.resolve(route) if self.is_router else None
+        if (mesh, name) not in self._on_mesh:
+            fn = router.make_route_encode_fn(self.graphdef, name) if self.is_router else self.encode_fn
+            self._on_mesh[mesh, name] = (jax.jit(fn, out_shardings=_rows_sharding(mesh)),
+                                         jax.device_put(self.params, replicated(_rows_sharding(mesh).mesh)))
+        fn, params = self._on_mesh[mesh, name]
         return fn(params, self.place_call(batch, mesh))
 
     def similarity(self, a, b) -> np.ndarray:
@@ -403,8 +406,11 @@ def _local_mesh() -> Mesh:
 
 
 def _rows_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (row) axis split over every axis of `mesh`."""
-    return NamedSharding(mesh, P(tuple(mesh.axis_names)))
+    """Leading (row) axis split over every axis of `mesh`, its axes made `Auto`: the encoder has
+    no sharding annotations, so a mesh with `Explicit` axes (e.g. the search mesh) would leave
+    ops like the embedding gather without a resolvable output sharding."""
+    auto = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+    return NamedSharding(auto, P(tuple(mesh.axis_names)))
 
 
 def _scatter(out: np.ndarray, order: np.ndarray, emb: jax.Array) -> None:

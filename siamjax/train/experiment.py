@@ -119,7 +119,7 @@ def _train_iterator(config: ml_collections.ConfigDict, data: RunData, encoder: S
 
 def _masks_prompts(encoder: SentenceEncoder) -> bool:
     """Whether batches carry `prompt_mask`: the model pools without its prompts (include_prompt=False)."""
-    return not encoder.spec.pooling.include_prompt
+    return encoder.pools_without_prompt
 
 
 def _uses_text_ids(config: ml_collections.ConfigDict, ts: builders.TrainSet) -> bool:

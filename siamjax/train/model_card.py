@@ -84,6 +84,17 @@ def _loss_lines(config: ml_collections.ConfigDict) -> list[str]:
     return lines
 
 
+def _head(encoder: SentenceEncoder) -> str:
+    """What follows the transformer: pooling, Dense, normalisation; or a Router's routes."""
+    spec = encoder.spec
+    if encoder.is_router:
+        return (f"through a Router (routes {', '.join(name for name, _ in spec.routes)}; default "
+                f"{spec.default_route}) after one shared trunk")
+    prompt = "included" if spec.pooling.include_prompt else "excluded"
+    return (f"with {'+'.join(spec.pooling.modes)} pooling (prompt tokens {prompt})"
+            f"{' + Dense' * len(spec.dense)}{' + L2 normalisation' if spec.normalize else ''}")
+
+
 def _usage(encoder: SentenceEncoder) -> str:
     prompted = any(encoder.prompts.values())
     calls = ("queries = model.encode_query([\"What is siamjax?\"])\n"
@@ -101,7 +112,7 @@ def render(encoder: SentenceEncoder, config: ml_collections.ConfigDict, run_info
            metrics_path: pathlib.Path) -> str:
     """The README.md model card of a model exported at `step` of the run that `config`,
     `run_info` (dataset sizes) and `metrics_path` (metrics.jsonl) describe."""
-    spec, t = encoder.spec, encoder.spec.transformer
+    t = encoder.spec.transformer
     base = config.model.name_or_path or f"random {t.model_type} ({t.num_hidden_layers} layers, hidden {t.hidden_size})"
     sizes = run_info.get("dataset_sizes", {})
     data_rows = [(name, _source(g), sizes.get(name, "?"), ", ".join(f"{k}={v}" for k, v in (g.columns or ())) or "-",
@@ -122,10 +133,8 @@ base_model: {config.model.name_or_path or "none"}
 # Sentence embedding model (trained with siamjax)
 
 Fine-tuned from **{base}**: a {t.model_type} encoder ({t.num_hidden_layers} layers, hidden size
-{t.hidden_size}) mapping text to {encoder.embedding_dim}-dimensional vectors with
-{'+'.join(spec.pooling.modes)} pooling (prompt tokens {'included' if spec.pooling.include_prompt else 'excluded'})
-{'+ Dense ' * len(spec.dense)}{'+ L2 normalisation ' if spec.normalize else ''}over at most {encoder.max_seq_length} tokens;
-similarity: {encoder.similarity_fn_name}.
+{t.hidden_size}) mapping text to {encoder.embedding_dim}-dimensional vectors {_head(encoder)} over at most
+{encoder.max_seq_length} tokens; similarity: {encoder.similarity_fn_name}.
 
 ## Usage
 

@@ -164,10 +164,13 @@ def test_packed_training_on_eight_devices_matches_padded_on_one(tiny, tmp_path):
 
 @pytest.fixture(scope="module")
 def evaluated_run(tiny, tmp_path_factory):
-    """A finished tiny run with STS evaluation every 10 steps."""
+    """A finished tiny run with STS evaluation every 10 steps; its s1 texts have a prompt, which
+    pooling leaves out (include_prompt=False)."""
     config, root = tiny
     workdir = tmp_path_factory.mktemp("evaluated")
     c = load_config(str(config), [f"--config.eval.sts.path={root / 'dev.jsonl'}",
+                                  "--config.data.train.prompts=(('s1','query: '),)",
+                                  "--config.model.init.include_prompt=False",
                                   "--config.eval.sts.columns=(('s1','s1'),('s2','s2'),('score','score'))",
                                   "--config.eval.every_steps=10", "--config.train.num_steps=30",
                                   "--config.mesh.num_devices=1", "--config.checkpoint.keep=1",
@@ -209,6 +212,21 @@ def test_export_writes_the_best_checkpoint(evaluated_run, tmp_path, capsys):
     sentences = ["red cat on a hill", "old book"]
     np.testing.assert_allclose(exported.encode(sentences), trained.encode(sentences), atol=1e-5)
     assert cli_main(["export", "--workdir", str(tmp_path / "nowhere"), "--output", str(tmp_path / "x")]) == EXIT_INPUT
+    # the prompts it trained with, include_prompt=False, and a model card of the run
+    assert exported.prompts["s1"] == "query: " and exported.spec.pooling.include_prompt is False
+    card = (tmp_path / "model" / "README.md").read_text()
+    metrics = read_jsonl(workdir / "metrics.jsonl")
+    for expected in ("| s1 | 'query: ' |", "`cosent` with `{}`", "train.jsonl | 96 |",
+                     "| optim.lr | 0.001 |", "| train.batch_size | 16 |", "| steps run | " + str(best),
+                     f"| sts/spearman_cosine | {metrics[-1]['sts/spearman_cosine']:.4f} |",
+                     f"| train loss | {[r for r in metrics if 'loss' in r][-1]['loss']:.4f} |",
+                     "model.encode_query(", "SentenceTransformer(", "| jax | "):
+        assert expected in card, expected
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    np.testing.assert_allclose(st.encode(sentences, prompt_name="s1"), exported.encode(sentences, prompt_name="s1"),
+                               atol=1e-5)
 
 
 def test_nan_loss_stops_the_cli_with_a_clear_message(tiny, tmp_path, capsys):

@@ -1,7 +1,9 @@
-"""`siamjax encode --model DIR --input FILE.txt --output FILE.npy [--precision int8 ...]`.
+"""`siamjax encode --model DIR --input FILE.txt --output FILE.npy [--prompt-name query] [--truncate-dim N]
+[--precision int8 ...]`.
 
-Embeds every line of a text file (or the "text" field of a .jsonl), optionally quantises the
-embeddings, and saves the [N, D] array as .npy.
+Embeds every line of a text file (or the "text" field of a .jsonl) with one of the model's
+prompts (or a given one), optionally truncated (Matryoshka) and quantised, and saves the
+[N, D] array as .npy.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pathlib
 import numpy as np
 
 from siamjax.cli.errors import EXIT_OK, InputError, run_verb
-from siamjax.cli.model_args import add_model_args, check_output_file, load_encoder
+from siamjax.cli.model_args import add_model_args, check_output_file, load_encoder, positive_int
 from siamjax.data import read_texts
 from siamjax.quantization import PRECISIONS, quantize_embeddings
 
@@ -41,7 +43,13 @@ def add_parser(subparsers) -> None:
                    help="float32 (default), int8/uint8 (per-dimension buckets), binary/ubinary (packed sign bits)")
     p.add_argument("--calibration", help=".npy float embeddings whose min/max set the int8/uint8 buckets "
                                          "(default: the encoded texts themselves)")
-    p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings (after --truncate-dim)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--prompt-name", help="the model's prompt to prepend: query, document or any name in its "
+                                             "config_sentence_transformers.json (default: its default_prompt_name)")
+    which.add_argument("--prompt", help="a prompt text to prepend instead, e.g. \"query: \"")
+    p.add_argument("--truncate-dim", type=positive_int, help="keep the first N dimensions (Matryoshka models; "
+                                                            "default: the model's truncate_dim)")
     p.set_defaults(func=run)
 
 
@@ -53,8 +61,14 @@ def _encode(args: argparse.Namespace) -> int:
     calibration = load_npy(args.calibration, "--calibration") if args.calibration else None
     _, texts = read_texts(args.input)
     encoder = load_encoder(args)
+    if args.prompt_name is not None and args.prompt_name not in encoder.prompts:
+        raise InputError(f"--prompt-name {args.prompt_name!r}: the model {args.model} has the prompts "
+                         f"{sorted(encoder.prompts)}")
+    if args.truncate_dim is not None and args.truncate_dim > encoder.embedding_dim:
+        raise InputError(f"--truncate-dim {args.truncate_dim} exceeds the model's {encoder.embedding_dim} dimensions")
     emb = encoder.encode(texts, batch_size=args.batch_size, normalize=args.normalize or None,
-                         show_progress=not args.quiet)
+                         show_progress=not args.quiet, prompt_name=args.prompt_name, prompt=args.prompt,
+                         truncate_dim=args.truncate_dim)
     emb = quantize_embeddings(emb, args.precision, calibration=calibration)
     np.save(out, emb)
     print(f"wrote {emb.shape[0]} x {emb.shape[1]} {emb.dtype} embeddings ({args.precision}) to {out}")

@@ -46,9 +46,29 @@ def load_encoder(args: argparse.Namespace) -> SentenceEncoder:
         raise ValueError(f"cannot load model {args.model}: {err}") from err
 
 
+class _VerbEncoder:
+    """The encoder's encode / encode_query / encode_document with the verb's batch size and
+    progress bar (evaluators pick the one they need: retrieval encodes queries and documents)."""
+
+    def __init__(self, encoder: SentenceEncoder, args: argparse.Namespace):
+        self._encoder, self._kwargs = encoder, dict(batch_size=args.batch_size, show_progress=not args.quiet)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self._encoder.encode(texts, **self._kwargs)
+
+    def encode_query(self, texts: list[str]) -> np.ndarray:
+        return self._encoder.encode_query(texts, **self._kwargs)
+
+    def encode_document(self, texts: list[str]) -> np.ndarray:
+        return self._encoder.encode_document(texts, **self._kwargs)
+
+    __call__ = encode
+
+
 def embed_texts(encoder: SentenceEncoder, args: argparse.Namespace) -> Callable[[list[str]], np.ndarray]:
-    """texts -> float32 embeddings with the verb's batch size and progress bar."""
-    return lambda texts: encoder.encode(texts, batch_size=args.batch_size, show_progress=not args.quiet)
+    """texts -> float32 embeddings with the verb's batch size and progress bar (also with
+    `.encode_query` / `.encode_document`)."""
+    return _VerbEncoder(encoder, args)
 
 
 def check_output_file(path: str | None, flag: str) -> None:

@@ -113,8 +113,9 @@ def _run_search(args: argparse.Namespace) -> int:
     encoder = load_encoder(args)
     progress = not args.quiet
     if corpus_emb is None:
-        corpus_emb = encoder.encode(texts, batch_size=args.batch_size, show_progress=progress)
-    query_emb = encoder.encode(queries, batch_size=args.batch_size, show_progress=progress and len(queries) > 1000)
+        corpus_emb = encoder.encode_document(texts, batch_size=args.batch_size, show_progress=progress)
+    query_emb = encoder.encode_query(queries, batch_size=args.batch_size,
+                                     show_progress=progress and len(queries) > 1000)
     if query_emb.shape[1] != corpus_emb.shape[1]:
         raise InputError(f"query embeddings have dimension {query_emb.shape[1]} but corpus embeddings "
                          f"{corpus_emb.shape[1]}: were they made by another model?")

@@ -22,6 +22,7 @@ from siamjax.data.records import LABEL_DTYPES, Example
 from siamjax.data.sampler import GlobalBatchSampler
 from siamjax.data.tokenization import pack_sides, token_lengths, tokenize_sides
 from siamjax.encoder import rows
+from siamjax.encoder.prompts import prompt_length
 from siamjax.parallel.batch import check_batch_divisible
 
 
@@ -86,10 +87,14 @@ class _Materialize:
     """
 
     def __init__(self, sources, tokenizer, max_seq_length: int, buckets: tuple[int, ...],
-                 pack_length: int = 0, num_shards: int = 1, row_multiple: int = 1):
+                 pack_length: int = 0, num_shards: int = 1, row_multiple: int = 1, mask_prompts: bool = False):
         self._sources, self._tokenizer = sources, tokenizer
         self._max_seq_length, self._buckets = max_seq_length, buckets
         self._pack_length, self._num_shards, self._row_multiple = pack_length, num_shards, row_multiple
+        # per source, each side's prompt tokens (pooling leaves them out: include_prompt=False)
+        self._prompt_lengths = [tuple(prompt_length(tokenizer, p, max_seq_length)
+                                      for p in getattr(src, "prompts", ("",) * len(src.sides)))
+                                for src in sources] if mask_prompts else None
 
     def __call__(self, element: tuple[int, list[int], int, int, list]) -> dict[str, np.ndarray]:
         d, global_indices, start, end, keys = element
@@ -98,18 +103,19 @@ class _Materialize:
         getitems = getattr(source, "__getitems__", None)  # grain's batched-read protocol
         examples = getitems(indices) if getitems else [source[i] for i in indices]
         sides = [[ex.texts[s] for ex in examples] for s in range(len(examples[0].texts))]
+        skips = None if self._prompt_lengths is None else self._prompt_lengths[d]
         if self._pack_length:
             batch = pack_sides(self._tokenizer, sides, max_seq_length=self._max_seq_length,
                                row_length=self._pack_length, num_shards=self._num_shards,
                                min_rows=self._rows_elsewhere(source, others, len(indices)),
-                               row_multiple=self._row_multiple)
+                               row_multiple=self._row_multiple, prompt_lengths=skips)
         else:
             longest_elsewhere = 0
             if others and len(self._buckets) > 1:  # every process must pick the same bucket
                 texts = [t for i in others for t in source.example_texts(i)]
                 longest_elsewhere = max(token_lengths(self._tokenizer, texts, max_seq_length=self._max_seq_length))
             batch = tokenize_sides(self._tokenizer, sides, max_seq_length=self._max_seq_length,
-                                   buckets=self._buckets, min_length=longest_elsewhere)
+                                   buckets=self._buckets, min_length=longest_elsewhere, prompt_lengths=skips)
         if source.label_kind is not None:
             batch["labels"] = np.asarray([ex.label for ex in examples], dtype=LABEL_DTYPES[source.label_kind])
         batch["text_ids"] = global_text_ids(np.asarray(keys, np.uint64))[:, start:end]
@@ -138,7 +144,7 @@ class _Prompted:
         unknown = sorted(set(prompts) - set(source.sides))
         if unknown:
             raise ValueError(f"{source.name}: prompts for {unknown}, which are not its sides {source.sides}")
-        self._source, self._prompts = source, tuple(prompts.get(side, "") for side in source.sides)
+        self._source, self.prompts = source, tuple(prompts.get(side, "") for side in source.sides)
         self.name, self.label_kind, self.sides = source.name, source.label_kind, source.sides
 
     def __len__(self) -> int:
@@ -152,10 +158,10 @@ class _Prompted:
         return [self._prompted(ex) for ex in (getitems(indices) if getitems else [self._source[i] for i in indices])]
 
     def _prompted(self, example: Example) -> Example:
-        return Example(tuple(p + t for p, t in zip(self._prompts, example.texts)), example.label)
+        return Example(tuple(p + t for p, t in zip(self.prompts, example.texts)), example.label)
 
     def example_texts(self, index: int) -> tuple[str, ...]:
-        return tuple(p + t for p, t in zip(self._prompts, self._source.example_texts(index)))
+        return tuple(p + t for p, t in zip(self.prompts, self._source.example_texts(index)))
 
     def example_keys(self, index: int) -> tuple[int, ...]:
         return self._source.example_keys(index)
@@ -227,6 +233,7 @@ def make_train_iterator(
     pack_length: int = 0,
     num_shards: int = 1,
     row_multiple: int = 1,
+    mask_prompts: bool = False,
     prefetch: int = 2,
 ) -> TrainIterator:
     """Build the training iterator over one or several pair/triplet datasets.
@@ -246,7 +253,10 @@ def make_train_iterator(
     `pack_length` > 0 packs each side into rows of that many tokens instead of padding
     (`siamjax.encoder.rows`), in `num_shards` shards per process (this process's batch
     devices), so each device's rows hold exactly its own texts; each shard's row count is a
-    multiple of `row_multiple` (GradCache chunks of whole packed rows).
+    multiple of `row_multiple` (GradCache chunks of whole packed rows). `mask_prompts` (the
+    model pools with `include_prompt=False`) adds `prompt_mask` [S, rows, L] to every batch:
+    1 on the first tokens of each text that are its side's prompt (sentence-transformers'
+    `prompt_length`), so pooling leaves them out in padded and packed rows alike.
     """
     sources = _with_prompts(_as_sources(datasets), prompts)
     process_index, process_count = _process(process_index, process_count)
@@ -262,7 +272,8 @@ def make_train_iterator(
 
     view = make_sampler()  # validates the settings now, and answers `epochs` questions
     ds = _LocalIndices(make_sampler, process_index, process_count)
-    ds = ds.map(_Materialize(sources, tokenizer, max_seq_length, buckets, pack_length, num_shards, row_multiple))
+    ds = ds.map(_Materialize(sources, tokenizer, max_seq_length, buckets, pack_length, num_shards, row_multiple,
+                             mask_prompts))
     if prefetch > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
     iterator = TrainIterator(iter(ds), view)

@@ -38,14 +38,16 @@ def _pad_id(tokenizer) -> int:
 
 
 def tokenize_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length: int,
-                   buckets: Sequence[int] | None = None,
-                   min_length: int = 0) -> dict[str, np.ndarray]:
+                   buckets: Sequence[int] | None = None, min_length: int = 0,
+                   prompt_lengths: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """Tokenise S lists of B texts into int32 arrays [S, B, L], L a bucket length.
 
     Why one L for all sides: the sides are stacked and encoded with one vmapped call.
     L is the smallest bucket >= the longest sequence and >= `min_length` (the longest
     sequence of the rest of the global batch, so that every process pads alike).
     Texts are truncated at `max_seq_length`; `token_type_ids` are zeros (single segments).
+    With `prompt_lengths` (one per side: the tokens of the prompt its texts start with, 0 for
+    none) the batch also carries `prompt_mask` [S, B, L] for pooling without the prompt.
     """
     buckets = tuple(sorted(buckets)) if buckets else rows.bucket_lengths(max_seq_length)
     if max(buckets) < max_seq_length:
@@ -53,11 +55,16 @@ def tokenize_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length:
     encoded = [ids for side in _side_ids(tokenizer, sides, max_seq_length) for ids in side]
     length = rows.pick_bucket(max(max(len(ids) for ids in encoded), min_length), buckets)
     padded = rows.pad_rows(encoded, length, _pad_id(tokenizer))
-    return {key: value.reshape(len(sides), len(sides[0]), length) for key, value in padded.items()}
+    out = {key: value.reshape(len(sides), len(sides[0]), length) for key, value in padded.items()}
+    if prompt_lengths is not None:
+        out["prompt_mask"] = np.stack([rows.prompt_mask(mask, n) for mask, n in zip(out["attention_mask"],
+                                                                                   prompt_lengths)])
+    return out
 
 
 def pack_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length: int, row_length: int,
-               num_shards: int = 1, min_rows: int = 1, row_multiple: int = 1) -> dict[str, np.ndarray]:
+               num_shards: int = 1, min_rows: int = 1, row_multiple: int = 1,
+               prompt_lengths: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """Tokenise S lists of B texts and pack each side into rows: a packed `[S, ...]` batch.
 
     Returns int32 `input_ids`, `attention_mask` (segment ids), `token_type_ids` `[S, n * r, L]`
@@ -66,7 +73,7 @@ def pack_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length: int
     r rows; r is the same for every side and shard (the most any needs, at least `min_rows`,
     rounded up by `rows.round_rows`, then to a multiple of `row_multiple`: GradCache over packed
     rows encodes each shard's rows `row_multiple` at a time) so the sides stack and the shards
-    split evenly.
+    split evenly. `prompt_lengths` adds `prompt_mask` as in `tokenize_sides`.
     Why: short texts padded to a shared length waste most of the encoder's work.
     """
     if row_length < max_seq_length:
@@ -78,6 +85,8 @@ def pack_sides(tokenizer, sides: Sequence[Sequence[str]], *, max_seq_length: int
     layouts = [rows.shard_layouts([len(x) for x in ids], row_length, num_shards) for ids in per_side]
     per_shard = rows.round_rows(max(max(rows.rows_needed(side) for side in layouts), min_rows))
     per_shard = -(-per_shard // row_multiple) * row_multiple
-    packed = [rows.fill_rows(ids, side, row_length=row_length, rows_per_shard=per_shard, pad_id=_pad_id(tokenizer))
-              for ids, side in zip(per_side, layouts)]
+    skips = [None] * len(sides) if prompt_lengths is None else list(prompt_lengths)
+    packed = [rows.fill_rows(ids, side, row_length=row_length, rows_per_shard=per_shard, pad_id=_pad_id(tokenizer),
+                             prompt_length=skip)
+              for ids, side, skip in zip(per_side, layouts, skips)]
     return {key: np.stack([p[key] for p in packed]) for key in packed[0]}

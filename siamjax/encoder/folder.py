@@ -13,13 +13,14 @@ import logging
 import os
 import pathlib
 from collections.abc import Iterator, Mapping
+from importlib.metadata import PackageNotFoundError, version
 
 import ml_dtypes
 import numpy as np
 from huggingface_hub import snapshot_download
 from safetensors.numpy import save_file
 
-from siamjax.encoder import families, hf_names, verify
+from siamjax.encoder import families, hf_names, prompts, verify
 from siamjax.encoder.model import DenseConfig, EncoderSpec
 from siamjax.encoder.pooling import PoolingConfig
 
@@ -226,8 +227,12 @@ def hf_config_for(transformer: families.TransformerConfig, base: dict | None) ->
 
 
 def write_folder(directory: pathlib.Path, *, spec: EncoderSpec, params: dict, tokenizer, hf_config: dict,
-                 max_seq_length: int, extras: dict[str, np.ndarray]) -> None:
-    """Write a complete sentence-transformers folder (loads in PyTorch and in siamjax)."""
+                 max_seq_length: int, extras: dict[str, np.ndarray],
+                 settings: prompts.ModelSettings | None = None, card: str | None = None) -> None:
+    """Write a complete sentence-transformers folder (loads in PyTorch and in siamjax).
+
+    `settings` go to `config_sentence_transformers.json` (prompts, similarity, ...); `card` is
+    the README.md model card (default: a short description of the architecture)."""
     write_transformer(directory, transformer=spec.transformer, params=params, tokenizer=tokenizer,
                       hf_config=hf_config, max_seq_length=max_seq_length, extras=extras)
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -243,15 +248,14 @@ def write_folder(directory: pathlib.Path, *, spec: EncoderSpec, params: dict, to
                         "type": "sentence_transformers.models.Normalize"})
         (directory / f"{n}_Normalize").mkdir(exist_ok=True)
     (directory / "modules.json").write_text(json.dumps(modules, indent=2))
-    write_model_config(directory)
-    (directory / "README.md").write_text(_model_card(spec, max_seq_length))
+    write_model_config(directory, settings)
+    (directory / "README.md").write_text(card if card is not None else _model_card(spec, max_seq_length))
 
 
-def write_model_config(directory: pathlib.Path) -> None:
-    """The folder's `config_sentence_transformers.json`."""
-    (directory / "config_sentence_transformers.json").write_text(json.dumps(
-        {"__version__": {"siamjax": _version()}, "prompts": {}, "default_prompt_name": None,
-         "similarity_fn_name": "cosine"}, indent=2))
+def write_model_config(directory: pathlib.Path, settings: prompts.ModelSettings | None = None) -> None:
+    """The folder's `config_sentence_transformers.json`: `settings` (prompts, similarity, ...)."""
+    (directory / prompts.CONFIG_FILE).write_text(json.dumps(
+        prompts.settings_json(settings or prompts.ModelSettings(), library_versions()), indent=2))
 
 
 def write_transformer(directory: pathlib.Path, *, transformer: families.TransformerConfig, params: dict, tokenizer,
@@ -281,13 +285,15 @@ def write_dense(directory: pathlib.Path, dense: DenseConfig, params: dict, key: 
               directory / "model.safetensors", metadata={"format": "pt"})
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("siamjax")
-    except PackageNotFoundError:
-        return "unknown"
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that made a folder (config `__version__`, model cards)."""
+    out = {}
+    for name in ("siamjax", "jax", "flax", "transformers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "unknown"
+    return out
 
 
 def _model_card(spec: EncoderSpec, max_seq_length: int) -> str:

@@ -92,21 +92,25 @@ class SentenceModel(nnx.Module):
                                for i, d in enumerate(spec.dense)}) if spec.dense else None
         self.spec = spec
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, text_index=None, rng=None):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, text_index=None, prompt_mask=None,
+                 rng=None):
         h_RxLxD = self.encoder(input_ids, attention_mask, token_type_ids, rng=rng)
         dense = [(layer, self.dense[str(i)]) for i, layer in enumerate(self.spec.dense)]
-        return sentence_head(h_RxLxD, attention_mask, text_index, self.spec.pooling, dense, self.spec.normalize)
+        return sentence_head(h_RxLxD, attention_mask, text_index, self.spec.pooling, dense, self.spec.normalize,
+                             prompt_mask=prompt_mask)
 
 
 def sentence_head(h_RxLxD, attention_mask, text_index, pooling: PoolingConfig,
-                  dense: list[tuple[DenseConfig, nnx.Linear]], normalize: bool):
+                  dense: list[tuple[DenseConfig, nnx.Linear]], normalize: bool, prompt_mask=None):
     """Token states `[R, L, D]` -> sentence embeddings `[B, D']`: pool (per text of a packed row
-    when `text_index` is given), the Dense layers in order, then the optional L2 normalisation.
+    when `text_index` is given; without the `prompt_mask` tokens if the pooling excludes the
+    prompt), the Dense layers in order, then the optional L2 normalisation.
     (A Router model applies a different head per route to the same token states.)"""
     if text_index is None:  # one text per row
-        x_BxD = pool(h_RxLxD, attention_mask, pooling)[:, 0]
+        x_BxD = pool(h_RxLxD, attention_mask, pooling, prompt_RxL=prompt_mask)[:, 0]
     else:
-        x_BxD = unpack(pool(h_RxLxD, attention_mask, pooling, num_slots(h_RxLxD.shape[1])), text_index)
+        x_BxD = unpack(pool(h_RxLxD, attention_mask, pooling, num_slots(h_RxLxD.shape[1]), prompt_RxL=prompt_mask),
+                       text_index)
     for layer, linear in dense:
         x_BxD = DENSE_ACTIVATIONS[layer.activation_function](linear(x_BxD).astype(jnp.float32))
     return l2_normalize(x_BxD) if normalize else x_BxD
@@ -121,13 +125,15 @@ def make_encode_fn(graphdef: nnx.GraphDef) -> EncodeFn:
     `batch` holds int arrays `input_ids`, `attention_mask` and optionally `token_type_ids`,
     each `[R, L]`, one text per row; or a packed batch (`siamjax.encoder.rows`) whose
     `attention_mask` holds segment ids and whose `text_index [n, b]` says where each of the
-    B = n * b texts sits. With `rng` given, dropout is on (training mode).
+    B = n * b texts sits. An optional `prompt_mask` `[R, L]` marks prompt tokens (1), which
+    pooling drops when the spec's `include_prompt` is False. With `rng` given, dropout is on
+    (training mode).
     """
 
     def encode_fn(params, batch, *, rng=None):
         model = nnx.merge(graphdef, params)
         return model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                     text_index=batch.get("text_index"), rng=rng)
+                     text_index=batch.get("text_index"), prompt_mask=batch.get("prompt_mask"), rng=rng)
 
     return encode_fn
 

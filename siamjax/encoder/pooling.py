@@ -39,9 +39,12 @@ DENSE_ACTIVATIONS = {
 
 @dataclasses.dataclass(frozen=True)
 class PoolingConfig:
-    """Which pooling modes are on (concatenated in `POOLING_MODES` order)."""
+    """Which pooling modes are on (concatenated in `POOLING_MODES` order), and whether a
+    prompt's tokens are pooled with the text (sentence-transformers' `include_prompt`; False
+    drops them from pooling only: the text's tokens still attend to them)."""
 
     modes: tuple[str, ...] = ("mean",)
+    include_prompt: bool = True
 
     def __post_init__(self):
         modes = tuple(_ALIASES.get(m, m) for m in self.modes)
@@ -55,6 +58,13 @@ class PoolingConfig:
     def from_st_config(cls, config: dict, source: str = "1_Pooling/config.json") -> "PoolingConfig":
         """Parse a sentence-transformers pooling config: `pooling_mode` (a string, or the list
         sentence-transformers 6 writes for several modes) or the older bool keys."""
+        include_prompt = config.get("include_prompt", True)
+        if not isinstance(include_prompt, bool):
+            raise ValueError(f"{source}: include_prompt must be true or false, got {include_prompt!r}")
+        return dataclasses.replace(cls._modes_from_st_config(config, source), include_prompt=include_prompt)
+
+    @classmethod
+    def _modes_from_st_config(cls, config: dict, source: str) -> "PoolingConfig":
         if isinstance(config.get("pooling_mode"), str):
             return cls((config["pooling_mode"],))
         if isinstance(config.get("pooling_mode"), list):
@@ -81,7 +91,7 @@ class PoolingConfig:
         """The `1_Pooling/config.json` sentence-transformers expects."""
         config = {"word_embedding_dimension": dim}
         config.update({key: mode in self.modes for mode, key in _CONFIG_KEYS.items()})
-        config["include_prompt"] = True
+        config["include_prompt"] = self.include_prompt
         return config
 
     def output_dim(self, dim: int) -> int:
@@ -89,7 +99,7 @@ class PoolingConfig:
         return dim * len(self.modes)
 
 
-def pool(h_RxLxD, segments_RxL, config: PoolingConfig, num_slots: int = 1):
+def pool(h_RxLxD, segments_RxL, config: PoolingConfig, num_slots: int = 1, prompt_RxL=None):
     """Pool token states `[R, L, D]` into `[R, K, D * n_modes]`, one vector per segment slot.
 
     `segments_RxL` holds segment ids: 0 is padding, k in 1..K is the k-th text of the row
@@ -98,18 +108,26 @@ def pool(h_RxLxD, segments_RxL, config: PoolingConfig, num_slots: int = 1):
     is a masked sum over the row (a one-hot `[R, L, K]` contraction, local to the row so it
     shards with the rows). Masked means divide by max(count, 1e-9) as sentence-transformers
     does, so an empty slot pools to zeros.
+
+    `prompt_RxL` (1 on each text's prompt tokens) matters only with `include_prompt=False`:
+    as sentence-transformers zeroes the first `prompt_length` positions of the attention mask
+    before pooling, those tokens leave every mode; cls takes the first token after the prompt
+    and weightedmean keeps the weights of the tokens' positions in the whole text.
     """
     dtype = h_RxLxD.dtype
+    pos_RxL = segment_positions(segments_RxL)
+    if prompt_RxL is not None and not config.include_prompt:
+        segments_RxL = jnp.where(prompt_RxL > 0, 0, segments_RxL)
     slots_K = jnp.arange(1, num_slots + 1, dtype=segments_RxL.dtype)
     onehot_RxLxK = (segments_RxL[..., None] == slots_K).astype(dtype)
     contract = lambda w_RxLxK: jnp.einsum("rlk,rld->rkd", w_RxLxK, h_RxLxD,
                                           precision=jax.lax.Precision.HIGHEST)
     count_RxKx1 = jnp.maximum(onehot_RxLxK.sum(axis=1), 1e-9)[..., None]
-    pos_RxL = segment_positions(segments_RxL)
     outputs = []
     for mode in config.modes:
         if mode == "cls":
-            outputs.append(contract(onehot_RxLxK * (pos_RxL == 0)[..., None]))
+            first_RxL = segment_positions(segments_RxL) == 0  # the first pooled token of each text
+            outputs.append(contract(onehot_RxLxK * first_RxL[..., None]))
         elif mode == "max":
             masked_RxLxKxD = jnp.where(onehot_RxLxK[..., None] > 0, h_RxLxD[:, :, None, :], -1e9)
             outputs.append(masked_RxLxKxD.max(axis=1))

@@ -358,8 +358,10 @@ def fill_router_params(loaded: LoadedRouter, abstract: dict, place) -> tuple[dic
 
 
 def write_router_folder(directory: pathlib.Path, *, spec: RouterSpec, params: dict, tokenizer, hf_config: dict,
-                        max_seq_length: int, extras: dict[str, np.ndarray]) -> None:
-    """Write a sentence-transformers Router folder with the loaded folder's module ids and layout."""
+                        max_seq_length: int, extras: dict[str, np.ndarray], settings=None,
+                        card: str | None = None) -> None:
+    """Write a sentence-transformers Router folder with the loaded folder's module ids and layout
+    (`settings`: the model's prompts etc.; `card`: a README.md model card, if given)."""
     directory.mkdir(parents=True, exist_ok=True)
     modules = dict(spec.modules)
     kinds = {spec.trunk_id: "Transformer", **{i: _kind_of(m) for i, m in modules.items()}}
@@ -385,4 +387,6 @@ def write_router_folder(directory: pathlib.Path, *, spec: RouterSpec, params: di
     entries = [{"idx": n, "name": str(n), "path": i, "type": _WRITE_TYPE.format(kinds[i] if i else "Router")}
                for n, i in enumerate(spec.layout)]
     (directory / "modules.json").write_text(json.dumps(entries, indent=2))
-    st_folder.write_model_config(directory)
+    st_folder.write_model_config(directory, settings)
+    if card is not None:
+        (directory / "README.md").write_text(card)

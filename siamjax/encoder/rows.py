@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The token arrays of one side of a batch, `[R, L]` each (packed batches add `text_index`).
+# The token arrays of one side of a batch, `[R, L]` each (packed batches add `text_index`; and
+# `prompt_mask`, 1 on prompt tokens, is there when pooling must leave the prompt out).
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -70,10 +71,12 @@ def round_rows(rows: int) -> int:
     return power * 3 // 4 if rows <= power * 3 // 4 else power
 
 
-def pad_rows(ids: Sequence[Sequence[int]], row_length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+def pad_rows(ids: Sequence[Sequence[int]], row_length: int, pad_id: int = 0,
+             prompt_length: int | None = None) -> dict[str, np.ndarray]:
     """The unpacked layout: one text per row, right-padded to `row_length` (longer texts cut).
 
-    int32 `input_ids`, `attention_mask` (0/1: the one-segment case) and `token_type_ids` `[N, L]`.
+    int32 `input_ids`, `attention_mask` (0/1: the one-segment case) and `token_type_ids` `[N, L]`;
+    with `prompt_length` also `prompt_mask` (1 on each text's first `prompt_length` tokens).
     """
     input_ids = np.full((len(ids), row_length), pad_id, np.int32)
     mask = np.zeros((len(ids), row_length), np.int32)
@@ -81,7 +84,20 @@ def pad_rows(ids: Sequence[Sequence[int]], row_length: int, pad_id: int = 0) -> 
         seq = seq[:row_length]
         input_ids[i, :len(seq)] = seq
         mask[i, :len(seq)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+    out = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+    if prompt_length is not None:
+        out["prompt_mask"] = prompt_mask(mask, prompt_length)
+    return out
+
+
+def prompt_mask(segments: np.ndarray, prompt_length: int) -> np.ndarray:
+    """int32 mask of the first `prompt_length` tokens of every segment (text) of `segments`
+    (`attention_mask` of a padded or packed batch): the tokens of a prompt every text starts with."""
+    segments = np.asarray(segments)
+    starts = np.concatenate([np.ones_like(segments[..., :1], bool), segments[..., 1:] != segments[..., :-1]], -1)
+    index = np.broadcast_to(np.arange(segments.shape[-1]), segments.shape)
+    start = np.maximum.accumulate(np.where(starts, index, 0), axis=-1)
+    return ((segments > 0) & (index - start < prompt_length)).astype(np.int32)
 
 
 def fit_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
@@ -125,11 +141,13 @@ def rows_needed(layouts: Sequence[Sequence[Sequence[int]]]) -> int:
 
 
 def fill_rows(ids: Sequence[Sequence[int]], layouts: Sequence[Sequence[Sequence[int]]], *,
-              row_length: int, rows_per_shard: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+              row_length: int, rows_per_shard: int, pad_id: int = 0,
+              prompt_length: int | None = None) -> dict[str, np.ndarray]:
     """The packed arrays for `layouts[g]` = shard g's rows, each a list of indices into shard g's texts.
 
     Shard g owns texts `g * b .. (g + 1) * b - 1` (b = len(ids) / number of shards) and rows
     `g * rows_per_shard ..`; `text_index[g, j]` is text `g * b + j`'s flat slot in its shard.
+    With `prompt_length`, `prompt_mask` marks each text's first `prompt_length` tokens.
     """
     num_shards = len(layouts)
     b, slots = len(ids) // num_shards, num_slots(row_length)
@@ -149,8 +167,11 @@ def fill_rows(ids: Sequence[Sequence[int]], layouts: Sequence[Sequence[Sequence[
                 segments[row, offset:offset + len(seq)] = slot + 1
                 offset += len(seq)
                 text_index[g, j] = r * slots + slot
-    return {"input_ids": input_ids, "attention_mask": segments,
-            "token_type_ids": np.zeros_like(input_ids), "text_index": text_index}
+    out = {"input_ids": input_ids, "attention_mask": segments,
+           "token_type_ids": np.zeros_like(input_ids), "text_index": text_index}
+    if prompt_length is not None:
+        out["prompt_mask"] = prompt_mask(segments, prompt_length)
+    return out
 
 
 def pack(ids: Sequence[Sequence[int]], *, row_length: int, num_shards: int = 1,
@@ -165,7 +186,8 @@ def pack(ids: Sequence[Sequence[int]], *, row_length: int, num_shards: int = 1,
                      pad_id=pad_id)
 
 
-def plan_calls(lengths: Sequence[int], row_length_for, rows_for) -> list[tuple[int, int, list[list[int]]]]:
+def plan_calls(lengths: Sequence[int], row_length_for, rows_for,
+               row_multiple: int = 1) -> list[tuple[int, int, list[list[int]]]]:
     """Pack a whole corpus, then cut its rows into encoder calls of a fixed token budget.
 
     Texts are grouped by `row_length_for(length)` and each group is packed best-fit
@@ -173,8 +195,10 @@ def plan_calls(lengths: Sequence[int], row_length_for, rows_for) -> list[tuple[i
     `(row_length, rows, layout)`: up to `rows_for(row_length)` rows, each a list of text
     indices. Why a fixed budget rather than a fixed text count: every full call at a row length
     has the same shape, so a corpus compiles a handful of shapes, and only a group's last call
-    has spare rows (its row count is `round_rows` of what it uses).
+    has spare rows (its row count is `round_rows` of what it uses). Every call's row count is a
+    multiple of `row_multiple` (the devices its rows are split over).
     """
+    multiple = lambda n: -(-n // row_multiple) * row_multiple
     groups: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         groups.setdefault(row_length_for(n), []).append(i)
@@ -182,30 +206,44 @@ def plan_calls(lengths: Sequence[int], row_length_for, rows_for) -> list[tuple[i
     for row_length in sorted(groups, reverse=True):
         members = groups[row_length]
         layout = [[members[j] for j in row] for row in fit_rows([lengths[i] for i in members], row_length)]
-        per_call = rows_for(row_length)
+        per_call = multiple(rows_for(row_length))
         for start in range(0, len(layout), per_call):
             chunk = layout[start:start + per_call]
-            calls.append((row_length, per_call if len(chunk) == per_call else round_rows(len(chunk)), chunk))
+            calls.append((row_length, per_call if len(chunk) == per_call else multiple(round_rows(len(chunk))),
+                          chunk))
     return calls
 
 
 def call_batch(ids: Sequence[Sequence[int]], layout: Sequence[Sequence[int]], *, row_length: int, rows: int,
-               pad_id: int = 0) -> tuple[list[int], dict[str, np.ndarray]]:
-    """One call of `plan_calls`: (text indices in output order, its packed batch).
+               pad_id: int = 0, num_shards: int = 1,
+               prompt_length: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One call of `plan_calls`: (the text of each output, -1 for a spare slot; its packed batch).
 
-    `text_index [1, rows * num_slots(row_length)]` has an entry for every slot (the first
-    ones name the texts, the rest repeat slot 0), so the output shape, like the input shape,
-    depends only on the row shape and every full call reuses one compiled function.
+    The rows are cut into `num_shards` contiguous shards (one per device), shard g holding the
+    texts of its own rows, so `text_index [num_shards, rows / num_shards * num_slots]` unpacks
+    on each device without communication. `text_index` has an entry for every slot (the first
+    ones of a shard name its texts, the rest repeat slot 0), so the output shape, like the
+    input shape, depends only on the row shape and every full call reuses one compiled function.
     """
-    order = [i for row in layout for i in row]
-    local, start = [], 0
-    for row in layout:
-        local.append(list(range(start, start + len(row))))
-        start += len(row)
-    batch = fill_rows([ids[i] for i in order], [local], row_length=row_length, rows_per_shard=rows, pad_id=pad_id)
-    width = rows * num_slots(row_length)
-    batch["text_index"] = np.pad(batch["text_index"], ((0, 0), (0, width - len(order))))
-    return order, batch
+    if rows % num_shards:
+        raise ValueError(f"{rows} rows cannot be split into {num_shards} equal shards")
+    per_shard = rows // num_shards
+    width = per_shard * num_slots(row_length)
+    order = np.full(num_shards * width, -1, np.int64)
+    parts = []
+    for g in range(num_shards):
+        shard = layout[g * per_shard:(g + 1) * per_shard]
+        members = [i for row in shard for i in row]
+        order[g * width:g * width + len(members)] = members
+        local, start = [], 0
+        for row in shard:
+            local.append(list(range(start, start + len(row))))
+            start += len(row)
+        part = fill_rows([ids[i] for i in members], [local], row_length=row_length, rows_per_shard=per_shard,
+                         pad_id=pad_id, prompt_length=prompt_length)
+        part["text_index"] = np.pad(part["text_index"], ((0, 0), (0, width - len(members))))
+        parts.append(part)
+    return order, {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
 def unpack(pooled_RxKxD, text_index_nxb):

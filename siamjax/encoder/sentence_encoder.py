@@ -18,17 +18,21 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from siamjax import similarity as sim
 from siamjax.encoder import folder, hf_names, lora, peft_folder, router, rows, verify
+from siamjax.encoder.prompts import (CONFIG_FILE, DOCUMENT_PROMPT_NAMES, QUERY_PROMPT_NAMES, ModelSettings,
+                                     prompt_length, read_settings)
 from siamjax.encoder.families import TransformerConfig
 from siamjax.encoder.layers import ATTENTION_IMPLEMENTATIONS, select_attention
 from siamjax.encoder.model import (DenseConfig, EncoderSpec, abstract_params, init_params,
                                    make_encode_fn)
 from siamjax.encoder.pooling import PoolingConfig
 from siamjax.encoder.router import RouterSpec
+from siamjax.parallel import make_mesh, replicated
 from siamjax.quantization import quantize_embeddings
 
 _MIN_BUCKET = 16
@@ -79,7 +83,7 @@ class SentenceEncoder:
     def __init__(self, spec: EncoderSpec | RouterSpec, params: dict, tokenizer, max_seq_length: int, *,
                  dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, remat: bool = False,
                  attention: str = "xla", hf_config: dict | None = None,
-                 extras: dict[str, np.ndarray] | None = None):
+                 extras: dict[str, np.ndarray] | None = None, settings: ModelSettings | None = None):
         attention = select_attention(attention, jax.default_backend(), _dtype(dtype))
         check_attention(attention, dtype)
         self.spec = spec
@@ -92,15 +96,18 @@ class SentenceEncoder:
         self.dtype, self.param_dtype, self.remat, self.attention = _dtype(dtype), _dtype(param_dtype), remat, attention
         self.hf_config = hf_config or {}
         self.extras = extras or {}
+        self.settings = settings or ModelSettings()
+        if self.settings.truncate_dim is not None:
+            _check_truncate_dim(self.settings.truncate_dim, spec.embedding_dim)
         self.encode_fn = self.sides_encode_fn(()) if self.is_router else make_encode_fn(self.graphdef)
-        self._jit_encode = jax.jit(self.encode_fn)
-        self._jit_routes: dict[str, Any] = {}
+        self._on_mesh: dict = {}  # (mesh, route) -> (its jitted encode fn, params replicated on the mesh)
 
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_pretrained(cls, path_or_name: str | os.PathLike, *, dtype: Any = "float32",
                         param_dtype: Any = "float32", remat: bool = False, attention: str = "xla",
-                        max_seq_length: int | None = None, verify_weights: bool = True) -> "SentenceEncoder":
+                        max_seq_length: int | None = None, verify_weights: bool = True,
+                        truncate_dim: int | None = None) -> "SentenceEncoder":
         """Load a sentence-transformers folder, a plain HF folder (mean pooling) or a hub name.
 
         The family (BERT/RoBERTa, MPNet, DistilBERT, ModernBERT) comes from `config.json`'s
@@ -109,6 +116,8 @@ class SentenceEncoder:
         `attention` is "xla" (everywhere) or "cudnn" (GPU, bf16). The folder is verified
         (`siamjax.encoder.verify`: safetensors sizes, tokenizer vs embeddings, and, unless
         `verify_weights=False`, every weight finite), so a damaged folder is an error, not garbage.
+        `config_sentence_transformers.json` gives the prompts, default prompt, similarity and
+        `truncate_dim` (Matryoshka models), which `truncate_dim` here overrides.
         """
         path = folder.resolve(path_or_name)
         is_router = router.is_router_folder(path)
@@ -138,8 +147,11 @@ class SentenceEncoder:
         if limit > loaded.spec.transformer.max_tokens:
             raise ValueError(f"max_seq_length {limit} exceeds the model's {loaded.spec.transformer.max_tokens} "
                              "positions")
+        settings = read_settings(path / CONFIG_FILE)
+        if truncate_dim is not None:
+            settings = dataclasses.replace(settings, truncate_dim=truncate_dim)
         return cls(loaded.spec, params, tokenizer, limit, dtype=dtype, param_dtype=param_dtype, remat=remat,
-                   attention=attention, hf_config=loaded.hf_config, extras=extras)
+                   attention=attention, hf_config=loaded.hf_config, extras=extras, settings=settings)
 
     @classmethod
     def shape_only(cls, path_or_name: str | os.PathLike, *, dtype: Any = "float32", param_dtype: Any = "float32",
@@ -159,12 +171,13 @@ class SentenceEncoder:
                     normalize: bool = False, dense_dim: int | Sequence[int] | None = None, seed: int = 0,
                     max_seq_length: int | None = None, dtype: Any = "float32",
                     param_dtype: Any = "float32", remat: bool = False, attention: str = "xla",
-                    abstract: bool = False) -> "SentenceEncoder":
+                    abstract: bool = False, include_prompt: bool = True) -> "SentenceEncoder":
         """A randomly initialised encoder of any family (tests, pre-training from scratch);
-        `dense_dim` adds one Tanh Dense layer of that width, or several (a sequence of widths).
+        `dense_dim` adds one Tanh Dense layer of that width, or several (a sequence of widths);
+        `include_prompt=False` pools without the prompt's tokens.
         `abstract=True`: `jax.ShapeDtypeStruct` parameters instead (nothing allocated; planning)."""
         modes = (pooling,) if isinstance(pooling, str) else tuple(pooling)
-        pooling_cfg = PoolingConfig(modes)
+        pooling_cfg = PoolingConfig(modes, include_prompt=include_prompt)
         widths = [] if dense_dim is None else [dense_dim] if isinstance(dense_dim, int) else list(dense_dim)
         ins = [pooling_cfg.output_dim(config.hidden_size)] + widths[:-1]
         dense = tuple(DenseConfig(i, o) for i, o in zip(ins, widths))
@@ -199,25 +212,59 @@ class SentenceEncoder:
     def _rebuilt(self, spec: EncoderSpec, params: dict) -> "SentenceEncoder":
         return SentenceEncoder(spec, params, self.tokenizer, self.max_seq_length, dtype=self.dtype,
                                param_dtype=self.param_dtype, remat=self.remat, attention=self.attention,
-                               hf_config=self.hf_config, extras=self.extras)
+                               hf_config=self.hf_config, extras=self.extras, settings=self.settings)
 
     def with_params(self, params: dict) -> "SentenceEncoder":
         """The same encoder with other weights (e.g. after training)."""
         new = object.__new__(SentenceEncoder)
         new.__dict__.update(self.__dict__)
-        new.params = params
+        new.params, new._on_mesh = params, {}
+        return new
+
+    def with_settings(self, **changes) -> "SentenceEncoder":
+        """The same encoder with other `ModelSettings` fields (prompts, default_prompt_name,
+        similarity_fn_name, truncate_dim), e.g. the prompts a model was trained with."""
+        settings = dataclasses.replace(self.settings, **changes)
+        if settings.truncate_dim is not None:
+            _check_truncate_dim(settings.truncate_dim, self.embedding_dim)
+        new = self.with_params(self.params)
+        new.settings = settings
         return new
 
     # ----------------------------------------------------------------- properties
     @property
     def embedding_dim(self) -> int:
-        """Width of the embeddings `encode` returns."""
+        """Width of the model's embeddings (`encode` returns `truncate_dim` of them when set)."""
         return self.spec.embedding_dim
 
     @property
     def lora(self) -> lora.LoRAConfig | None:
         """The LoRA adapters' config (`with_lora`), or None (always for Router models)."""
         return None if self.is_router else self.spec.lora
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """Prompt name -> text prepended to the input (`config_sentence_transformers.json`)."""
+        return dict(self.settings.prompts)
+
+    @property
+    def default_prompt_name(self) -> str | None:
+        return self.settings.default_prompt_name
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """"cosine", "dot", "euclidean" or "manhattan": what `similarity` and the evaluators score with."""
+        return self.settings.similarity_fn_name
+
+    @property
+    def truncate_dim(self) -> int | None:
+        return self.settings.truncate_dim
+
+    @property
+    def pools_without_prompt(self) -> bool:
+        """Whether pooling leaves the prompt's tokens out (Pooling `include_prompt: false`; a Router's
+        routes pool with their prompts)."""
+        return not self.is_router and not self.spec.pooling.include_prompt
 
     @property
     def is_router(self) -> bool:
@@ -236,11 +283,7 @@ class SentenceEncoder:
     # ----------------------------------------------------------------- tokenisation
     def token_ids(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
         """Unpadded token ids, truncated at `max_length` (default: `max_seq_length`)."""
-        if isinstance(texts, str):
-            raise TypeError("expected a list of strings, got a single string")
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected str")
+        _check_texts(texts)
         return rows.token_ids(self.tokenizer, texts, self.max_seq_length if max_length is None else max_length)
 
     def pad(self, ids: Sequence[Sequence[int]], length: int | None = None) -> dict:
@@ -255,82 +298,124 @@ class SentenceEncoder:
         return self.pad(ids, bucket_length(max((len(x) for x in ids), default=1), limit))
 
     # ----------------------------------------------------------------- encoding
-    def plan_calls(self, ids: Sequence[Sequence[int]], batch_size: int) -> list[tuple[int, int, list[list[int]]]]:
+    def plan_calls(self, ids: Sequence[Sequence[int]], batch_size: int,
+                   num_devices: int = 1) -> list[tuple[int, int, list[list[int]]]]:
         """How `encode` packs these id lists: `(row_length, rows, layout)` per encoder call.
 
-        Each call carries about `batch_size * _TOKENS_PER_TEXT` tokens (rows of
-        `packing_row_length` tokens), so `batch_size` keeps sentence-transformers' meaning,
-        roughly sentences per call, for typical sentences, and bounds memory for long ones.
-        On CPU calls are capped at `_CPU_MAX_TOKENS_PER_CALL` tokens (cache-sized).
+        Each call carries about `batch_size * _TOKENS_PER_TEXT` tokens per device (rows of
+        `packing_row_length` tokens; a multiple of `num_devices` rows, split evenly over them),
+        so `batch_size` keeps sentence-transformers' meaning, roughly sentences per call and
+        device, for typical sentences, and bounds memory for long ones. On CPU each device's
+        share is capped at `_CPU_MAX_TOKENS_PER_CALL` tokens (cache-sized).
         """
         tokens = batch_size * _TOKENS_PER_TEXT
         if jax.default_backend() == "cpu":
             tokens = min(tokens, _CPU_MAX_TOKENS_PER_CALL)
         return rows.plan_calls([len(x) for x in ids],
-                                  lambda n: packing_row_length(n, self.max_seq_length),
-                                  lambda row_length: max(1, tokens // row_length))
+                               lambda n: packing_row_length(n, self.max_seq_length),
+                               lambda row_length: num_devices * max(1, tokens // row_length), num_devices)
 
     def encode(self, sentences: Sequence[str] | str, batch_size: int = 64, normalize: bool | None = None,
-               show_progress: bool = False, precision: str = "float32", calibration=None,
-               route: str | None = None) -> np.ndarray:
+               show_progress: bool = False, precision: str = "float32", calibration=None, *,
+               prompt_name: str | None = None, prompt: str | None = None, truncate_dim: int | None = None,
+               route: str | None = None, mesh: Mesh | None = None) -> np.ndarray:
         """Embeddings `[N, D]` (float32 numpy; quantised if `precision` is not float32).
 
-        `normalize=True` L2-normalises even if the model has no Normalize module; otherwise the
-        model's own configuration decides. A single string returns a `[D]` vector. `route`: the
-        task of a Router model's input ("query", "document", ...), resolved to a route as
-        sentence-transformers' `encode(task=)` does (None: the default route); a model without
-        a Router has one path and ignores it.
+        As sentence-transformers' `encode`: `prompt` (or the model's prompt `prompt_name`, else
+        its `default_prompt_name`'s) is prepended to every text, and with the Pooling module's
+        `include_prompt: false` its tokens are left out of pooling; the embeddings are cut to
+        `truncate_dim` (default: the model's) and only then L2-normalised if `normalize=True`
+        (otherwise the model's own Normalize module decides). A single string returns `[D]`.
+        `route`: the task of a Router model's input ("query", "document", ...), resolved to a
+        route as sentence-transformers' `encode(task=)` does (None: the default route); a model
+        without a Router has one path and ignores it. Rows are split over the devices of `mesh`
+        (default: all of this process's accelerators), so N devices encode a corpus N times as fast.
         """
-        encode_call = self._encode_call(route)
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        ids = self.token_ids(texts)
-        calls = self.plan_calls(ids, batch_size)
-        out = np.zeros((len(texts), self.embedding_dim), np.float32)
-        pending = None
-        for row_length, n_rows, layout in tqdm(calls, desc="encode", unit="batch", disable=not show_progress):
-            idx, batch = rows.call_batch(ids, layout, row_length=row_length, rows=n_rows,
-                                         pad_id=self.tokenizer.pad_token_id or 0)
-            emb = encode_call(self.params, batch)  # dispatch before fetching the previous one
-            if pending is not None:
-                out[pending[0]] = np.asarray(pending[1])[:len(pending[0])]
-            pending = (idx, emb)
-        if pending is not None:
-            out[pending[0]] = np.asarray(pending[1])[:len(pending[0])]
+        dim = self.truncate_dim if truncate_dim is None else _check_truncate_dim(truncate_dim, self.embedding_dim)
+        text_prompt = self.settings.resolve_prompt(prompt, prompt_name)
+        _check_texts(texts)
+        ids = self.token_ids([text_prompt + t for t in texts] if text_prompt else texts)
+        skip = prompt_length(self.tokenizer, text_prompt, self.max_seq_length) \
+            if text_prompt and self.pools_without_prompt else None
+        out = self._encode_ids(ids, batch_size, mesh or _local_mesh(), skip, show_progress, route)
+        if dim is not None:
+            out = out[:, :dim]
         if normalize:
             out = sim.l2_normalize(out)
         if precision != "float32":
             out = quantize_embeddings(out, precision, calibration=calibration)
         return out[0] if single else out
 
-    def _encode_call(self, route: str | None):
-        """The jitted encoder of `route` (compiled once per route of a Router)."""
-        if not self.is_router:
-            return self._jit_encode
-        name = self.spec.resolve(route)
-        if name not in self._jit_routes:
-            self._jit_routes[name] = jax.jit(router.make_route_encode_fn(self.graphdef, name))
-        return self._jit_routes[name]
+    def encode_query(self, sentences: Sequence[str] | str, **kwargs) -> np.ndarray:
+        """`encode` for search queries: without `prompt`/`prompt_name`, the model's "query" prompt
+        (sentence-transformers' `encode_query`; every model has one, "" unless its folder sets it)."""
+        name = self.settings.task_prompt_name(QUERY_PROMPT_NAMES, kwargs.get("prompt"), kwargs.get("prompt_name"))
+        return self.encode(sentences, **{"route": "query", **kwargs, "prompt_name": name})
+
+    def encode_document(self, sentences: Sequence[str] | str, **kwargs) -> np.ndarray:
+        """`encode` for documents: without `prompt`/`prompt_name`, the model's first prompt of
+        "document", "passage", "corpus" (sentence-transformers' `encode_document`)."""
+        name = self.settings.task_prompt_name(DOCUMENT_PROMPT_NAMES, kwargs.get("prompt"), kwargs.get("prompt_name"))
+        return self.encode(sentences, **{"route": "document", **kwargs, "prompt_name": name})
+
+    def _encode_ids(self, ids, batch_size: int, mesh: Mesh, skip: int | None, show_progress: bool,
+                    route: str | None = None) -> np.ndarray:
+        """float32 `[N, D]` of tokenised texts, each call's rows split over `mesh`'s devices."""
+        n = mesh.devices.size
+        out = np.zeros((len(ids), self.embedding_dim), np.float32)
+        pending = None
+        for row_length, n_rows, layout in tqdm(self.plan_calls(ids, batch_size, n), desc="encode", unit="batch",
+                                               disable=not show_progress):
+            order, batch = rows.call_batch(ids, layout, row_length=row_length, rows=n_rows, num_shards=n,
+                                           pad_id=self.tokenizer.pad_token_id or 0, prompt_length=skip)
+            emb = self.encode_call(batch, mesh, route)  # dispatch before fetching the previous one
+            if pending is not None:
+                _scatter(out, *pending)
+            pending = (order, emb)
+        if pending is not None:
+            _scatter(out, *pending)
+        return out
+
+    def place_call(self, batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+        """One call's arrays on `mesh`, rows (and `text_index`'s shards) split over all its axes
+        (('data', 'fsdp') for the training mesh)."""
+        rows_sharding = _rows_sharding(mesh)
+        return {key: jax.device_put(value, rows_sharding) for key, value in batch.items()}
+
+    def encode_call(self, batch: dict[str, np.ndarray], mesh: Mesh, route: str | None = None) -> jax.Array:
+        """Embeddings of one `rows.call_batch` batch, computed on `mesh` (asynchronous), through
+        `route` (a Router model's task; compiled once per route and mesh)."""
+        name = self.spec.resolve(route) if self.is_router else None
+        if (mesh, name) not in self._on_mesh:
+            fn = router.make_route_encode_fn(self.graphdef, name) if self.is_router else self.encode_fn
+            self._on_mesh[mesh, name] = (jax.jit(fn, out_shardings=_rows_sharding(mesh)),
+                                         jax.device_put(self.params, replicated(_rows_sharding(mesh).mesh)))
+        fn, params = self._on_mesh[mesh, name]
+        return fn(params, self.place_call(batch, mesh))
 
     def similarity(self, a, b) -> np.ndarray:
-        """Cosine similarity matrix `[N, M]` between two sets of embeddings (or of sentences)."""
+        """`[N, M]` scores between two sets of embeddings (or of sentences) with the model's
+        `similarity_fn_name` (cosine unless its folder says otherwise; distances negated)."""
         a = self.encode(a) if _is_texts(a) else np.asarray(a, np.float32)
         b = self.encode(b) if _is_texts(b) else np.asarray(b, np.float32)
-        return sim.similarity_matrix(np.atleast_2d(a), np.atleast_2d(b), "cosine")
+        return sim.similarity_matrix(np.atleast_2d(a), np.atleast_2d(b), self.similarity_fn_name)
 
     # ----------------------------------------------------------------- saving
-    def save(self, directory: str | os.PathLike) -> pathlib.Path:
-        """Write a sentence-transformers folder that `SentenceTransformer(directory)` loads (LoRA
-        adapters merged into the weights: a plain model)."""
+    def save(self, directory: str | os.PathLike, card: str | None = None) -> pathlib.Path:
+        """Write a sentence-transformers folder that `SentenceTransformer(directory)` loads, with
+        the model's settings (prompts, similarity, ...) and `card` as its README.md model card
+        (LoRA adapters merged into the weights: a plain model)."""
         if self.lora is not None:
-            return self.merged().save(directory)
+            return self.merged().save(directory, card=card)
         directory = pathlib.Path(directory)
         params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), self.params)
         write = router.write_router_folder if self.is_router else folder.write_folder
-        write(directory, spec=self.spec, params=params, tokenizer=self.tokenizer,
-              hf_config=self.hf_config, max_seq_length=self.max_seq_length, extras=self.extras)
+        write(directory, spec=self.spec, params=params, tokenizer=self.tokenizer, hf_config=self.hf_config,
+              max_seq_length=self.max_seq_length, extras=self.extras, settings=self.settings, card=card)
         return directory
 
     def save_adapter(self, directory: str | os.PathLike, base_model_name_or_path: str = "") -> pathlib.Path:
@@ -368,6 +453,46 @@ def check_attention(attention: str, dtype: Any) -> None:
     if dtype not in (jnp.bfloat16, jnp.float16):
         raise ValueError(f"attention='cudnn' needs bfloat16 or float16 compute, got dtype={dtype}; "
                          "set dtype='bfloat16' or use attention='xla'")
+
+
+@functools.lru_cache(maxsize=None)
+def _local_mesh() -> Mesh:
+    """All of this process's devices on the batch axes: encoding is data-parallel, and each process
+    encodes its own texts (no other process has to join the call).
+
+    On CPU, one device: the host's devices (`--xla_force_host_platform_device_count`) share the
+    same cores, so splitting rows over them adds work and buys nothing (pass `mesh=` to split).
+    """
+    devices = jax.local_devices()
+    return make_mesh(data=-1, fsdp=1, devices=devices[:1] if jax.default_backend() == "cpu" else devices)
+
+
+def _rows_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (row) axis split over every axis of `mesh`, its axes made `Auto`: the encoder has
+    no sharding annotations, so a mesh with `Explicit` axes (e.g. the search mesh) would leave
+    ops like the embedding gather without a resolvable output sharding."""
+    auto = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+    return NamedSharding(auto, P(tuple(mesh.axis_names)))
+
+
+def _scatter(out: np.ndarray, order: np.ndarray, emb: jax.Array) -> None:
+    """Copy the call's outputs to their texts' rows of `out` (spare slots have order -1)."""
+    keep = order >= 0
+    out[order[keep]] = np.asarray(emb)[keep]
+
+
+def _check_truncate_dim(truncate_dim: int, dim: int) -> int:
+    if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int) or not 1 <= truncate_dim <= dim:
+        raise ValueError(f"truncate_dim must be an integer in [1, {dim}] (the embedding width), got {truncate_dim!r}")
+    return truncate_dim
+
+
+def _check_texts(texts) -> None:
+    if isinstance(texts, str):
+        raise TypeError("expected a list of strings, got a single string")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected str")
 
 
 def _is_texts(x) -> bool:

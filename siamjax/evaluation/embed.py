@@ -29,9 +29,12 @@ def pair_scores(a_NxD, b_NxD, similarity: str) -> np.ndarray:
     return pairwise_similarity(np.asarray(a_NxD, np.float64), np.asarray(b_NxD, np.float64), similarity)
 
 
-def as_encode_fn(model) -> EmbedTexts:
-    """The callable behind `model`: its `.encode` method if it has one, else `model` itself."""
-    fn = getattr(model, "encode", None)
+def as_encode_fn(model, task: str | None = None) -> EmbedTexts:
+    """The callable behind `model`: its `.encode_query` / `.encode_document` method for `task`
+    "query" / "document" if it has one (a prompted model's query and document prompts), else its
+    `.encode` method, else `model` itself."""
+    fn = getattr(model, f"encode_{task}", None) if task else None
+    fn = fn if callable(fn) else getattr(model, "encode", None)
     if callable(fn):
         return fn
     if callable(model):
@@ -39,9 +42,10 @@ def as_encode_fn(model) -> EmbedTexts:
     raise TypeError(f"expected an encode(texts) callable or a model with .encode, got {type(model).__name__}")
 
 
-def embed(model, texts: Sequence[str]) -> np.ndarray:
-    """float32 [len(texts), D] embeddings, checked for shape and NaNs so a broken model fails here."""
-    out = np.asarray(as_encode_fn(model)(list(texts)))
+def embed(model, texts: Sequence[str], task: str | None = None) -> np.ndarray:
+    """float32 [len(texts), D] embeddings (`task` as in `as_encode_fn`), checked for shape and NaNs
+    so a broken model fails here."""
+    out = np.asarray(as_encode_fn(model, task)(list(texts)))
     if out.ndim != 2 or out.shape[0] != len(texts):
         raise ValueError(f"encode returned shape {out.shape} for {len(texts)} texts; expected [N, D]")
     out = out.astype(np.float32, copy=False)

@@ -149,5 +149,6 @@ class RetrievalEvaluator:
         return out
 
     def __call__(self, model) -> dict[str, float]:
-        """Encode queries and corpus with `model` and return the metrics."""
-        return self.compute(embed(model, self.queries), embed(model, self.corpus))
+        """Encode queries (`encode_query`) and corpus (`encode_document`) with `model`, as
+        sentence-transformers' InformationRetrievalEvaluator does, and return the metrics."""
+        return self.compute(embed(model, self.queries, "query"), embed(model, self.corpus, "document"))

@@ -20,82 +20,31 @@ import collections
 import functools
 import logging
 import random
-import weakref
 from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
-from tqdm.auto import tqdm
 
-from siamjax.encoder import rows
-from siamjax.encoder.sentence_encoder import SentenceEncoder, bucket_length
+from siamjax.encoder.sentence_encoder import SentenceEncoder
 from siamjax.search.exact import search_mesh, semantic_search
-from siamjax.similarity import l2_normalize
 
 log = logging.getLogger(__name__)
 SAMPLING_STRATEGIES = ("top", "random")
 FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")  # and "n-tuple-scores" (= n-tuple + scores)
-_DOCUMENT_PROMPTS = ("document", "passage", "corpus")  # sentence-transformers' encode_document order
-
-
-# model -> (its params object, mesh, the params replicated over that mesh): repeated mining calls
-# with one model copy the weights to the devices once.
-_REPLICATED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _replicated_params(model: SentenceEncoder, mesh: jax.sharding.Mesh):
-    cached = _REPLICATED.get(model)
-    if cached is None or cached[0] is not model.params or cached[1] != mesh:
-        cached = (model.params, mesh, jax.device_put(model.params, NamedSharding(mesh, P())))
-        _REPLICATED[model] = cached
-    return cached[2]
-
-
-@functools.lru_cache(maxsize=8)
-def _sharded_encode(encode_fn, mesh: jax.sharding.Mesh):
-    """encode_fn jitted with the parameters replicated and the rows split over the mesh."""
-    return jax.jit(encode_fn, in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P(mesh.axis_names))),
-                   out_shardings=NamedSharding(mesh, P()))
 
 
 def encode_sharded(model: SentenceEncoder, texts: Sequence[str], *, mesh: jax.sharding.Mesh | None = None,
-                   batch_size: int = 32, show_progress: bool = False, desc: str = "encode") -> np.ndarray:
-    """L2-normalised float32 embeddings `[N, D]`, each batch split row-wise over the devices of `mesh`.
+                   batch_size: int = 32, show_progress: bool = False, task: str | None = None,
+                   prompt: str | None = None, prompt_name: str | None = None) -> np.ndarray:
+    """L2-normalised float32 embeddings `[N, D]`, each call's rows split over the devices of `mesh`.
 
-    Texts are sorted by length and padded per batch to a bucket length (one text per row), the
-    batch rounded up to a multiple of the device count with copies of its first row.
+    `task` "query" / "document" encodes with `encode_query` / `encode_document` (their default
+    prompts), None with `encode`; `prompt` / `prompt_name` as there.
     """
     mesh = search_mesh() if mesh is None else mesh
-    n_dev = mesh.devices.size
-    ids = model.token_ids(list(texts))
-    order = np.argsort([-len(x) for x in ids], kind="stable")
-    per_call = -(-batch_size // n_dev) * n_dev
-    encode = _sharded_encode(model.encode_fn, mesh)
-    params = _replicated_params(model, mesh)
-    pad_id = model.tokenizer.pad_token_id or 0
-    out = np.zeros((len(ids), model.embedding_dim), np.float32)
-    for start in tqdm(range(0, len(ids), per_call), desc=desc, unit="batch", disable=not show_progress):
-        chunk = order[start:start + per_call]
-        batch_ids = [ids[i] for i in chunk]
-        batch_ids += [batch_ids[0]] * (per_call - len(chunk))
-        length = bucket_length(max(len(x) for x in batch_ids), model.max_seq_length)
-        emb = encode(params, rows.pad_rows(batch_ids, length, pad_id))
-        out[chunk] = np.asarray(emb)[:len(chunk)]
-    return l2_normalize(out)
-
-
-def _prompt(model, prompt: str | None, prompt_name: str | None, defaults: Sequence[str]) -> str:
-    """The text prepended to the inputs: `prompt`, else the model's prompt `prompt_name`, else
-    the model's first prompt named in `defaults` (as sentence-transformers' encode_query/document)."""
-    if prompt is not None:
-        return prompt
-    prompts = getattr(model, "prompts", None) or {}
-    if prompt_name is not None:
-        if prompt_name not in prompts:
-            raise ValueError(f"prompt name {prompt_name!r} not in the model's prompts {sorted(prompts)}")
-        return prompts[prompt_name]
-    return next((prompts[name] for name in defaults if name in prompts), "")
+    encode = {"query": model.encode_query, "document": model.encode_document, None: model.encode}[task]
+    return encode(list(texts), batch_size=batch_size, normalize=True, mesh=mesh, show_progress=show_progress,
+                  prompt=prompt, prompt_name=prompt_name)
 
 
 def _columns(dataset, anchor_column_name, positive_column_name) -> tuple[str, str, list[str], list[str]]:
@@ -190,10 +139,8 @@ def mine_hard_negatives(
     corpus, queries, positive_indices = _dedupe(queries_all, positives, corpus)
     mesh = search_mesh() if mesh is None else mesh
     embed = functools.partial(encode_sharded, model, mesh=mesh, batch_size=batch_size, show_progress=show_progress)
-    corpus_emb = embed([_prompt(model, corpus_prompt, corpus_prompt_name, _DOCUMENT_PROMPTS) + t for t in corpus],
-                       desc="encode corpus")
-    query_emb = embed([_prompt(model, query_prompt, query_prompt_name, ("query",)) + q for q in queries],
-                      desc="encode queries")
+    corpus_emb = embed(corpus, task="document", prompt=corpus_prompt, prompt_name=corpus_prompt_name)
+    query_emb = embed(queries, task="query", prompt=query_prompt, prompt_name=query_prompt_name)
     scores, indices, positive_scores = _candidates(query_emb, corpus_emb, positive_indices, range_max + max_positives,
                                                    query_chunk_size=query_chunk_size, mesh=mesh,
                                                    show_progress=show_progress)

@@ -209,7 +209,7 @@ def _base_encoder(model_cfg: ml_collections.ConfigDict, seed: int, common: dict,
     )
     return SentenceEncoder.from_config(
         bert, tokenizer, pooling=tuple(init.pooling.split("+")), normalize=init.normalize, seed=seed,
-        abstract=abstract, **common,
+        abstract=abstract, include_prompt=init.get("include_prompt", True), **common,
     )
 
 

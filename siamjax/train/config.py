@@ -79,6 +79,10 @@ def _model_fields() -> ml_collections.ConfigDict:
     g.init.hidden_dropout_prob = 0.1
     g.init.pooling = "mean"  # "mean", "cls", "max" or "+"-joined, e.g. "mean+max"
     g.init.normalize = False  # L2-normalise the output embeddings
+    # pool prompt tokens with the text (True), or only the text's own tokens (sentence-transformers'
+    # Pooling include_prompt=False; then the data's prompts are masked out of pooling in training too).
+    # A pretrained model keeps its folder's 1_Pooling/config.json setting.
+    g.init.include_prompt = True
     return g
 
 
@@ -247,7 +251,9 @@ def train_dataset() -> ml_collections.ConfigDict:
     d.loss.name = ""
     d.loss.kwargs = ml_collections.ConfigDict()  # options of that loss (as loss.kwargs)
     # side role -> text prepended to that side's texts before tokenising, e.g. (("anchor", "query: "),);
-    # prompt tokens are pooled with the text (sentence-transformers' include_prompt=True)
+    # pooled with the text unless the model pools with include_prompt=False (model.init.include_prompt,
+    # or the pretrained folder's Pooling config). The exported folder lists them as its prompts: an
+    # anchor's as "query", a positive's/negative's as "document", another side's under its role.
     d.prompts = ()
     return d
 
@@ -299,6 +305,8 @@ def validate(config: ml_collections.ConfigDict, *, data: bool = True) -> None:
     else:
         need(bool(m.init.tokenizer), "model.name_or_path is empty: set it, or model.init.tokenizer "
              "for a randomly initialised model")
+        need(isinstance(m.init.include_prompt, bool),
+             f"model.init.include_prompt={m.init.include_prompt!r}: use True or False")
     need(m.dtype in ("float32", "bfloat16"), f"model.dtype={m.dtype!r}: use 'float32' or 'bfloat16'")
     need(m.param_dtype in ("float32", "bfloat16"), f"model.param_dtype={m.param_dtype!r}: use 'float32' or 'bfloat16'")
     need(m.param_dtype == "float32" or m.dtype == "bfloat16",

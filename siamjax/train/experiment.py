@@ -26,7 +26,7 @@ from siamjax.encoder import SentenceEncoder
 from siamjax.encoder.rows import TOKEN_KEYS
 from siamjax.losses import TEXT_ID_LOSSES, make_grad_cache_value_and_grad
 from siamjax.parallel import batch_shard_count, make_mesh, to_global_array
-from siamjax.train import builders, checkpoint as ckpt
+from siamjax.train import builders, checkpoint as ckpt, model_card
 from siamjax.train.config import validate
 from siamjax.train.loop import LoopResult, train_loop
 from siamjax.train.metrics import MetricWriter
@@ -102,18 +102,24 @@ def prepare_data(config: ml_collections.ConfigDict, tokenizer) -> RunData:
     return RunData(sets, total, per_epoch, shuffle)
 
 
-def _train_iterator(config: ml_collections.ConfigDict, data: RunData, tokenizer, mesh: Mesh):
+def _train_iterator(config: ml_collections.ConfigDict, data: RunData, encoder: SentenceEncoder, mesh: Mesh):
     d = config.data
     weights = [ts.weight for ts in data.sets]
     return make_train_iterator(
-        [ts.source for ts in data.sets], tokenizer, global_batch_size=config.train.batch_size,
+        [ts.source for ts in data.sets], encoder.tokenizer, global_batch_size=config.train.batch_size,
         max_seq_length=config.model.max_seq_length, seed=config.seed, shuffle=data.shuffle,
         mixing=d.mixing, weights=weights if any(weights) else None,
         prompts=[ts.prompts for ts in data.sets],
         no_duplicates=d.no_duplicates, buckets=tuple(d.buckets), prefetch=d.prefetch,
         pack_length=d.pack_length, num_shards=batch_shard_count(mesh) // jax.process_count(),
         row_multiple=max(1, config.train.grad_cache_tokens // max(d.pack_length, 1)),
+        mask_prompts=_masks_prompts(encoder),
     )
+
+
+def _masks_prompts(encoder: SentenceEncoder) -> bool:
+    """Whether batches carry `prompt_mask`: the model pools without its prompts (include_prompt=False)."""
+    return encoder.pools_without_prompt
 
 
 def _uses_text_ids(config: ml_collections.ConfigDict, ts: builders.TrainSet) -> bool:
@@ -142,6 +148,7 @@ def _compiled_steps(config: ml_collections.ConfigDict, parts: builders.TrainPart
     compiled, steps = {}, []
     for ts in data.sets:
         keys = TOKEN_KEYS + ("text_index",) * bool(config.data.pack_length)
+        keys += ("prompt_mask",) * _masks_prompts(parts.encoder)
         example = {k: np.zeros((1, 1, 1), np.int32) for k in keys}
         if ts.source.label_kind is not None:
             example["labels"] = np.zeros((1,), np.float32)
@@ -202,7 +209,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> LoopResu
         data = prepare_data(config, encoder.tokenizer)
         _write_config(config, workdir)  # only once model and data load: a bad run leaves a run folder as it was
         _write_json(workdir / RUN_INFO, {"num_labels": data.num_labels, "total_steps": data.total_steps,
-                                         "datasets": [ts.name for ts in data.sets]})
+                                         "datasets": [ts.name for ts in data.sets],
+                                         "dataset_sizes": {ts.name: len(ts.source) for ts in data.sets}})
         parts = builders.build_parts(config, mesh, total_steps=data.total_steps, num_labels=data.num_labels,
                                      encoder=encoder)
         manager = _manager(config, workdir)
@@ -212,7 +220,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> LoopResu
                                           config.mesh.fsdp_min_size, parts.frozen)
         else:
             state = restored[1]
-        iterator = _train_iterator(config, data, encoder.tokenizer, mesh)
+        iterator = _train_iterator(config, data, encoder, mesh)
         if restored is not None:
             iterator.set_state(restored[2])
         evaluate = None
@@ -306,22 +314,27 @@ def _restore_for_export(manager, abstract, step: int | None, workdir: pathlib.Pa
 def export_run(workdir: str | pathlib.Path, output: str | pathlib.Path, step: int | None = None, *,
                adapter: str | pathlib.Path | None = None) -> tuple[pathlib.Path, int]:
     """Writes a run's best (else last, or `step`) checkpoint as a sentence-transformers folder
-    (a LoRA run's adapters merged into the weights), and, with `adapter`, a LoRA run's adapters
-    as a PEFT folder there too (for `peft` / sentence-transformers' `load_adapter` on the base).
+    (a LoRA run's adapters merged into the weights), with the prompts it trained with
+    (`model_card.training_prompts`, added to the base model's) and a model card of the run
+    (`model_card.render`); with `adapter`, a LoRA run's adapters as a PEFT folder there too (for
+    `peft` / sentence-transformers' `load_adapter` on the base).
 
     In a multi-process job every process joins the (collective) orbax restore, each onto one
     of its own devices, and only process 0 writes the folder. Returns (folder, step).
     """
-    output = pathlib.Path(output)
+    output, workdir = pathlib.Path(output), pathlib.Path(workdir)
     check_writable(output, "model folder")  # before the restore, not after it
     if adapter is not None:
         check_writable(pathlib.Path(adapter), "adapter folder")
     encoder, step = load_trained_encoder(workdir, step)
     if adapter is not None and encoder.lora is None:
         raise ValueError(f"{workdir} is not a LoRA run (model.lora.rank is 0): it has no adapters to export")
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    encoder = encoder.with_settings(prompts={**encoder.prompts, **model_card.training_prompts(config)})
     if jax.process_index() == 0:
-        encoder.save(output)
+        card = model_card.render(encoder, config, json.loads((workdir / RUN_INFO).read_text()), step,
+                                 workdir / "metrics.jsonl")
+        encoder.save(output, card=card)
         if adapter is not None:
-            base = json.loads((pathlib.Path(workdir) / "config.json").read_text())["model"]["name_or_path"]
-            encoder.save_adapter(adapter, base_model_name_or_path=base)
+            encoder.save_adapter(adapter, base_model_name_or_path=config.model.name_or_path)
     return output, step

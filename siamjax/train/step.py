@@ -26,11 +26,12 @@ ValueAndGradFn = Callable[[Any, dict, jax.Array, Any], tuple[jax.Array, Any]]
 
 
 def split_sides(batch: dict) -> dict:
-    """The encoder inputs of a `[S, B, L]` batch, or of a packed one (+ `text_index`); no labels."""
+    """The encoder inputs of a `[S, B, L]` batch, or of a packed one (+ `text_index`), with
+    `prompt_mask` when there is one; no labels."""
     missing = [k for k in ("input_ids", "attention_mask") if k not in batch]
     if missing:
         raise KeyError(f"training batch lacks {missing}; it has {sorted(batch)}")
-    return {k: batch[k] for k in TOKEN_KEYS + ("text_index",) if k in batch}
+    return {k: batch[k] for k in TOKEN_KEYS + ("text_index", "prompt_mask") if k in batch}
 
 
 def make_embed_fn(encode_fn: EncodeFn):

@@ -5,7 +5,8 @@ import re
 import pytest
 
 from siamjax.cli import main as cli_main, train_cmd
-from siamjax.train.config import ConfigError, validate as validate_config
+from siamjax.train.config import ConfigError
+from siamjax.train.config_checks import validate as validate_config
 from siamjax.train.config_file import apply_overrides, flat_fields, load_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"

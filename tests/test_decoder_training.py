@@ -17,7 +17,8 @@ from siamjax.cli import main as cli_main
 from siamjax.data.tokenization import tokenize_sides
 from siamjax.encoder import SentenceEncoder
 from siamjax.train import optim, state as train_state, step as train_step
-from siamjax.train.config import ConfigError, validate as validate_config
+from siamjax.train.config import ConfigError
+from siamjax.train.config_checks import validate as validate_config
 from siamjax.train.config_file import load_config
 from encoder_fixtures import varied_sentences
 from decoder_fixtures import build_hf_folder, st_folder

@@ -143,7 +143,8 @@ def test_train_cli_reports_incomplete_multi_process_flags(tmp_path, capsys, monk
 def test_multi_process_mesh_must_use_every_device(tmp_path, monkeypatch):
     import jax
 
-    from siamjax.train.config import ConfigError, validate as validate_config
+    from siamjax.train.config import ConfigError
+    from siamjax.train.config_checks import validate as validate_config
     from siamjax.train.config_file import load_config
 
     data = tmp_path / "pairs.jsonl"

@@ -12,7 +12,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from siamjax.data import GlobalBatchSampler, make_train_iterator, read_pairs
-from siamjax.train.config import ConfigError, validate
+from siamjax.train.config import ConfigError
+from siamjax.train.config_checks import validate
 from siamjax.train.config_file import load_config
 from siamjax.train.experiment import prepare_data
 from siamjax.train.loop import batch_fingerprint

@@ -2,7 +2,8 @@
 into typed parts, the sharded state, the pure step, optimizer, orbax checkpoints, metrics, the
 loop, preemption, and `train_and_evaluate` / `export_run`, the entry points."""
 from siamjax.train.checkpoint import CheckpointError
-from siamjax.train.config import ConfigError, default_config, validate
+from siamjax.train.config import ConfigError, default_config
+from siamjax.train.config_checks import validate
 from siamjax.train.config_file import apply_overrides, load_config, load_config_file
 from siamjax.train.experiment import export_run, load_trained_encoder, train_and_evaluate
 from siamjax.train.loop import LoopResult, NonFiniteLossError

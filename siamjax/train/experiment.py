@@ -27,7 +27,7 @@ from siamjax.encoder.rows import TOKEN_KEYS
 from siamjax.losses import TEXT_ID_LOSSES, make_grad_cache_value_and_grad
 from siamjax.parallel import batch_shard_count, make_mesh, to_global_array
 from siamjax.train import builders, checkpoint as ckpt, model_card
-from siamjax.train.config import validate
+from siamjax.train.config_checks import validate
 from siamjax.train.loop import LoopResult, train_loop
 from siamjax.train.metrics import MetricWriter
 from siamjax.train.preemption import PreemptionFlag

@@ -41,7 +41,8 @@ from siamjax.parallel import batch_shard_count, batch_shardings, make_mesh
 from siamjax.parallel.hlo import program_stats
 from siamjax.train import builders
 from siamjax.train.accelerators import GIB, Accelerator
-from siamjax.train.config import ConfigError, train_groups, validate
+from siamjax.train.config import ConfigError, train_groups
+from siamjax.train.config_checks import validate
 from siamjax.train.experiment import step_for
 from siamjax.train.step import compile_train_step
 

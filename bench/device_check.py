@@ -135,7 +135,7 @@ def mfu_rows(plan: dict, budget: Budget, peak: float, *, attention: str = "xla",
 def attention_rows(plan: dict, budget: Budget, peak: float, xla_rows: list) -> list:
     """Each fused kernel siamjax offers besides "xla", on the same steps; refused ones say why."""
     from siamjax.encoder.layers import ATTENTION_IMPLEMENTATIONS
-    from siamjax.encoder.sentence_encoder import check_attention
+    from siamjax.encoder.layers import check_attention
 
     out = []
     for kernel in [k for k in ATTENTION_IMPLEMENTATIONS if k != "xla"]:

@@ -227,3 +227,20 @@ def run_layers(layers: Sequence[nnx.Module], x_BxLxD, rngs: Sequence, remat: boo
 def _call_layer(layer, x_BxLxD, rng, *args):
     """One block; a free function so `nnx.remat` can wrap it."""
     return layer(x_BxLxD, *args, rng=rng)
+
+
+def check_attention(attention: str, dtype: Any) -> None:
+    """"cudnn" only runs on a GPU and only in half precision: say so before anything compiles
+    ("auto" is resolved first: `select_attention`)."""
+    dtype = jnp.dtype(dtype) if dtype is not None else jnp.float32
+    attention = select_attention(attention, jax.default_backend(), dtype)
+    if attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention={attention!r}: use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    if attention != "cudnn":
+        return
+    if jax.default_backend() != "gpu":
+        raise ValueError(f"attention='cudnn' needs a GPU, but JAX's default backend is "
+                         f"{jax.default_backend()!r}; use attention='xla'")
+    if dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"attention='cudnn' needs bfloat16 or float16 compute, got dtype={dtype}; "
+                         "set dtype='bfloat16' or use attention='xla'")

@@ -18,47 +18,23 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from siamjax import similarity as sim
-from siamjax.encoder import folder, hf_names, lora, peft_folder, router, rows, verify
+from siamjax.encoder import encode_calls, folder, hf_names, lora, peft_folder, router, rows, verify
 from siamjax.encoder.prompts import (CONFIG_FILE, DOCUMENT_PROMPT_NAMES, QUERY_PROMPT_NAMES, ModelSettings,
                                      prompt_length, read_settings)
 from siamjax.encoder.families import TransformerConfig
-from siamjax.encoder.layers import ATTENTION_IMPLEMENTATIONS, select_attention
+from siamjax.encoder.encode_calls import bucket_length
+from siamjax.encoder.layers import check_attention, select_attention
 from siamjax.encoder.model import (DenseConfig, EncoderSpec, abstract_params, init_params,
                                    make_encode_fn)
 from siamjax.encoder.pooling import PoolingConfig
 from siamjax.encoder.router import RouterSpec
-from siamjax.parallel import make_mesh, replicated
+from siamjax.parallel import replicated
 from siamjax.quantization import quantize_embeddings
-
-_MIN_BUCKET = 16
-_MIN_PACK_ROW = 64
-# Encoding packs `batch_size * _TOKENS_PER_TEXT` tokens per call (a typical sentence is 10-20
-# tokens): with short texts a call holds more than batch_size of them, with long ones fewer, and
-# the memory per call stays bounded.
-_TOKENS_PER_TEXT = 16
-# On CPU a call of more than ~2k tokens no longer fits the caches: measured with MiniLM on 2
-# cores, 8.0-8.6k tokens/s at 1-2k tokens per call but 6.8k at 4k. Accelerators want big calls.
-_CPU_MAX_TOKENS_PER_CALL = 2048
-
-
-def bucket_length(longest: int, max_seq_length: int) -> int:
-    """Smallest of {16, 32, 64, ...} that fits `longest`, capped at `max_seq_length`."""
-    return rows.pick_bucket(min(longest, max_seq_length), rows.bucket_lengths(max_seq_length, _MIN_BUCKET))
-
-
-def packing_row_length(longest: int, max_seq_length: int) -> int:
-    """Row length for packed inference: the text's bucket, but at least `_MIN_PACK_ROW` tokens.
-
-    Why a floor: rows of 64 hold three or four typical sentences, so short texts pack densely;
-    longer rows would grow the (quadratic) attention cost for no packing gain.
-    """
-    return min(max(bucket_length(longest, max_seq_length), _MIN_PACK_ROW), max_seq_length)
-
 
 def _to_device(name: str, value: np.ndarray, *, source: str | None) -> jax.Array:
     """One loaded tensor, checked (`verify.check_weights`, unless `source` is None) and put on the
@@ -300,20 +276,9 @@ class SentenceEncoder:
     # ----------------------------------------------------------------- encoding
     def plan_calls(self, ids: Sequence[Sequence[int]], batch_size: int,
                    num_devices: int = 1) -> list[tuple[int, int, list[list[int]]]]:
-        """How `encode` packs these id lists: `(row_length, rows, layout)` per encoder call.
-
-        Each call carries about `batch_size * _TOKENS_PER_TEXT` tokens per device (rows of
-        `packing_row_length` tokens; a multiple of `num_devices` rows, split evenly over them),
-        so `batch_size` keeps sentence-transformers' meaning, roughly sentences per call and
-        device, for typical sentences, and bounds memory for long ones. On CPU each device's
-        share is capped at `_CPU_MAX_TOKENS_PER_CALL` tokens (cache-sized).
-        """
-        tokens = batch_size * _TOKENS_PER_TEXT
-        if jax.default_backend() == "cpu":
-            tokens = min(tokens, _CPU_MAX_TOKENS_PER_CALL)
-        return rows.plan_calls([len(x) for x in ids],
-                               lambda n: packing_row_length(n, self.max_seq_length),
-                               lambda row_length: num_devices * max(1, tokens // row_length), num_devices)
+        """How `encode` packs these id lists: `(row_length, rows, layout)` per encoder call
+        (`encode_calls.plan_calls`)."""
+        return encode_calls.plan_calls([len(x) for x in ids], batch_size, self.max_seq_length, num_devices)
 
     def encode(self, sentences: Sequence[str] | str, batch_size: int = 64, normalize: bool | None = None,
                show_progress: bool = False, precision: str = "float32", calibration=None, *,
@@ -341,7 +306,7 @@ class SentenceEncoder:
         ids = self.token_ids([text_prompt + t for t in texts] if text_prompt else texts)
         skip = prompt_length(self.tokenizer, text_prompt, self.max_seq_length) \
             if text_prompt and self.pools_without_prompt else None
-        out = self._encode_ids(ids, batch_size, mesh or _local_mesh(), skip, show_progress, route)
+        out = self._encode_ids(ids, batch_size, mesh or encode_calls.local_mesh(), skip, show_progress, route)
         if dim is not None:
             out = out[:, :dim]
         if normalize:
@@ -374,16 +339,16 @@ class SentenceEncoder:
                                            pad_id=self.tokenizer.pad_token_id or 0, prompt_length=skip)
             emb = self.encode_call(batch, mesh, route)  # dispatch before fetching the previous one
             if pending is not None:
-                _scatter(out, *pending)
+                encode_calls.scatter(out, *pending)
             pending = (order, emb)
         if pending is not None:
-            _scatter(out, *pending)
+            encode_calls.scatter(out, *pending)
         return out
 
     def place_call(self, batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
         """One call's arrays on `mesh`, rows (and `text_index`'s shards) split over all its axes
         (('data', 'fsdp') for the training mesh)."""
-        rows_sharding = _rows_sharding(mesh)
+        rows_sharding = encode_calls.rows_sharding(mesh)
         return {key: jax.device_put(value, rows_sharding) for key, value in batch.items()}
 
     def encode_call(self, batch: dict[str, np.ndarray], mesh: Mesh, route: str | None = None) -> jax.Array:
@@ -392,8 +357,8 @@ class SentenceEncoder:
         name = self.spec.resolve(route) if self.is_router else None
         if (mesh, name) not in self._on_mesh:
             fn = router.make_route_encode_fn(self.graphdef, name) if self.is_router else self.encode_fn
-            self._on_mesh[mesh, name] = (jax.jit(fn, out_shardings=_rows_sharding(mesh)),
-                                         jax.device_put(self.params, replicated(_rows_sharding(mesh).mesh)))
+            self._on_mesh[mesh, name] = (jax.jit(fn, out_shardings=encode_calls.rows_sharding(mesh)),
+                                         jax.device_put(self.params, replicated(encode_calls.rows_sharding(mesh).mesh)))
         fn, params = self._on_mesh[mesh, name]
         return fn(params, self.place_call(batch, mesh))
 
@@ -436,49 +401,6 @@ class SentenceEncoder:
         return (f"SentenceEncoder({b.model_type}, layers={b.num_hidden_layers}, hidden={b.hidden_size}, "
                 f"pooling={'+'.join(self.spec.pooling.modes)}, dense={len(self.spec.dense)}, "
                 f"normalize={self.spec.normalize}, max_seq_length={self.max_seq_length}, dim={self.embedding_dim})")
-
-
-def check_attention(attention: str, dtype: Any) -> None:
-    """"cudnn" only runs on a GPU and only in half precision: say so before anything compiles
-    ("auto" is resolved first: `select_attention`)."""
-    dtype = _dtype(dtype)
-    attention = select_attention(attention, jax.default_backend(), dtype)
-    if attention not in ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(f"attention={attention!r}: use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
-    if attention != "cudnn":
-        return
-    if jax.default_backend() != "gpu":
-        raise ValueError(f"attention='cudnn' needs a GPU, but JAX's default backend is "
-                         f"{jax.default_backend()!r}; use attention='xla'")
-    if dtype not in (jnp.bfloat16, jnp.float16):
-        raise ValueError(f"attention='cudnn' needs bfloat16 or float16 compute, got dtype={dtype}; "
-                         "set dtype='bfloat16' or use attention='xla'")
-
-
-@functools.lru_cache(maxsize=None)
-def _local_mesh() -> Mesh:
-    """All of this process's devices on the batch axes: encoding is data-parallel, and each process
-    encodes its own texts (no other process has to join the call).
-
-    On CPU, one device: the host's devices (`--xla_force_host_platform_device_count`) share the
-    same cores, so splitting rows over them adds work and buys nothing (pass `mesh=` to split).
-    """
-    devices = jax.local_devices()
-    return make_mesh(data=-1, fsdp=1, devices=devices[:1] if jax.default_backend() == "cpu" else devices)
-
-
-def _rows_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (row) axis split over every axis of `mesh`, its axes made `Auto`: the encoder has
-    no sharding annotations, so a mesh with `Explicit` axes (e.g. the search mesh) would leave
-    ops like the embedding gather without a resolvable output sharding."""
-    auto = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
-    return NamedSharding(auto, P(tuple(mesh.axis_names)))
-
-
-def _scatter(out: np.ndarray, order: np.ndarray, emb: jax.Array) -> None:
-    """Copy the call's outputs to their texts' rows of `out` (spare slots have order -1)."""
-    keep = order >= 0
-    out[order[keep]] = np.asarray(emb)[keep]
 
 
 def _check_truncate_dim(truncate_dim: int, dim: int) -> int:

@@ -22,7 +22,7 @@ from siamjax import losses
 from siamjax.data import concat_datasets, in_memory, nli_to_triplets, open_shards, read_pairs, tfds_builders
 from siamjax.data.records import NLI_LABELS
 from siamjax.encoder import BertConfig, SentenceEncoder, lora
-from siamjax.encoder.sentence_encoder import check_attention
+from siamjax.encoder.layers import check_attention
 from siamjax.encoder.model import EncodeFn
 from siamjax.evaluation import STSEvaluator
 from siamjax.parallel import BATCH_AXES

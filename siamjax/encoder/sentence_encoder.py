@@ -353,14 +353,17 @@ class SentenceEncoder:
 
     def encode_call(self, batch: dict[str, np.ndarray], mesh: Mesh, route: str | None = None) -> jax.Array:
         """Embeddings of one `rows.call_batch` batch, computed on `mesh` (asynchronous), through
-        `route` (a Router model's task; compiled once per route and mesh)."""
+        `route` (a Router model's task; compiled once per route and mesh). The call runs under
+        `mesh` as the context mesh: an evaluation inside training (`jax.set_mesh(train_mesh)`)
+        encodes on its own mesh, not the trainer's."""
         name = self.spec.resolve(route) if self.is_router else None
+        on = encode_calls.rows_sharding(mesh)
         if (mesh, name) not in self._on_mesh:
             fn = router.make_route_encode_fn(self.graphdef, name) if self.is_router else self.encode_fn
-            self._on_mesh[mesh, name] = (jax.jit(fn, out_shardings=encode_calls.rows_sharding(mesh)),
-                                         jax.device_put(self.params, replicated(encode_calls.rows_sharding(mesh).mesh)))
+            self._on_mesh[mesh, name] = (jax.jit(fn, out_shardings=on), jax.device_put(self.params, replicated(on.mesh)))
         fn, params = self._on_mesh[mesh, name]
-        return fn(params, self.place_call(batch, mesh))
+        with jax.set_mesh(on.mesh):
+            return fn(params, self.place_call(batch, mesh))
 
     def similarity(self, a, b) -> np.ndarray:
         """`[N, M]` scores between two sets of embeddings (or of sentences) with the model's

@@ -69,6 +69,7 @@ def local_mesh() -> Mesh:
     return make_mesh(data=-1, fsdp=1, devices=devices[:1] if jax.default_backend() == "cpu" else devices)
 
 
+@functools.lru_cache(maxsize=None)
 def rows_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (row) axis split over every axis of `mesh`, its axes made `Auto`: the encoder has
     no sharding annotations, so a mesh with `Explicit` axes (e.g. the search mesh) would leave

@@ -149,7 +149,7 @@ def compile_planned_step(config: ml_collections.ConfigDict, devices: list) -> tu
         shardings = batch_shardings(batch, mesh)
         batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k]) for k, v in batch.items()}
         # a Router model is planned with every side on its default route (the heads are small)
-        encode_fn = builders.sides_encode_fn(config.model, parts.encoder, ("",) * sides)
+        encode_fn = parts.encoder.sides_encode_fn([None] * sides)
         step = compile_train_step(step_for(config, parts, builders.RUN_LOSS, encode_fn), parts.shardings, batch, mesh)
         compiled = step.lower(parts.abstract, batch).compile(compiler_options=_PLAN_COMPILER_OPTIONS)
     return compiled, parts.abstract, batch, mesh

@@ -86,7 +86,7 @@ def attend_splash(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, segments_BxL, *, causal: bool
     padded = padded_length(length)
     pad = lambda x_BxLx: jnp.pad(x_BxLx, [(0, 0), (0, padded - length)] + [(0, 0)] * (x_BxLx.ndim - 2))
     heads_first = lambda x_BxLxNxH: jnp.swapaxes(pad(x_BxLxNxH), 1, 2)
-    q_BxNxPxH = heads_first(q_BxLxNxH * jnp.asarray(scale, q_BxLxNxH.dtype))
+    q_BxNxPxH = heads_first((q_BxLxNxH.astype(jnp.float32) * scale).astype(q_BxLxNxH.dtype))  # one rounding
     k_BxKxPxH, v_BxKxPxH = heads_first(k_BxLxKxH), heads_first(v_BxLxKxH)
     segments_BxP = pad(segments_BxL.astype(jnp.int32))
     mask, sizes = _kernel_args(padded, n, causal, window)

@@ -139,19 +139,20 @@ def compile_planned_step(config: ml_collections.ConfigDict, devices: list) -> tu
     if config.loss.guide:
         raise ConfigError("siamjax plan: loss.guide (GIST) loads the guide's weights; plan the run without it")
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
+    encoder = builders.build_encoder(config.model, config.seed, abstract=True)
+    sides, label_kind = batch_sides(config)
+    labels = {builders.RUN_LOSS: 3 if label_kind == "nli" else None}
+    parts = builders.build_parts(config, mesh, total_steps=max(int(config.train.num_steps), 1),
+                                 num_labels=labels, encoder=encoder)
+    batch = planned_batch(config, batch_shard_count(mesh))
+    shardings = batch_shardings(batch, mesh)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k]) for k, v in batch.items()}
+    # a Router model is planned with every side on its default route (the heads are small)
+    encode_fn = parts.encoder.sides_encode_fn([None] * sides)
+    step = compile_train_step(step_for(config, parts, builders.RUN_LOSS, encode_fn), parts.shardings, batch, mesh)
+    options = _PLAN_COMPILER_OPTIONS if devices[0].platform == "cpu" else {}
     with jax.set_mesh(mesh):
-        encoder = builders.build_encoder(config.model, config.seed, abstract=True)
-        sides, label_kind = batch_sides(config)
-        labels = {builders.RUN_LOSS: 3 if label_kind == "nli" else None}
-        parts = builders.build_parts(config, mesh, total_steps=max(int(config.train.num_steps), 1),
-                                     num_labels=labels, encoder=encoder)
-        batch = planned_batch(config, batch_shard_count(mesh))
-        shardings = batch_shardings(batch, mesh)
-        batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k]) for k, v in batch.items()}
-        # a Router model is planned with every side on its default route (the heads are small)
-        encode_fn = parts.encoder.sides_encode_fn([None] * sides)
-        step = compile_train_step(step_for(config, parts, builders.RUN_LOSS, encode_fn), parts.shardings, batch, mesh)
-        compiled = step.lower(parts.abstract, batch).compile(compiler_options=_PLAN_COMPILER_OPTIONS)
+        compiled = step.lower(parts.abstract, batch).compile(compiler_options=options)
     return compiled, parts.abstract, batch, mesh
 
 
@@ -161,7 +162,7 @@ def plan_run(config: ml_collections.ConfigDict, accelerator: Accelerator, device
     that cannot run, naming the field."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.mesh.num_devices = len(devices)
-    validate(config, data=False)
+    validate(config, data=False, devices=len(devices))
     compiled, state, batch, mesh = compile_planned_step(config, devices)
     memory = compiled.memory_analysis()
     stats = program_stats(compiled.as_text(), len(devices))

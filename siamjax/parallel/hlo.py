@@ -1,5 +1,6 @@
 """What a compiled, SPMD-partitioned program does per device, read from its HLO text: bytes each
-collective kind moves and the FLOPs of its matrix products, loops counted by their trip counts.
+collective kind moves, the FLOPs of its matrix products and its HBM traffic, loops counted by
+their trip counts.
 
 Why parse the text: `compiled.cost_analysis()` counts a `while` body once (GradCache's chunk
 loop runs it n times) and reports no collectives at all. Every instruction of the per-device
@@ -14,6 +15,14 @@ spatial dimensions carry batch-like axes, often with a padded window (a size-2 w
 zero-padded size-1 axis). A convolution's FLOPs count only the multiply-adds that meet real
 input: per spatial axis, the (output position, window position) pairs that land inside the
 unpadded input.
+
+HBM traffic: every instruction outside a fusion reads its operands from memory and writes its
+result (a fusion is one kernel: what happens inside stays in registers / VMEM); tuple plumbing,
+parameters, constants and bitcasts move nothing. Slicing reads only the slice (`dynamic-slice`,
+`gather`: the result's bytes read and written), and an in-place update writes only the update
+(`dynamic-update-slice`, `scatter`, or a fusion ending in one: GradCache's loops fill their
+output buffers this way). A lower bound on the bytes of the step
+(caches and re-reads inside a kernel are not seen), used for the roofline's memory time.
 
 Collective bytes are the data one device sends over the interconnect with the usual ring
 algorithms on a group of n devices: all-gather and reduce-scatter (n-1)/n of the full array,
@@ -63,6 +72,12 @@ class ProgramStats:
     collective_bytes: dict[str, float]
     matmul_flops: float
     unknown_trip_counts: int  # while loops without a known trip count (counted once)
+    hbm_bytes: float = 0.0    # read + written by the kernels (see module docstring)
+
+
+# Instructions that launch no kernel: no HBM traffic of their own.
+_NO_TRAFFIC = frozenset({"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while", "call",
+                         "conditional", "after-all", "partition-id", "replica-id", "opt-barrier", "domain"})
 
 
 def array_bytes(shape: str) -> int:
@@ -226,17 +241,49 @@ def program_stats(hlo_text: str, num_devices: int) -> ProgramStats:
             for op in inst.operands:
                 users.setdefault(op, []).append(inst)
     sent = dict.fromkeys(COLLECTIVE_KINDS, 0.0)
-    flops = 0.0
+    flops = hbm = 0.0
+    kernels = _fusion_bodies(computations)
     for comp, insts in computations.items():
         count = times.get(comp, 0)
         for inst in insts:
+            if count and comp not in kernels and inst.opcode not in _NO_TRAFFIC:
+                hbm += count * _traffic(inst, shapes, computations)
             if inst.opcode.removesuffix("-start") in COLLECTIVE_KINDS and count:
                 n = _group_size(inst.attributes, num_devices)
                 for kind, sent_bytes in _collective_bytes(inst, n, shapes, users, computations).items():
                     sent[kind] += count * sent_bytes
             elif inst.opcode in ("dot", "convolution") and count:
                 flops += count * _matmul_flops(inst, shapes)
-    return ProgramStats(sent, flops, unknown)
+    return ProgramStats(sent, flops, unknown, hbm)
+
+
+def _traffic(inst: Instruction, shapes: dict[str, str], computations: dict[str, list[Instruction]]) -> float:
+    """HBM bytes one kernel reads and writes (see the module docstring)."""
+    kind = inst.opcode
+    if kind == "fusion":
+        body = _CALLEE.search(inst.attributes)
+        insts = computations.get(body.group(2), []) if body else []
+        kind = insts[-1].opcode if insts else kind
+    if kind in ("dynamic-slice", "gather"):
+        return 2.0 * array_bytes(inst.shape)
+    if kind in ("dynamic-update-slice", "scatter"):
+        updates = [array_bytes(shapes.get(op, "")) for op in inst.operands[1:]]
+        return 2.0 * max(updates, default=0)
+    return float(array_bytes(inst.shape) + sum(array_bytes(shapes.get(op, "")) for op in inst.operands))
+
+
+def _fusion_bodies(computations: dict[str, list[Instruction]]) -> set[str]:
+    """Computations that run inside a kernel: fusion bodies and everything they call
+    (reductions' combiners included)."""
+    inside: set[str] = set()
+    pending = [callee for insts in computations.values() for inst in insts if inst.opcode == "fusion"
+               for _, callee in _CALLEE.findall(inst.attributes)]
+    while pending:
+        name = pending.pop()
+        if name not in inside:
+            inside.add(name)
+            pending += [callee for inst in computations.get(name, ()) for _, callee in _CALLEE.findall(inst.attributes)]
+    return inside
 
 
 def _matmul_flops(inst: Instruction, shapes: dict[str, str]) -> float:

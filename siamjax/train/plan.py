@@ -169,7 +169,7 @@ def plan_run(config: ml_collections.ConfigDict, accelerator: Accelerator, device
     peak = (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
             - memory.alias_size_in_bytes)
     seconds = {"compute": stats.matmul_flops / accelerator.bf16_flops,
-               "hbm": _hbm_bytes(compiled, stats.matmul_flops) / accelerator.hbm_bandwidth,
+               "hbm": stats.hbm_bytes / accelerator.hbm_bandwidth,
                "interconnect": sum(stats.collective_bytes.values()) / accelerator.link_bandwidth}
     seconds["estimate"] = max(seconds.values())
     return Plan(
@@ -180,15 +180,6 @@ def plan_run(config: ml_collections.ConfigDict, accelerator: Accelerator, device
         grad_bytes=shard_bytes(state.params), batch_bytes=shard_bytes(batch), temp_bytes=memory.temp_size_in_bytes,
         peak_bytes=peak, collective_bytes=stats.collective_bytes, flops=stats.matmul_flops, step_seconds=seconds,
         global_batch=config.train.batch_size, compiled=compiled, state=state)
-
-
-def _hbm_bytes(compiled, matmul_flops: float) -> float:
-    """HBM traffic of one step: XLA's `bytes accessed`, scaled like the FLOPs for loop bodies
-    it counts once (cost_analysis ignores trip counts; the HLO walk does not)."""
-    cost = compiled.cost_analysis() or {}
-    counted = float(cost.get("flops", 0.0))
-    scale = matmul_flops / counted if counted > 0 and matmul_flops > counted else 1.0
-    return float(cost.get("bytes accessed", 0.0)) * scale
 
 
 def advice(plan: Plan, config: ml_collections.ConfigDict) -> list[str]:

@@ -91,6 +91,9 @@ def target_devices(accelerator: Accelerator, count: int, compiler: str) -> tuple
 
 
 def _plan(args: argparse.Namespace, overrides: list[str]) -> int:
+    # Nothing runs on an accelerator: with libtpu or CUDA installed, JAX would otherwise start
+    # (and on a laptop, fail to start) their backends first.
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     accelerator = get_accelerator(args.accelerator)
     devices, compiler = target_devices(accelerator, args.devices, args.compiler)
     config = load_config(args.config, overrides)

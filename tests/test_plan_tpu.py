@@ -98,9 +98,15 @@ def test_tpu_compiled_plan_agrees_with_the_cpu_one(minilm_dir):
     c.train.grad_cache_chunk = 8
     c.model.remat = True
     c.mesh.data, c.mesh.fsdp = 1, 4
+    c.model.attention = "xla"  # the same program for both compilers
     accelerator = get_accelerator("v5e")
     cpu = plan_run(c, accelerator, jax.devices()[:4])
     tpu = plan_run(c, accelerator, tpu_devices(accelerator, 4))
     assert cpu.flops <= tpu.flops <= 1.06 * cpu.flops, (tpu.flops, cpu.flops)
     assert 0 < tpu.temp_bytes and tpu.peak_bytes < accelerator.hbm_bytes
     assert tpu.param_bytes == cpu.param_bytes and tpu.opt_state_bytes == cpu.opt_state_bytes
+    c.model.attention = "auto"  # on the TPU compiler: the splash kernel itself (Mosaic), never the [L, L] scores
+    splash = plan_run(c, accelerator, tpu_devices(accelerator, 4))
+    assert splash.attention == splash.compiled_attention == "splash"
+    assert "tpu_custom_call" in splash.compiled.as_text()
+    assert splash.temp_bytes < tpu.temp_bytes, (splash.temp_bytes, tpu.temp_bytes)

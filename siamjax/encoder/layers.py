@@ -26,7 +26,10 @@ causal decoders also see only their text's earlier tokens (a text's tokens are c
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator
 from typing import Any, Callable, Sequence
 
 import jax
@@ -52,6 +55,26 @@ ATTENTION_CHOICES = ("auto",) + ATTENTION_IMPLEMENTATIONS
 # `SentenceEncoder` accept it; the config does not (`ATTENTION_CHOICES`), so no run picks it.
 SPLASH_INTERPRET = "splash_interpret"
 KERNELS = ATTENTION_IMPLEMENTATIONS + (SPLASH_INTERPRET,)
+
+
+_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("target_platform", default=None)
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str) -> Iterator[None]:
+    """Encoders built inside pick and check their attention kernel for `platform` ("tpu", ...)
+    instead of JAX's default backend. Why: `siamjax plan` builds, on a laptop, the program a TPU
+    slice will run (the TPU compiler compiles it ahead of time), splash kernel included."""
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
+
+
+def target_platform() -> str:
+    """The platform programs are built for: `compiling_for`'s, else JAX's default backend."""
+    return _TARGET_PLATFORM.get() or jax.default_backend()
 
 
 def select_attention(configured: str, platform: str, dtype: Any, *, score_bias: bool = False) -> str:
@@ -271,7 +294,7 @@ def check_attention(attention: str, dtype: Any, *, score_bias: bool = False) -> 
     without a score bias: say so before anything compiles ("auto" is resolved first:
     `select_attention`)."""
     dtype = jnp.dtype(dtype) if dtype is not None else jnp.float32
-    backend = jax.default_backend()
+    backend = target_platform()
     attention = select_attention(attention, backend, dtype, score_bias=score_bias)
     if attention in ("splash", SPLASH_INTERPRET) and score_bias:
         raise ValueError(f"attention={attention!r} has no input for this model's attention-score bias "

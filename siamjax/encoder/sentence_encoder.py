@@ -28,7 +28,7 @@ from siamjax.encoder.prompts import (CONFIG_FILE, DOCUMENT_PROMPT_NAMES, QUERY_P
                                      prompt_length, read_settings)
 from siamjax.encoder.families import TransformerConfig
 from siamjax.encoder.encode_calls import bucket_length
-from siamjax.encoder.layers import check_attention, select_attention
+from siamjax.encoder.layers import check_attention, select_attention, target_platform
 from siamjax.encoder.model import (DenseConfig, EncoderSpec, abstract_params, init_params,
                                    make_encode_fn)
 from siamjax.encoder.pooling import PoolingConfig
@@ -60,7 +60,7 @@ class SentenceEncoder:
                  dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, remat: bool = False,
                  attention: str = "xla", hf_config: dict | None = None,
                  extras: dict[str, np.ndarray] | None = None, settings: ModelSettings | None = None):
-        attention = select_attention(attention, jax.default_backend(), _dtype(dtype),
+        attention = select_attention(attention, target_platform(), _dtype(dtype),
                                      score_bias=spec.transformer.SCORE_BIAS)
         check_attention(attention, dtype, score_bias=spec.transformer.SCORE_BIAS)
         self.spec = spec

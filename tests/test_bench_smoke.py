@@ -187,8 +187,8 @@ def test_device_check_smoke_runs_every_section(device_check_record):
         assert row["jax_eval_loss"] == pytest.approx(row["torch_eval_loss"], rel=0.03)
     for row in record["encode"]:  # same embeddings up to bf16 rounding, same Spearman
         assert row["min_cosine"] > 0.99 and abs(row["torch_spearman"] - row["jax_spearman"]) < 2.0
-    assert [r["attention"] for r in record["attention"]] == ["cudnn"]  # refused on CPU, with the reason
-    assert "needs a GPU" in record["attention"][0]["refused"]
+    assert [r["attention"] for r in record["attention"]] == ["cudnn", "splash"]  # refused on CPU, with the reason
+    assert "needs a GPU" in record["attention"][0]["refused"] and "needs a TPU" in record["attention"][1]["refused"]
     planned = record["plan"][0]
     assert planned["plan_rc"] == 0 and planned["measure_rc"] == 0, planned
     assert re.search(r"^(fits|does not fit) \(", planned["plan_output"], re.M) and planned["measured_step_s"] > 0

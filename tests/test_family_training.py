@@ -16,6 +16,7 @@ from siamjax import losses, parallel
 from siamjax.cli import main as cli_main
 from siamjax.data.tokenization import pack_sides, tokenize_sides
 from siamjax.encoder import SentenceEncoder
+from siamjax.encoder.layers import SPLASH_INTERPRET
 from siamjax.encoder.rows import TOKEN_KEYS
 from siamjax.train import optim, state as train_state, step as train_step
 from config_fixtures import write_tiny_config
@@ -117,11 +118,16 @@ def test_bf16_compute_keeps_float32_weights(family, folders, sentences):
     assert 0.98 <= cos.min() and cos.max() < 1 - 1e-7, "bf16 should be close to, not identical with, f32"
 
 
-def test_cudnn_attention_is_refused_off_gpu(folders):
+def test_fused_attention_is_refused_where_it_cannot_run(folders):
     with pytest.raises(ValueError, match=r"attention='cudnn' needs a GPU.*'cpu'"):
         SentenceEncoder.from_pretrained(folders["modernbert"], attention="cudnn", dtype="bfloat16")
-    with pytest.raises(ValueError, match=r"attention='flash': use one of auto, xla, cudnn"):
+    with pytest.raises(ValueError, match=r"attention='splash' needs a TPU.*'cpu'"):
+        SentenceEncoder.from_pretrained(folders["modernbert"], attention="splash")
+    with pytest.raises(ValueError, match=r"attention='flash': use one of auto, xla, cudnn, splash$"):
         SentenceEncoder.from_pretrained(folders["mpnet"], attention="flash")
+    # MPNet adds its relative-position bias to the scores: splash has no input for it, even interpreted
+    with pytest.raises(ValueError, match=r"attention='splash_interpret' has no input for this model's attention-score"):
+        SentenceEncoder.from_pretrained(folders["mpnet"], attention=SPLASH_INTERPRET)
 
 
 def write_scored_pairs(path, sentences, n):

@@ -176,6 +176,7 @@ def test_plan_matches_the_run(name, configs, minilm_dir):
 def test_cli_refuses_more_devices_than_jax_started_with(capsys):
     """JAX fixes the fake device count when it starts: a plan for more says so (exit 2), before compiling."""
     assert len(jax.devices()) == 8  # JAX has started (conftest asks for 8)
-    code = cli_main(["plan", "--config", str(CONFIGS / "stsb_minilm.py"), "--devices", "16", "--accelerator", "v5e"])
+    code = cli_main(["plan", "--config", str(CONFIGS / "stsb_minilm.py"), "--devices", "16", "--accelerator", "v5e",
+                     "--compiler", "cpu"])
     assert code == 2
     assert "--devices 16: JAX already started with 8 CPU devices" in capsys.readouterr().err

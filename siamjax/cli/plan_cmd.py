@@ -1,22 +1,30 @@
 """`siamjax plan --config CFG [--config.x=...] --devices N --accelerator v5e|v5p|v6e|h100|h200|a100`.
 
-Compiles the config's real train step for N devices (N fake CPU devices: XLA's host platform
-is told to expose N before JAX starts) from shapes only, and prints per-device memory,
-collectives, FLOPs, a roofline step time and whether the run fits (`siamjax.train.plan`).
+Compiles the config's real train step for N devices from shapes only, and prints per-device
+memory, collectives, FLOPs, a roofline step time and whether the run fits (`siamjax.train.plan`).
 Nothing of the model's size is allocated, so an 8B plan runs on a laptop.
+
+Which compiler (`--compiler`): for a TPU accelerator with libtpu installed (`pip install
+"jax[tpu]"`), the TPU compiler itself, ahead of time for the slice's topology (`v5e:8x8`), with
+no TPU attached: its buffer assignment is the one the pod will run. Otherwise XLA:CPU on N fake
+CPU devices (XLA's host platform is told to expose N before JAX starts) stands in for the
+accelerator's compiler. libtpu's start-up probes for a TPU VM's metadata; the plan names the
+slice itself (TPU_ACCELERATOR_TYPE, TPU_WORKER_*), so the probe stays quiet.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 
 import jax
+from jax.experimental import topologies
 
 from siamjax.cli.errors import EXIT_OK, InputError, run_verb
 from siamjax.cli.model_args import positive_int
 from siamjax.train import load_config
-from siamjax.train.accelerators import ACCELERATORS, get_accelerator
+from siamjax.train.accelerators import ACCELERATORS, Accelerator, get_accelerator
 from siamjax.train.plan import plan_run, report
 
 
@@ -35,6 +43,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--devices", required=True, type=positive_int, help="chips in the planned mesh")
     parser.add_argument("--accelerator", required=True, choices=sorted(ACCELERATORS),
                         help="chip whose published peaks the estimate uses")
+    parser.add_argument("--compiler", choices=("auto", "tpu", "cpu"), default="auto",
+                        help="auto (default): the TPU compiler for a TPU accelerator when libtpu is installed, "
+                        "XLA:CPU on fake devices otherwise")
     parser.set_defaults(func=run, accepts_overrides=True)
 
 
@@ -50,10 +61,44 @@ def fake_devices(count: int) -> list:
     return devices[:count]
 
 
+def tpu_devices(accelerator: Accelerator, count: int) -> list:
+    """The chips of `accelerator`'s `count`-chip slice as libtpu describes them (no TPU needed):
+    the TPU compiler compiles for them ahead of time."""
+    try:
+        name = accelerator.topology(count)
+    except ValueError as err:
+        raise InputError(f"--devices {count} --compiler tpu: {err}") from err
+    for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", "v5litepod-4"),
+                       ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_WORKER_ID", "0"),
+                       ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
+        # libtpu's start-up: no metadata server to ask, and no chip to lock (plans run side by side)
+        os.environ.setdefault(key, value)
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
+
+
+def target_devices(accelerator: Accelerator, count: int, compiler: str) -> tuple[list, str]:
+    """(devices to compile for, which compiler that is, in words)."""
+    has_libtpu = importlib.util.find_spec("libtpu") is not None
+    if compiler == "auto":
+        compiler = "tpu" if accelerator.kind == "tpu" and has_libtpu else "cpu"
+    if compiler == "cpu":
+        return fake_devices(count), f"XLA:CPU on {count} fake devices, standing in for {accelerator.name}'s compiler"
+    if accelerator.kind != "tpu":
+        raise InputError(f"--compiler tpu: --accelerator {accelerator.name} is not a TPU")
+    if not has_libtpu:
+        raise InputError("--compiler tpu needs libtpu (pip install \"jax[tpu]\"); or use --compiler cpu")
+    return tpu_devices(accelerator, count), f"the TPU compiler (libtpu), for slice {accelerator.topology(count)}"
+
+
 def _plan(args: argparse.Namespace, overrides: list[str]) -> int:
-    devices = fake_devices(args.devices)
+    # Nothing runs on an accelerator: with libtpu or CUDA installed, JAX would otherwise start
+    # (and on a laptop, fail to start) their backends first.
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    accelerator = get_accelerator(args.accelerator)
+    devices, compiler = target_devices(accelerator, args.devices, args.compiler)
     config = load_config(args.config, overrides)
-    plan = plan_run(config, get_accelerator(args.accelerator), devices)
+    plan = plan_run(config, accelerator, devices)
+    print(f"compiled by {compiler}")
     print(report(plan, config))
     return EXIT_OK
 

@@ -38,6 +38,7 @@ class BertConfig:
     ARCHITECTURES: ClassVar[dict[str, str]] = {
         "bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
         "camembert": "CamembertModel"}
+    SCORE_BIAS: ClassVar[bool] = False
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -154,7 +155,7 @@ class BertEncoder(nnx.Module):
                    + self.token_type_embeddings(token_type_ids))
         rngs = layers.layer_rngs(rng, cfg.num_hidden_layers)
         x_BxLxD = layers.dropout(self.embed_norm(x_BxLxD), cfg.hidden_dropout_prob, rngs[0])
-        mask_Bx1xLxL = layers.segment_mask(attention_mask)
+        mask = layers.AttentionMask(attention_mask)
         blocks = [self.layers[str(i)] for i in range(cfg.num_hidden_layers)]
-        x_BxLxD = layers.run_layers(blocks, x_BxLxD, rngs[1:], self.remat, lambda i: (mask_Bx1xLxL,))
+        x_BxLxD = layers.run_layers(blocks, x_BxLxD, rngs[1:], self.remat, lambda i: (mask,))
         return x_BxLxD.astype(jnp.float32)

@@ -15,9 +15,9 @@ a `DecoderArch`:
 - causal attention (LLMs as trained) or bidirectional (EmbeddingGemma's
   `use_bidirectional_attention`).
 
-Masks are composed from the packing segment mask (`layers.segment_mask`: a text never sees
-another text of its row, nor padding), the causal mask (`layers.causal_mask`: only earlier tokens
-of its own text, since a text's tokens are contiguous), and the window, which `layers.attend`
+Masks are the packing segment ids (`layers.AttentionMask`: a text never sees another text of
+its row, nor padding), causal or not (only earlier tokens of its own text, since a text's tokens
+are contiguous), and the window, which `layers.attend`
 applies as (left, right) = (window - 1, 0) causal or (w, w) bidirectional. RoPE positions restart
 per text (`rows.segment_positions`), so left padding, right padding and packing all compute what
 one unpadded text computes.
@@ -157,7 +157,7 @@ class DecoderLayer(nnx.Module):
         self.act_name = arch.activation
         self.implementation = attention
 
-    def __call__(self, x_BxLxD, mask_Bx1xLxL, cos_BxLxH, sin_BxLxH, *, rng=None):
+    def __call__(self, x_BxLxD, mask: layers.AttentionMask, cos_BxLxH, sin_BxLxH, *, rng=None):
         # LLM embedders train without hidden-state dropout; `rng` feeds only LoRA's dropout
         r_q, r_k, r_v, r_o, r_gate, r_up, r_down = layers.projection_rngs(rng, 7)
         b, l, _ = x_BxLxD.shape
@@ -170,7 +170,7 @@ class DecoderLayer(nnx.Module):
             q_BxLxNxH, k_BxLxKxH = self.q_norm(q_BxLxNxH), self.k_norm(k_BxLxKxH)
         q_BxLxNxH = rotary.apply(q_BxLxNxH, cos_BxLxH, sin_BxLxH)
         k_BxLxKxH = rotary.apply(k_BxLxKxH, cos_BxLxH, sin_BxLxH)
-        a_BxLxNxH = layers.attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask_Bx1xLxL, window=self.window,
+        a_BxLxNxH = layers.attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask, window=self.window,
                                   scale=self.query_scale, implementation=self.implementation)
         a_BxLxD = layers.project(self.o_proj, a_BxLxNxH.reshape(b, l, n * h), r_o)
         if self.attn_post_norm is not None:
@@ -215,14 +215,12 @@ class DecoderEncoder(nnx.Module):
         if self.embed_scale is not None:
             x_BxLxD = x_BxLxD * jnp.asarray(self.embed_scale, x_BxLxD.dtype)
         x_BxLxD = x_BxLxD.astype(jnp.float32)  # the residual stream stays float32 (see the class docstring)
-        mask_Bx1xLxL = layers.segment_mask(attention_mask)
-        if arch.causal:
-            mask_Bx1xLxL = mask_Bx1xLxL & layers.causal_mask(input_ids.shape[1])
+        mask = layers.AttentionMask(attention_mask, causal=arch.causal)
         positions_BxL = segment_positions(attention_mask)
         rope = {r: rotary.cos_sin(positions_BxL, arch.head_dim, r) for r in set(arch.ropes)}
         blocks = [self.layers[str(i)] for i in range(arch.num_layers)]
         x_BxLxD = layers.run_layers(blocks, x_BxLxD, layers.layer_rngs(rng, arch.num_layers)[1:], self.remat,
-                                    lambda i: (mask_Bx1xLxL, *rope[arch.ropes[i]]))
+                                    lambda i: (mask, *rope[arch.ropes[i]]))
         return self.norm(x_BxLxD).astype(jnp.float32)
 
 

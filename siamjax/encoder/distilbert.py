@@ -32,6 +32,7 @@ class DistilBertConfig:
     """Hyper-parameters of a DistilBERT encoder, named as in its Hugging Face `config.json`."""
 
     ARCHITECTURES: ClassVar[dict[str, str]] = {"distilbert": "DistilBertModel"}
+    SCORE_BIAS: ClassVar[bool] = False
 
     vocab_size: int = 30522
     dim: int = 768
@@ -118,7 +119,7 @@ class DistilBertEncoder(nnx.Module):
         x_BxLxD = self.word_embeddings(input_ids) + self.position_embeddings(segment_positions(attention_mask))
         rngs = layers.layer_rngs(rng, cfg.n_layers)
         x_BxLxD = layers.dropout(self.embed_norm(x_BxLxD), cfg.dropout, rngs[0])
-        mask_Bx1xLxL = layers.segment_mask(attention_mask)
+        mask = layers.AttentionMask(attention_mask)
         blocks = [self.layers[str(i)] for i in range(cfg.n_layers)]
-        x_BxLxD = layers.run_layers(blocks, x_BxLxD, rngs[1:], self.remat, lambda i: (mask_Bx1xLxL,))
+        x_BxLxD = layers.run_layers(blocks, x_BxLxD, rngs[1:], self.remat, lambda i: (mask,))
         return x_BxLxD.astype(jnp.float32)

@@ -21,6 +21,7 @@ class TransformerConfig(Protocol):
     """What every family's (frozen, hashable) config class provides."""
 
     ARCHITECTURES: ClassVar[dict[str, str]]  # model_type it reads -> `transformers` class it saves as
+    SCORE_BIAS: ClassVar[bool]  # adds a bias to the attention scores (MPNet): no splash attention
     model_type: str
 
     @property

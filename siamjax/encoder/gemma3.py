@@ -34,6 +34,7 @@ class Gemma3Config:
     (`rope_global` / `rope_local` are `rope_theta` + `rope_scaling` and `rope_local_base_freq`)."""
 
     ARCHITECTURES: ClassVar[dict[str, str]] = {"gemma3_text": "Gemma3TextModel"}
+    SCORE_BIAS: ClassVar[bool] = False
 
     vocab_size: int = 262_208
     hidden_size: int = 2304

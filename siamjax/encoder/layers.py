@@ -7,20 +7,26 @@ residual + LayerNorm), MPNet adding a relative-position bias to the scores. Mode
 decoder families reuse the mask, attention, norms and dropout here, with their own pre-norm
 blocks.
 
-Attention always goes through `jax.nn.dot_product_attention`, with a boolean mask built from
-segment ids (0 padding, k > 0 the k-th text of a packed row): a token attends only within its
-own text, so packed rows compute exactly what separate padded rows would. Causal decoders AND
-`causal_mask` onto it (a text's tokens are contiguous, so a token sees only its own text's
-earlier tokens). Two implementations:
+Attention masks are described, not materialised: `AttentionMask` holds the segment ids (0
+padding, k > 0 the k-th text of a packed row) and whether the model is causal. A token attends
+only within its own text, so packed rows compute exactly what separate padded rows would;
+causal decoders also see only their text's earlier tokens (a text's tokens are contiguous).
+`attend` is the one place that turns the description into what a kernel takes:
 
-- `"xla"` (default, every backend): XLA's fused softmax(QK^T)V with the full `[L, L]` score
-  matrix per head. Sliding windows use `local_window_size` ((left, right) keys around the query).
+- `"xla"` (default, every backend): `jax.nn.dot_product_attention`, XLA's fused softmax(QK^T)V
+  with the full `[L, L]` score matrix per head and a boolean `[B, 1, L, L]` mask. Sliding
+  windows use `local_window_size` ((left, right) keys around the query).
 - `"cudnn"` (GPU only, bf16/fp16 compute): cuDNN's fused attention kernel. The segment mask is
   turned into an additive bias by jax; cuDNN's own sliding window only covers the causal
   (left) side, so a bidirectional window is folded into the mask instead.
+- `"splash"` (TPU only): Pallas splash attention (`siamjax.encoder.splash`) on the segment ids
+  and a static causal/window mask, never storing the scores. It has no score-bias input, so
+  MPNet's relative-position bias cannot use it. `"splash_interpret"` is the same kernel in
+  Pallas interpret mode, on any backend: for correctness tests on CPU, not a config value.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Sequence
 
 import jax
@@ -28,6 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from siamjax.encoder import hf_names
+from siamjax.encoder.splash import attend_splash
 from siamjax.parallel import constrain_rows
 
 ACTIVATIONS: dict[str, Callable] = {
@@ -39,24 +46,32 @@ ACTIVATIONS: dict[str, Callable] = {
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
 }
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "splash")
 ATTENTION_CHOICES = ("auto",) + ATTENTION_IMPLEMENTATIONS
+# The splash kernel in Pallas interpret mode (any backend, slow): what CPU tests run. Models and
+# `SentenceEncoder` accept it; the config does not (`ATTENTION_CHOICES`), so no run picks it.
+SPLASH_INTERPRET = "splash_interpret"
+KERNELS = ATTENTION_IMPLEMENTATIONS + (SPLASH_INTERPRET,)
 
 
-def select_attention(configured: str, platform: str, dtype: Any) -> str:
+def select_attention(configured: str, platform: str, dtype: Any, *, score_bias: bool = False) -> str:
     """The attention kernel to run: `configured` itself, or for "auto" the best one `platform`
-    ("gpu", "tpu", "cpu", i.e. `jax.default_backend()`) has for `dtype` compute.
+    ("gpu", "tpu", "cpu", i.e. `jax.default_backend()`) has for `dtype` compute and a model
+    that adds a bias to the scores (`score_bias`: MPNet) or not.
 
-    "auto" picks cuDNN's fused (flash) kernel on a GPU with half-precision compute, where it
-    never stores the `[L, L]` scores; XLA's attention everywhere else (TPU included: Pallas
-    splash attention is not wired in yet).
+    "auto" picks a kernel that never stores the `[L, L]` scores where one runs: cuDNN's fused
+    (flash) kernel on a GPU with half-precision compute, splash attention on a TPU (any length:
+    it pads to its 128-token blocks; not with a score bias, which it has no input for); XLA's
+    attention everywhere else.
     """
-    if configured not in ATTENTION_CHOICES:
+    if configured not in ATTENTION_CHOICES + (SPLASH_INTERPRET,):
         raise ValueError(f"attention={configured!r}: use one of {', '.join(ATTENTION_CHOICES)}")
     if configured != "auto":
         return configured
     half = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-    return "cudnn" if platform == "gpu" and half else "xla"
+    if platform == "gpu" and half:
+        return "cudnn"
+    return "splash" if platform == "tpu" and not score_bias else "xla"
 
 
 def check_activation(name: str, field: str = "hidden_act") -> None:
@@ -108,7 +123,23 @@ def causal_mask(length: int):
     return (index_L[None, :] <= index_L[:, None])[None, None]
 
 
-def attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask_Bx1xLxL, *, bias_1xNxLxL=None,
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AttentionMask:
+    """Who attends to whom, described: `segments_BxL` (0 padding, k > 0 the k-th text of a row)
+    and `causal`. Why not the `[B, 1, L, L]` boolean mask itself: splash attention takes segment
+    ids and never materialises `[L, L]` anything; XLA and cuDNN get `dense()`."""
+
+    segments_BxL: jax.Array
+    causal: bool = dataclasses.field(default=False, metadata=dict(static=True))
+
+    def dense(self):
+        """`[B, 1, L, L]` bool: same text, key not padding, and (causal) key not after the query."""
+        mask_Bx1xLxL = segment_mask(self.segments_BxL)
+        return mask_Bx1xLxL & causal_mask(self.segments_BxL.shape[1]) if self.causal else mask_Bx1xLxL
+
+
+def attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask: AttentionMask, *, bias_1xNxLxL=None,
            window: int | tuple[int, int] | None = None, scale: float | None = None, implementation: str = "xla"):
     """Scaled dot-product attention within segments (and a sliding window when given).
 
@@ -116,11 +147,17 @@ def attend(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask_Bx1xLxL, *, bias_1xNxLxL=None,
     `left` before to `right` after the query (an int is a two-sided band; causal windows are
     (w - 1, 0) with the causal mask). `scale` multiplies the scores (default 1/sqrt(H); Gemma
     uses `query_pre_attn_scalar ** -0.5`). `bias_1xNxLxL` is added to the scaled scores
-    (MPNet's relative-position bias). Attention-probability dropout is not applied: fused
-    kernels have none, and hidden-state dropout is what regularises fine-tuning.
+    (MPNet's relative-position bias; not with splash). Attention-probability dropout is not
+    applied: fused kernels have none, and hidden-state dropout is what regularises fine-tuning.
     """
     if window is not None and isinstance(window, int):
         window = (window, window)
+    if implementation in ("splash", SPLASH_INTERPRET):
+        if bias_1xNxLxL is not None:
+            raise ValueError("splash attention has no score-bias input (MPNet's relative positions); use 'xla'")
+        return attend_splash(q_BxLxNxH, k_BxLxKxH, v_BxLxKxH, mask.segments_BxL, causal=mask.causal,
+                             window=window, scale=scale, interpret=implementation == SPLASH_INTERPRET)
+    mask_Bx1xLxL = mask.dense()
     if implementation == "cudnn":
         if window is not None:
             mask_Bx1xLxL = mask_Bx1xLxL & window_mask(q_BxLxNxH.shape[1], window)
@@ -185,12 +222,12 @@ class PostNormBlock(nnx.Module):
         self.act_name = activation
         self.implementation = implementation
 
-    def __call__(self, x_BxLxD, mask_Bx1xLxL, bias_1xNxLxL=None, *, rng=None):
+    def __call__(self, x_BxLxD, mask: AttentionMask, bias_1xNxLxL=None, *, rng=None):
         b, l, d = x_BxLxD.shape
         split = lambda t: t.reshape(b, l, self.num_heads, d // self.num_heads)
         r_q, r_k, r_v, r_o, r_up, r_down = projection_rngs(rng, 6)
         a_BxLxNxH = attend(split(project(self.query, x_BxLxD, r_q)), split(project(self.key, x_BxLxD, r_k)),
-                           split(project(self.value, x_BxLxD, r_v)), mask_Bx1xLxL, bias_1xNxLxL=bias_1xNxLxL,
+                           split(project(self.value, x_BxLxD, r_v)), mask, bias_1xNxLxL=bias_1xNxLxL,
                            implementation=self.implementation)
         rng_attn, rng_mlp = jax.random.split(rng) if rng is not None else (None, None)
         a_BxLxD = dropout(project(self.attn_out, a_BxLxNxH.reshape(b, l, d), r_o), self.attn_dropout, rng_attn)
@@ -229,18 +266,24 @@ def _call_layer(layer, x_BxLxD, rng, *args):
     return layer(x_BxLxD, *args, rng=rng)
 
 
-def check_attention(attention: str, dtype: Any) -> None:
-    """"cudnn" only runs on a GPU and only in half precision: say so before anything compiles
-    ("auto" is resolved first: `select_attention`)."""
+def check_attention(attention: str, dtype: Any, *, score_bias: bool = False) -> None:
+    """"cudnn" only runs on a GPU and only in half precision, "splash" only on a TPU and only
+    without a score bias: say so before anything compiles ("auto" is resolved first:
+    `select_attention`)."""
     dtype = jnp.dtype(dtype) if dtype is not None else jnp.float32
-    attention = select_attention(attention, jax.default_backend(), dtype)
-    if attention not in ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(f"attention={attention!r}: use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    backend = jax.default_backend()
+    attention = select_attention(attention, backend, dtype, score_bias=score_bias)
+    if attention in ("splash", SPLASH_INTERPRET) and score_bias:
+        raise ValueError(f"attention={attention!r} has no input for this model's attention-score bias "
+                         "(MPNet's relative positions); use attention='xla'")
+    if attention == "splash" and backend != "tpu":
+        raise ValueError(f"attention='splash' needs a TPU, but JAX's default backend is {backend!r}; "
+                         "use attention='xla'")
     if attention != "cudnn":
         return
-    if jax.default_backend() != "gpu":
-        raise ValueError(f"attention='cudnn' needs a GPU, but JAX's default backend is "
-                         f"{jax.default_backend()!r}; use attention='xla'")
+    if backend != "gpu":
+        raise ValueError(f"attention='cudnn' needs a GPU, but JAX's default backend is {backend!r}; "
+                         "use attention='xla'")
     if dtype not in (jnp.bfloat16, jnp.float16):
         raise ValueError(f"attention='cudnn' needs bfloat16 or float16 compute, got dtype={dtype}; "
                          "set dtype='bfloat16' or use attention='xla'")

@@ -33,6 +33,7 @@ class LlamaConfig:
 
     ARCHITECTURES: ClassVar[dict[str, str]] = {"llama": "LlamaModel", "mistral": "MistralModel",
                                                "qwen3": "Qwen3Model"}
+    SCORE_BIAS: ClassVar[bool] = False
 
     vocab_size: int = 32000
     hidden_size: int = 4096

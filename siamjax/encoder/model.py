@@ -15,7 +15,7 @@ from flax import nnx
 
 from siamjax.encoder import lora
 from siamjax.encoder.families import TransformerConfig
-from siamjax.encoder.layers import ATTENTION_IMPLEMENTATIONS
+from siamjax.encoder.layers import KERNELS
 from siamjax.encoder.pooling import DENSE_ACTIVATIONS, PoolingConfig, pool
 from siamjax.encoder.rows import num_slots, unpack
 from siamjax.similarity import l2_normalize
@@ -76,13 +76,14 @@ class SentenceModel(nnx.Module):
     """Token ids `[B, L]` -> sentence embeddings `[B, D]` (float32).
 
     `attention` picks the attention implementation (`siamjax.encoder.layers`): "xla" runs
-    everywhere, "cudnn" is cuDNN's fused kernel on GPU with bf16 compute.
+    everywhere, "cudnn" is cuDNN's fused kernel on GPU with bf16 compute, "splash" Pallas
+    splash attention on TPU ("splash_interpret": the same kernel interpreted, for CPU tests).
     """
 
     def __init__(self, spec: EncoderSpec, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
                  remat: bool = False, attention: str = "xla", rngs: nnx.Rngs):
-        if attention not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"attention={attention!r}: use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+        if attention not in KERNELS:
+            raise ValueError(f"attention={attention!r}: use one of {', '.join(KERNELS)}")
         self.encoder = spec.transformer.build(dtype=dtype, param_dtype=param_dtype, remat=remat,
                                               attention=attention, rngs=rngs)
         if spec.lora is not None:

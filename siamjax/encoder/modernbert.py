@@ -40,6 +40,7 @@ class ModernBertConfig:
     """
 
     ARCHITECTURES: ClassVar[dict[str, str]] = {"modernbert": "ModernBertModel"}
+    SCORE_BIAS: ClassVar[bool] = False
 
     vocab_size: int = 50368
     hidden_size: int = 768
@@ -177,7 +178,7 @@ class ModernBertLayer(nnx.Module):
         self.attention_dropout, self.mlp_dropout = cfg.attention_dropout, cfg.mlp_dropout
         self.implementation = attention
 
-    def __call__(self, x_BxLxD, mask_Bx1xLxL, cos_BxLxH, sin_BxLxH, *, rng=None):
+    def __call__(self, x_BxLxD, mask: layers.AttentionMask, cos_BxLxH, sin_BxLxH, *, rng=None):
         b, l, d = x_BxLxD.shape
         n, h = self.num_heads, d // self.num_heads
         rng_attn, rng_mlp = jax.random.split(rng) if rng is not None else (None, None)
@@ -185,7 +186,7 @@ class ModernBertLayer(nnx.Module):
         qkv_BxLx3xNxH = self.qkv(normed_BxLxD).reshape(b, l, 3, n, h)
         q_BxLxNxH = rotary.apply(qkv_BxLx3xNxH[:, :, 0], cos_BxLxH, sin_BxLxH)
         k_BxLxNxH = rotary.apply(qkv_BxLx3xNxH[:, :, 1], cos_BxLxH, sin_BxLxH)
-        a_BxLxNxH = layers.attend(q_BxLxNxH, k_BxLxNxH, qkv_BxLx3xNxH[:, :, 2], mask_Bx1xLxL, window=self.window,
+        a_BxLxNxH = layers.attend(q_BxLxNxH, k_BxLxNxH, qkv_BxLx3xNxH[:, :, 2], mask, window=self.window,
                                   implementation=self.implementation)
         x_BxLxD = x_BxLxD + layers.dropout(self.attn_out(a_BxLxNxH.reshape(b, l, d)), self.attention_dropout,
                                            rng_attn)
@@ -216,11 +217,11 @@ class ModernBertEncoder(nnx.Module):
         cfg = self.config
         rngs = layers.layer_rngs(rng, cfg.num_hidden_layers)
         x_BxLxD = layers.dropout(self.embed_norm(self.tok_embeddings(input_ids)), cfg.embedding_dropout, rngs[0])
-        mask_Bx1xLxL = layers.segment_mask(attention_mask)
+        mask = layers.AttentionMask(attention_mask)
         positions_BxL = segment_positions(attention_mask)
         rope = {"full_attention": rotary.cos_sin(positions_BxL, cfg.head_dim, cfg.global_rope_theta),
                 "sliding_attention": rotary.cos_sin(positions_BxL, cfg.head_dim, cfg.local_rope_theta)}
         blocks = [self.layers[str(i)] for i in range(cfg.num_hidden_layers)]
         x_BxLxD = layers.run_layers(blocks, x_BxLxD, rngs[1:], self.remat,
-                                    lambda i: (mask_Bx1xLxL, *rope[cfg.layer_types[i]]))
+                                    lambda i: (mask, *rope[cfg.layer_types[i]]))
         return self.final_norm(x_BxLxD).astype(jnp.float32)

@@ -38,6 +38,7 @@ class MPNetConfig:
     """Hyper-parameters of an MPNet encoder, named as in Hugging Face `config.json`."""
 
     ARCHITECTURES: ClassVar[dict[str, str]] = {"mpnet": "MPNetModel"}
+    SCORE_BIAS: ClassVar[bool] = True  # the relative-position bias (`attend`'s bias_1xNxLxL)
 
     vocab_size: int = 30527
     hidden_size: int = 768
@@ -146,8 +147,8 @@ class MPNetEncoder(nnx.Module):
         x_BxLxD = self.word_embeddings(input_ids) + self.position_embeddings(self.position_ids(attention_mask))
         rngs = layers.layer_rngs(rng, cfg.num_hidden_layers)
         x_BxLxD = layers.dropout(self.embed_norm(x_BxLxD), cfg.hidden_dropout_prob, rngs[0])
-        mask_Bx1xLxL = layers.segment_mask(attention_mask)
+        mask = layers.AttentionMask(attention_mask)
         bias_1xNxLxL = self.position_bias(input_ids.shape[1])
         blocks = [self.layers[str(i)] for i in range(cfg.num_hidden_layers)]
-        x_BxLxD = layers.run_layers(blocks, x_BxLxD, rngs[1:], self.remat, lambda i: (mask_Bx1xLxL, bias_1xNxLxL))
+        x_BxLxD = layers.run_layers(blocks, x_BxLxD, rngs[1:], self.remat, lambda i: (mask, bias_1xNxLxL))
         return x_BxLxD.astype(jnp.float32)

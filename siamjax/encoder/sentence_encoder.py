@@ -60,8 +60,9 @@ class SentenceEncoder:
                  dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, remat: bool = False,
                  attention: str = "xla", hf_config: dict | None = None,
                  extras: dict[str, np.ndarray] | None = None, settings: ModelSettings | None = None):
-        attention = select_attention(attention, jax.default_backend(), _dtype(dtype))
-        check_attention(attention, dtype)
+        attention = select_attention(attention, jax.default_backend(), _dtype(dtype),
+                                     score_bias=spec.transformer.SCORE_BIAS)
+        check_attention(attention, dtype, score_bias=spec.transformer.SCORE_BIAS)
         self.spec = spec
         abstract = router.abstract_params if isinstance(spec, RouterSpec) else abstract_params
         self.graphdef, _ = abstract(spec, dtype=_dtype(dtype), param_dtype=_dtype(param_dtype), remat=remat,
@@ -89,7 +90,8 @@ class SentenceEncoder:
         The family (BERT/RoBERTa, MPNet, DistilBERT, ModernBERT) comes from `config.json`'s
         `model_type`. `dtype` is the compute dtype ("bfloat16" for mixed precision); `remat`
         recomputes each layer's activations in the backward pass to save memory when training;
-        `attention` is "xla" (everywhere) or "cudnn" (GPU, bf16). The folder is verified
+        `attention` is "xla" (everywhere), "cudnn" (GPU, bf16), "splash" (TPU; not MPNet) or
+        "auto" (`layers.select_attention`). The folder is verified
         (`siamjax.encoder.verify`: safetensors sizes, tokenizer vs embeddings, and, unless
         `verify_weights=False`, every weight finite), so a damaged folder is an error, not garbage.
         `config_sentence_transformers.json` gives the prompts, default prompt, similarity and

@@ -1,10 +1,28 @@
 """What a compiled, SPMD-partitioned program does per device, read from its HLO text: bytes each
-collective kind moves and the FLOPs of its matrix products, loops counted by their trip counts.
+collective kind moves, the FLOPs of its matrix products and its HBM traffic, loops counted by
+their trip counts.
 
 Why parse the text: `compiled.cost_analysis()` counts a `while` body once (GradCache's chunk
 loop runs it n times) and reports no collectives at all. Every instruction of the per-device
-program is `%name = SHAPE opcode(%operands), attributes`; computations a loop runs n times
-(`backend_config={... "known_trip_count":{"n":"N"}}`) have their instructions counted n times.
+program is `%name = SHAPE opcode(%operands), attributes`; computations a loop runs n times have
+their instructions counted n times. XLA:CPU writes n on the loop (`backend_config={...
+"known_trip_count":{"n":"N"}}`); the TPU compiler does not, and its loops stop when the counter
+compares LT with a constant N (`compare(%counter, %N), direction=LT` as the condition's root),
+which is read as n = N (counters start at 0 and step by 1 in the loops JAX and XLA emit).
+
+Matrix products are `dot`s on CPU and GPU; the TPU compiler writes them as `convolution`s whose
+spatial dimensions carry batch-like axes, often with a padded window (a size-2 window over a
+zero-padded size-1 axis). A convolution's FLOPs count only the multiply-adds that meet real
+input: per spatial axis, the (output position, window position) pairs that land inside the
+unpadded input.
+
+HBM traffic: every instruction outside a fusion reads its operands from memory and writes its
+result (a fusion is one kernel: what happens inside stays in registers / VMEM); tuple plumbing,
+parameters, constants and bitcasts move nothing. Slicing reads only the slice (`dynamic-slice`,
+`gather`: the result's bytes read and written), and an in-place update writes only the update
+(`dynamic-update-slice`, `scatter`, or a fusion ending in one: GradCache's loops fill their
+output buffers this way). A lower bound on the bytes of the step
+(caches and re-reads inside a kernel are not seen), used for the roofline's memory time.
 
 Collective bytes are the data one device sends over the interconnect with the usual ring
 algorithms on a group of n devices: all-gather and reduce-scatter (n-1)/n of the full array,
@@ -20,6 +38,8 @@ import dataclasses
 import math
 import re
 
+import numpy as np
+
 COLLECTIVE_KINDS = ("all-gather", "reduce-scatter", "all-reduce", "collective-permute", "all-to-all")
 _DTYPE_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "f8e4m3": 1,
                 "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8,
@@ -29,6 +49,8 @@ _HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
 _CALLEE = re.compile(r"\b(body|condition|calls|to_apply|true_computation|false_computation)=%([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_WINDOW = re.compile(r"window=\{([^}]*)\}")
+_DIM_LABELS = re.compile(r"dim_labels=([0-9a-z]+)_([0-9a-z]+)->([0-9a-z]+)")
 _MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\](?:,\s*device_ids=\([^)]*\))?\s*\{([^}]*)\}")
 _LIST_GROUPS = re.compile(r"replica_groups=\{\{([0-9,]*)\}")
 _IOTA_GROUPS = re.compile(r"replica_groups=\[(\d+),(\d+)\]<=")
@@ -41,6 +63,7 @@ class Instruction:
     opcode: str
     operands: tuple[str, ...]
     attributes: str
+    literal: str = ""  # a constant's value, e.g. "256"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +73,12 @@ class ProgramStats:
     collective_bytes: dict[str, float]
     matmul_flops: float
     unknown_trip_counts: int  # while loops without a known trip count (counted once)
+    hbm_bytes: float = 0.0    # read + written by the kernels (see module docstring)
+
+
+# Instructions that launch no kernel: no HBM traffic of their own.
+_NO_TRAFFIC = frozenset({"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while", "call",
+                         "conditional", "after-all", "partition-id", "replica-id", "opt-barrier", "domain"})
 
 
 def array_bytes(shape: str) -> int:
@@ -87,7 +116,8 @@ def _split_instruction(line: str) -> Instruction | None:
         if depth == 0:
             break
     operands = tuple(op.strip().lstrip("%") for op in rest[:end].split(",") if op.strip().startswith("%"))
-    return Instruction(name, shape, opcode, operands, rest[end + 1:])
+    literal = rest[:end].strip() if opcode == "constant" else ""
+    return Instruction(name, shape, opcode, operands, rest[end + 1:], literal)
 
 
 def parse_computations(hlo_text: str) -> tuple[dict[str, list[Instruction]], str]:
@@ -116,7 +146,7 @@ def _multipliers(computations: dict[str, list[Instruction]], entry: str) -> tupl
         nonlocal unknown
         times[name] = times.get(name, 0) + count
         for inst in computations.get(name, ()):
-            trip = _TRIP.search(inst.attributes)
+            trip = _trip_count(inst, computations) if inst.opcode == "while" else None
             if inst.opcode == "while" and trip is None:
                 unknown += 1
             callees = [(kind, callee) for kind, callee in _CALLEE.findall(inst.attributes)]
@@ -126,11 +156,26 @@ def _multipliers(computations: dict[str, list[Instruction]], entry: str) -> tupl
             for kind, callee in callees:
                 if kind == "to_apply" and inst.opcode not in ("call", "map"):
                     continue  # reductions' scalar combiners
-                loops = int(trip.group(1)) if kind in ("body", "condition") and trip else 1
+                loops = trip if kind in ("body", "condition") and trip else 1
                 visit(callee, count * loops)
 
     visit(entry, 1)
     return times, unknown
+
+
+def _trip_count(loop: Instruction, computations: dict[str, list[Instruction]]) -> int | None:
+    """Iterations of a `while`: XLA's known_trip_count, else N of a `counter < N` condition."""
+    known = _TRIP.search(loop.attributes)
+    if known:
+        return int(known.group(1))
+    condition = re.search(r"\bcondition=%([\w.\-]+)", loop.attributes)
+    insts = computations.get(condition.group(1), []) if condition else []
+    constants = {i.name: i.literal for i in insts if i.opcode == "constant"}
+    root = insts[-1] if insts else None
+    if root is None or root.opcode != "compare" or "direction=LT" not in root.attributes or len(root.operands) != 2:
+        return None
+    bound = constants.get(root.operands[1], "")
+    return int(bound) if bound.isdigit() else None
 
 
 def _group_size(attributes: str, default: int) -> int:
@@ -205,17 +250,84 @@ def program_stats(hlo_text: str, num_devices: int) -> ProgramStats:
             for op in inst.operands:
                 users.setdefault(op, []).append(inst)
     sent = dict.fromkeys(COLLECTIVE_KINDS, 0.0)
-    flops = 0.0
+    flops = hbm = 0.0
+    kernels = _fusion_bodies(computations)
     for comp, insts in computations.items():
         count = times.get(comp, 0)
         for inst in insts:
+            if count and comp not in kernels and inst.opcode not in _NO_TRAFFIC:
+                hbm += count * _traffic(inst, shapes, computations)
             if inst.opcode.removesuffix("-start") in COLLECTIVE_KINDS and count:
                 n = _group_size(inst.attributes, num_devices)
                 for kind, sent_bytes in _collective_bytes(inst, n, shapes, users, computations).items():
                     sent[kind] += count * sent_bytes
-            elif inst.opcode == "dot" and count:
-                contracting = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", inst.attributes)
-                lhs = _dims(shapes.get(inst.operands[0], "")) if inst.operands else []
-                k = math.prod(lhs[int(d)] for d in contracting.group(1).split(",") if d) if contracting and lhs else 1
-                flops += count * 2.0 * math.prod(_dims(inst.shape)) * k
-    return ProgramStats(sent, flops, unknown)
+            elif inst.opcode in ("dot", "convolution") and count:
+                flops += count * _matmul_flops(inst, shapes)
+    return ProgramStats(sent, flops, unknown, hbm)
+
+
+def _traffic(inst: Instruction, shapes: dict[str, str], computations: dict[str, list[Instruction]]) -> float:
+    """HBM bytes one kernel reads and writes (see the module docstring)."""
+    kind = inst.opcode
+    if kind == "fusion":
+        body = _CALLEE.search(inst.attributes)
+        insts = computations.get(body.group(2), []) if body else []
+        kind = insts[-1].opcode if insts else kind
+    if kind in ("dynamic-slice", "gather"):
+        return 2.0 * array_bytes(inst.shape)
+    if kind in ("dynamic-update-slice", "scatter"):
+        updates = [array_bytes(shapes.get(op, "")) for op in inst.operands[1:]]
+        return 2.0 * max(updates, default=0)
+    return float(array_bytes(inst.shape) + sum(array_bytes(shapes.get(op, "")) for op in inst.operands))
+
+
+def _fusion_bodies(computations: dict[str, list[Instruction]]) -> set[str]:
+    """Computations that run inside a kernel: fusion bodies and everything they call
+    (reductions' combiners included)."""
+    inside: set[str] = set()
+    pending = [callee for insts in computations.values() for inst in insts if inst.opcode == "fusion"
+               for _, callee in _CALLEE.findall(inst.attributes)]
+    while pending:
+        name = pending.pop()
+        if name not in inside:
+            inside.add(name)
+            pending += [callee for inst in computations.get(name, ()) for _, callee in _CALLEE.findall(inst.attributes)]
+    return inside
+
+
+def _matmul_flops(inst: Instruction, shapes: dict[str, str]) -> float:
+    """2 x the multiply-adds of one `dot` or `convolution` (padding excluded, see module docstring)."""
+    operands = [_dims(shapes.get(op, "")) for op in inst.operands[:2]]
+    if inst.opcode == "dot":
+        contracting = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", inst.attributes)
+        lhs = operands[0] if operands else []
+        k = math.prod(lhs[int(d)] for d in contracting.group(1).split(",") if d) if contracting and lhs else 1
+        return 2.0 * math.prod(_dims(inst.shape)) * k
+    labels = _DIM_LABELS.search(inst.attributes)
+    if labels is None or len(operands) != 2:
+        return 0.0
+    lhs_labels, rhs_labels, out_labels = labels.groups()
+    lhs, rhs, out = operands[0], operands[1], _dims(inst.shape)
+    macs = out[out_labels.index("b")] * out[out_labels.index("f")] * rhs[rhs_labels.index("i")]
+    window = _WINDOW.search(inst.attributes)
+    fields = dict(f.split("=", 1) for f in window.group(1).split()) if window else {}
+    for axis in sorted(c for c in out_labels if c.isdigit()):
+        k = int(axis)
+        macs *= _window_pairs(lhs[lhs_labels.index(axis)], rhs[rhs_labels.index(axis)], out[out_labels.index(axis)],
+                              *(_window_field(fields, name, k, default) for name, default in
+                                (("pad", "0_0"), ("stride", "1"), ("lhs_dilate", "1"), ("rhs_dilate", "1"))))
+    return 2.0 * macs
+
+
+def _window_field(fields: dict[str, str], name: str, axis: int, default: str) -> str:
+    """Spatial axis `axis`'s entry of a window field ("1_1" of pad=0_0x1_1), or `default`."""
+    values = fields.get(name, "").split("x")
+    return values[axis] if axis < len(values) and values[axis] else default
+
+
+def _window_pairs(size: int, window: int, out: int, pad: str, stride: str, lhs_dilate: str, rhs_dilate: str) -> int:
+    """(output position, window position) pairs of one spatial axis that read real input."""
+    low, dilate = int(pad.split("_")[0]), int(lhs_dilate)
+    index = (np.arange(out)[:, None] * int(stride) + np.arange(window)[None, :] * int(rhs_dilate) - low)
+    inside = (index >= 0) & (index <= (size - 1) * dilate) & (index % dilate == 0)
+    return int(inside.sum())

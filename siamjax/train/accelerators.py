@@ -17,6 +17,10 @@ Sources (vendor pages, read 2026-12):
 Interconnect figures are published as the total over a chip's links in both directions; a
 device sends at half of it, which is what the plan divides its collective bytes by. GPU memory
 is what `nvidia-smi` reports as usable (H100 81,559 MiB, H200 143,771 MiB, A100 81,920 MiB).
+
+TPU slices are named as libtpu names their topologies (`v5e:8x8` is a v5e-64): v5e and v6e chips
+form 2D tori, v5p 3D ones. `siamjax plan` compiles for such a topology with the TPU compiler
+when libtpu is installed (`jax.experimental.topologies`).
 """
 from __future__ import annotations
 
@@ -35,6 +39,21 @@ class Accelerator:
     hbm_bandwidth: float
     link_bandwidth: float  # bytes/s one device sends (half the published bidirectional total)
     hbm_bytes: float
+
+    def topology(self, chips: int) -> str:
+        """libtpu's name of the `chips`-chip slice of this TPU ("v5e:8x8"); ValueError for a
+        GPU or a chip count no slice has."""
+        shapes = _TORUS_3D if self.name == "v5p" else _TORUS_2D
+        if self.kind != "tpu" or chips not in shapes:
+            raise ValueError(f"{self.name}: no {chips}-chip TPU slice to compile for"
+                             + (f" (slices: {', '.join(map(str, shapes))} chips)" if self.kind == "tpu" else ""))
+        return f"{self.name}:{shapes[chips]}"
+
+
+# Slice shapes by chip count (4 chips = one host; Cloud TPU's v5e/v6e and v5p slice tables).
+_TORUS_2D = {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+_TORUS_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
+             512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
 
 
 ACCELERATORS = {

@@ -46,8 +46,10 @@ def _model_fields() -> ml_collections.ConfigDict:
     # parameter memory (LLM embedders); updates are then rounded to bf16 (see optim.float32_moments)
     g.param_dtype = "float32"
     g.remat = False  # recompute each layer's activations in the backward pass (saves memory)
-    # attention kernel: "auto" (cuDNN's fused kernel on a GPU with dtype="bfloat16", XLA elsewhere;
-    # `siamjax plan` lists the choice), "xla" (every backend) or "cudnn" (GPU only, bfloat16)
+    # attention kernel: "auto" (cuDNN's fused kernel on a GPU with dtype="bfloat16", Pallas splash
+    # attention on a TPU (XLA for MPNet, whose score bias it cannot add), XLA elsewhere; `siamjax
+    # plan` lists the choice), "xla" (every backend), "cudnn" (GPU only, bfloat16) or "splash"
+    # (TPU only, any length: padded to its 128-token blocks; not MPNet)
     g.attention = "auto"
     # check at load that every pretrained weight is finite (one pass; False skips it for huge models)
     g.verify_weights = True

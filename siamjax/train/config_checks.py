@@ -23,11 +23,12 @@ from siamjax.train.optim import SCHEDULES
 from siamjax.train.config import TFDS_BUILDERS, ConfigError, lora_config, train_groups
 
 
-def validate(config: ml_collections.ConfigDict, *, data: bool = True) -> None:
+def validate(config: ml_collections.ConfigDict, *, data: bool = True, devices: int | None = None) -> None:
     """Every check that needs no compilation: fields, files, mesh and batch divisibility.
 
     Raises ConfigError naming the field, so a typo costs seconds, not a compile. `data=False`
     skips the checks that read data files (`siamjax plan`: a planned run's data may be elsewhere).
+    `devices`: how many devices the run will have (default: this process's; a plan's slice).
     """
     def need(ok: bool, message: str):
         if not ok:
@@ -52,9 +53,10 @@ def validate(config: ml_collections.ConfigDict, *, data: bool = True) -> None:
     need(t.log_every_steps > 0, f"train.log_every_steps={t.log_every_steps}: must be >= 1")
     need(config.checkpoint.every_steps > 0, "checkpoint.every_steps must be >= 1")
     need(config.checkpoint.best_mode in ("max", "min"), "checkpoint.best_mode must be 'max' or 'min'")
-    num_devices = config.mesh.num_devices or jax.device_count()
-    need(0 < num_devices <= jax.device_count(),
-         f"mesh.num_devices={config.mesh.num_devices}: only {jax.device_count()} devices exist")
+    available = jax.device_count() if devices is None else devices
+    num_devices = config.mesh.num_devices or available
+    need(0 < num_devices <= available,
+         f"mesh.num_devices={config.mesh.num_devices}: only {available} devices exist")
     need(jax.process_count() == 1 or num_devices == jax.device_count(),
          f"mesh.num_devices={config.mesh.num_devices}: a {jax.process_count()}-process job must use all "
          f"{jax.device_count()} devices (set it to 0), or some processes would have no device to feed")

@@ -139,19 +139,20 @@ def compile_planned_step(config: ml_collections.ConfigDict, devices: list) -> tu
     if config.loss.guide:
         raise ConfigError("siamjax plan: loss.guide (GIST) loads the guide's weights; plan the run without it")
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
+    encoder = builders.build_encoder(config.model, config.seed, abstract=True)
+    sides, label_kind = batch_sides(config)
+    labels = {builders.RUN_LOSS: 3 if label_kind == "nli" else None}
+    parts = builders.build_parts(config, mesh, total_steps=max(int(config.train.num_steps), 1),
+                                 num_labels=labels, encoder=encoder)
+    batch = planned_batch(config, batch_shard_count(mesh))
+    shardings = batch_shardings(batch, mesh)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k]) for k, v in batch.items()}
+    # a Router model is planned with every side on its default route (the heads are small)
+    encode_fn = parts.encoder.sides_encode_fn([None] * sides)
+    step = compile_train_step(step_for(config, parts, builders.RUN_LOSS, encode_fn), parts.shardings, batch, mesh)
+    options = _PLAN_COMPILER_OPTIONS if devices[0].platform == "cpu" else {}
     with jax.set_mesh(mesh):
-        encoder = builders.build_encoder(config.model, config.seed, abstract=True)
-        sides, label_kind = batch_sides(config)
-        labels = {builders.RUN_LOSS: 3 if label_kind == "nli" else None}
-        parts = builders.build_parts(config, mesh, total_steps=max(int(config.train.num_steps), 1),
-                                     num_labels=labels, encoder=encoder)
-        batch = planned_batch(config, batch_shard_count(mesh))
-        shardings = batch_shardings(batch, mesh)
-        batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k]) for k, v in batch.items()}
-        # a Router model is planned with every side on its default route (the heads are small)
-        encode_fn = parts.encoder.sides_encode_fn([None] * sides)
-        step = compile_train_step(step_for(config, parts, builders.RUN_LOSS, encode_fn), parts.shardings, batch, mesh)
-        compiled = step.lower(parts.abstract, batch).compile(compiler_options=_PLAN_COMPILER_OPTIONS)
+        compiled = step.lower(parts.abstract, batch).compile(compiler_options=options)
     return compiled, parts.abstract, batch, mesh
 
 
@@ -161,14 +162,14 @@ def plan_run(config: ml_collections.ConfigDict, accelerator: Accelerator, device
     that cannot run, naming the field."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.mesh.num_devices = len(devices)
-    validate(config, data=False)
+    validate(config, data=False, devices=len(devices))
     compiled, state, batch, mesh = compile_planned_step(config, devices)
     memory = compiled.memory_analysis()
     stats = program_stats(compiled.as_text(), len(devices))
     peak = (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
             - memory.alias_size_in_bytes)
     seconds = {"compute": stats.matmul_flops / accelerator.bf16_flops,
-               "hbm": _hbm_bytes(compiled, stats.matmul_flops) / accelerator.hbm_bandwidth,
+               "hbm": stats.hbm_bytes / accelerator.hbm_bandwidth,
                "interconnect": sum(stats.collective_bytes.values()) / accelerator.link_bandwidth}
     seconds["estimate"] = max(seconds.values())
     return Plan(
@@ -179,15 +180,6 @@ def plan_run(config: ml_collections.ConfigDict, accelerator: Accelerator, device
         grad_bytes=shard_bytes(state.params), batch_bytes=shard_bytes(batch), temp_bytes=memory.temp_size_in_bytes,
         peak_bytes=peak, collective_bytes=stats.collective_bytes, flops=stats.matmul_flops, step_seconds=seconds,
         global_batch=config.train.batch_size, compiled=compiled, state=state)
-
-
-def _hbm_bytes(compiled, matmul_flops: float) -> float:
-    """HBM traffic of one step: XLA's `bytes accessed`, scaled like the FLOPs for loop bodies
-    it counts once (cost_analysis ignores trip counts; the HLO walk does not)."""
-    cost = compiled.cost_analysis() or {}
-    counted = float(cost.get("flops", 0.0))
-    scale = matmul_flops / counted if counted > 0 and matmul_flops > counted else 1.0
-    return float(cost.get("bytes accessed", 0.0)) * scale
 
 
 def advice(plan: Plan, config: ml_collections.ConfigDict) -> list[str]:

@@ -106,6 +106,8 @@ def test_config_file_errors(tmp_path):
     (["--config.model.dtype=float16"], r"model.dtype='float16'"),
     (["--config.train.grad_cache_chunk=5", "--config.data.pack_length=0"],
      r"grad_cache_chunk=5 must divide train.batch_size=32"),
+    (["--config.mesh.data=-1", "--config.train.grad_cache_chunk=4", "--config.data.pack_length=0"],
+     r"train.grad_cache_chunk=4 must be a multiple of the mesh's data axis size 8"),
     (["--config.data.pack_length=64"], r"data.pack_length=64: must be 0 \(off\) or >= model.max_seq_length=128"),
     (["--config.data.pack_length=128", "--config.train.grad_cache_chunk=8"],
      r"train.grad_cache_chunk=8 with data.pack_length=128: packed batches are chunked by tokens"),

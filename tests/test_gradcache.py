@@ -1,6 +1,7 @@
 """GradCache: same loss and gradients as full-batch backprop (rtol 1e-4), with dropout keys
-replayed, composed with the sharded InfoNCE, O(1) compile size in the number of chunks, and
-temp memory flat in the batch size for a fixed chunk size."""
+replayed, composed with the sharded InfoNCE, O(1) compile size in the number of chunks, temp
+memory flat in the batch size for a fixed chunk size, and on a mesh one gradient reduction over
+'data' per step, however many chunks."""
 import chex
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,8 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from siamjax.losses.gradcache import grad_cache_value_and_grad, make_grad_cache_value_and_grad
 from siamjax.losses import get_loss, init_loss_params
+from siamjax.parallel import BATCH_AXES, batch_spec, make_mesh, replicated, tree_shardings
+from siamjax.parallel.hlo import program_stats
 
 VOCAB, HIDDEN, DIM, LEN = 60, 16, 8, 6
 
@@ -108,6 +111,39 @@ def test_composes_with_the_sharded_loss():
     chex.assert_trees_all_close((loss, (g, glp)), ref, rtol=1e-4, atol=1e-6)
 
 
+def test_gradient_is_reduced_once_per_step_on_a_mesh():
+    """data=8, and data=2 x fsdp=4 with FSDP-sharded params: 4 chunks of a 32-pair batch give the
+    1-device loss and gradients. The compiled data=8 step all-reduces the gradient once:
+    2 (n-1)/n x its bytes (+ two scalars), the same with 2 chunks as with 4 (it was once per
+    chunk). Under FSDP only the 'fsdp' reduction (reduce-scatter) stays per chunk: the all-reduce
+    is one over 'data' of each device's gradient shard, plus, per chunk, the few parameters too
+    small to shard (b2 here), all-reduced over 'fsdp'."""
+    params, batch = init_tiny(jax.random.key(5)), make_batch(2, 32, seed=5)
+    ref = full_batch(tiny_encode, get_loss("mnrl"), batch)(params, {})
+    grad_bytes = sum(x.size * 4 for x in jax.tree.leaves(params))
+    all_reduce = {}
+    for data, fsdp, chunk in ((8, 1, 8), (8, 1, 16), (2, 4, 8)):
+        mesh = make_mesh(data, fsdp)
+        shardings = tree_shardings(params, mesh, min_size=64)
+        loss_fn = get_loss("mnrl", mesh=mesh, batch_axes=BATCH_AXES)
+        with jax.set_mesh(mesh):
+            step = jax.jit(lambda p, b: grad_cache_value_and_grad(tiny_encode, loss_fn, p, b, chunk)[:2],
+                           out_shardings=(replicated(mesh), shardings))
+            sharded = {k: jax.device_put(v, NamedSharding(mesh, batch_spec(k, v.ndim))) for k, v in batch.items()}
+            compiled = step.lower(jax.device_put(params, shardings), sharded).compile()
+            if chunk == 8:
+                chex.assert_trees_all_close(compiled(jax.device_put(params, shardings), sharded), (ref[0], ref[1][0]),
+                                            rtol=1e-4, atol=1e-6)
+        all_reduce[data, 32 // chunk] = program_stats(compiled.as_text(), 8).collective_bytes["all-reduce"]
+    once = 2 * 7 / 8 * grad_bytes
+    assert once <= all_reduce[8, 4] <= once + 64 and all_reduce[8, 2] == all_reduce[8, 4], (all_reduce, once)
+    shard_bytes = sum(leaf.size * 4 // (4 if any(s.spec) else 1) for leaf, s in
+                      zip(jax.tree.leaves(params), jax.tree.leaves(tree_shardings(params, mesh, min_size=64))))
+    small = params["b2"].size * 4
+    assert all_reduce[2, 4] <= shard_bytes + 4 * 2 * 3 / 4 * small + 64, (all_reduce, shard_bytes)
+    assert all_reduce[2, 4] < 0.5 * once
+
+
 def test_train_step_adapter():
     params = {"encoder": init_tiny(jax.random.key(0)), "loss": init_loss_params("mnrl", DIM, learnable_scale=True)}
     batch = make_batch(2, 8)
@@ -166,6 +202,9 @@ def test_bad_inputs():
     loss_fn = get_loss("mnrl")
     with pytest.raises(ValueError, match="batch size B=12 is not divisible by chunk_size=5"):
         grad_cache_value_and_grad(tiny_encode, loss_fn, params, batch, 5)
+    with jax.set_mesh(make_mesh(4, 2)), pytest.raises(ValueError, match="chunk_size=6 is not divisible by the mesh's "
+                                                                     "'data' axis size=4"):
+        grad_cache_value_and_grad(tiny_encode, loss_fn, params, batch, 6)
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         grad_cache_value_and_grad(tiny_encode, loss_fn, params, batch, 0)
     with pytest.raises(ValueError, match="same S and B"):

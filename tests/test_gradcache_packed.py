@@ -15,6 +15,7 @@ from siamjax import losses, parallel, train
 from siamjax.data.tokenization import pack_sides, tokenize_sides
 from siamjax.encoder import BertConfig, SentenceEncoder
 from siamjax.losses.gradcache import grad_cache_value_and_grad
+from siamjax.parallel.hlo import program_stats
 from siamjax.train.config_file import load_config
 
 from config_fixtures import WORDS, read_jsonl
@@ -38,8 +39,11 @@ def random_sides(n_sides, batch, seed):
 
 def test_packed_grad_cache_equals_padded_full_batch_on_eight_devices(tokenizer):
     """(anchor, positive, negative) x 64, packed per device into 48-token rows, GradCache chunks
-    of 96 tokens (2 rows per device), ring MNRL on a 2 x 4 mesh == plain autodiff through the
-    padded batch on one device, loss and every parameter gradient within 2e-5."""
+    of 96 tokens (2 rows per device), ring MNRL on a 2 x 4 mesh with FSDP-sharded weights ==
+    plain autodiff through the padded batch on one device, loss and every parameter gradient
+    within 2e-5. No full gradient is all-reduced: the compiled step all-reduces each device's
+    gradient shard over 'data' once, and per chunk only the weights too small to shard over
+    'fsdp' (the sharded ones are reduce-scattered)."""
     cfg = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                      intermediate_size=64, max_position_embeddings=64)
     enc = SentenceEncoder.from_config(cfg, tokenizer, pooling=("mean",), dense_dim=16, normalize=True, seed=1,
@@ -62,10 +66,21 @@ def test_packed_grad_cache_equals_padded_full_batch_on_eight_devices(tokenizer):
     loss_fn = losses.get_loss("mnrl", hardness_mode="all_negatives", hardness_strength=3.0, ring=True,
                               mesh=mesh, batch_axes=parallel.BATCH_AXES)
     sharded = {k: jax.device_put(v, NamedSharding(mesh, parallel.batch_spec(k, v.ndim))) for k, v in packed.items()}
+    shardings = parallel.tree_shardings(enc.params, mesh, min_size=256)
+    params = jax.device_put(enc.params, shardings)
     with jax.set_mesh(mesh):
-        loss, grads, _ = jax.jit(lambda p, b: grad_cache_value_and_grad(enc.encode_fn, loss_fn, p, b,
-                                                                        chunk_tokens=96))(enc.params, sharded)
+        step = jax.jit(lambda p, b: grad_cache_value_and_grad(enc.encode_fn, loss_fn, p, b, chunk_tokens=96)[:2],
+                       out_shardings=(parallel.replicated(mesh), shardings)).lower(params, sharded).compile()
+        loss, grads = step(params, sharded)
     chex.assert_trees_all_close((loss, grads), want, rtol=0, atol=2e-5)
+    leaves = list(zip(jax.tree.leaves(enc.params), jax.tree.leaves(shardings)))
+    shard_bytes = sum(x.nbytes // (4 if any(s.spec) else 1) for x, s in leaves)  # each device's gradient
+    small = sum(x.nbytes for x, s in leaves if not any(s.spec))
+    chunks = rows_per_shard // 2
+    bound = 2 * (2 - 1) / 2 * shard_bytes + chunks * 2 * (4 - 1) / 4 * small + 64  # + the loss's scalars
+    all_reduce = program_stats(step.as_text(), 8).collective_bytes["all-reduce"]
+    full = 2 * 7 / 8 * sum(x.nbytes for x, _ in leaves)
+    assert all_reduce <= bound < 0.5 * full, (all_reduce, bound, full)
 
 
 def test_packed_chunking_errors(tokenizer):

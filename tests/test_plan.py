@@ -56,6 +56,9 @@ def configs(minilm_dir, tmp_path_factory):
     triplets.train.grad_cache_chunk = 8
     triplets.model.remat = True
     triplets.loss.sharded = True
+    # GradCache on data > 1 draws dropout per data shard (its key folded with the shard index),
+    # so with dropout the loss would depend on the mesh; without it, 1, 2 and 8 devices agree
+    triplets.train.dropout = False
     folder = tmp_path_factory.mktemp("qwen3")
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
     qwen = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -123,13 +126,13 @@ def _param_bytes(state, sharded: bool) -> int:
 
 
 def _check_collectives(plan, config, data: int, fsdp: int, name: str) -> None:
-    """The analytic counts, per GradCache chunk (XLA reduces the gradient inside the chunk loop,
-    so a step of c chunks moves c times the bytes; 1 chunk without GradCache). data=n: every
-    gradient all-reduced, 2 (n-1)/n x its bytes (+ a few scalars). fsdp=n: every sharded
-    weight's gradient reduce-scattered, (n-1)/n x its bytes (+ < 5%: the loss's embeddings; packed
-    GradCache all-reduces it instead, 2 (n-1)/n x);
-    every sharded weight all-gathered at least once ((n-1)/n x its bytes; XLA adds activation
-    reshards on top)."""
+    """The analytic counts. data=n: every gradient all-reduced once per step, 2 (n-1)/n x its
+    bytes (+ a few scalars), however many GradCache chunks (each data shard sums its chunks'
+    gradients locally). fsdp=n: every sharded weight's gradient reduce-scattered, (n-1)/n x its
+    bytes (+ < 5%: the loss's embeddings), once per GradCache chunk (each chip keeps only its
+    shard of the weights, so it reduces each chunk's gradient: c chunks move c times the bytes),
+    and no full-gradient all-reduce; every sharded weight all-gathered at least once ((n-1)/n x
+    its bytes; XLA adds activation reshards on top)."""
     sent = plan.collective_bytes
     chunk = config.train.grad_cache_chunk
     tokens = config.train.grad_cache_tokens
@@ -140,15 +143,14 @@ def _check_collectives(plan, config, data: int, fsdp: int, name: str) -> None:
     else:
         chunks = 1
     if data > 1:
-        expected = chunks * 2 * (data - 1) / data * _param_bytes(plan.state, sharded=False)
+        expected = 2 * (data - 1) / data * _param_bytes(plan.state, sharded=False)
         assert expected <= sent["all-reduce"] <= 1.001 * expected, (name, sent, expected)
         assert sent["all-gather"] + sent["reduce-scatter"] <= 0.01 * expected, (name, sent, expected)
     if fsdp > 1:
         full = chunks * _param_bytes(plan.state, sharded=True)
-        # gradient bytes reduced, whether as reduce-scatter or (packed GradCache: its scan carries
-        # the summed gradient replicated) as all-reduce
-        reduced = sent["reduce-scatter"] * fsdp / (fsdp - 1) + sent["all-reduce"] * fsdp / (2 * (fsdp - 1))
-        assert full <= reduced <= 1.05 * chunks * _param_bytes(plan.state, sharded=False), (name, sent, full)
+        scattered = sent["reduce-scatter"] * fsdp / (fsdp - 1)
+        assert full <= scattered <= 1.05 * chunks * _param_bytes(plan.state, sharded=False), (name, sent, full)
+        assert sent["all-reduce"] * fsdp / (2 * (fsdp - 1)) <= 0.05 * full, (name, sent, full)
         assert sent["all-gather"] >= (fsdp - 1) / fsdp * full, (name, sent, full)
 
 

@@ -11,6 +11,8 @@ gradient at the embeddings:
 
 By the chain rule the sum equals the full-batch gradient. Steps 1 and 3 are `jax.lax.scan`s, so
 compile time does not grow with the number of chunks, and only one chunk's activations are live.
+On a mesh they run per 'data' shard (`siamjax.parallel.on_data_shards`), so step 3's sum stays
+local and the gradient is all-reduced over 'data' once per step, not once per chunk.
 
 A chunk is a slice of the batch's rows, in one of the two row layouts (`siamjax.encoder.rows`):
 - padded `[S, B, L]`: `chunk_size` texts per side. Chunks are strided (chunk i = rows
@@ -36,6 +38,7 @@ from siamjax.encoder.lora import with_base
 from siamjax.encoder.model import encode_sides
 from siamjax.encoder.rows import num_slots, unpack
 from siamjax.losses import checks as chk
+from siamjax.parallel import data_shard_count, data_shard_key, local_to_data_shard, on_data_shards, sum_over_data_shards
 
 _LOSS_KEYS = ("labels", "text_ids")
 
@@ -72,53 +75,80 @@ def grad_cache_value_and_grad(
     guide_encode_fn / guide_params: a frozen guide encoder whose embeddings of the batch go to
       the loss as `guide_SxBxD` (no gradients, computed in the first pass only).
     Returns d loss / d loss_params as None when loss_params is None.
+
+    On a mesh with data > 1 (`jax.set_mesh`), steps 1 and 3 run per 'data' shard
+    (`siamjax.parallel.on_data_shards`): each shard sums its chunks' parameter gradients locally
+    and the sum is all-reduced over 'data' once per step, not once per chunk. Its dropout keys
+    are then those of its shard (`data_shard_key`), so with dropout the result depends on the
+    'data' size (as in any data-parallel trainer whose ranks draw their own masks).
     """
     where = "grad_cache_value_and_grad"
     sides, text_index, labels, text_ids = _split_batch(where, batch_SxBxL)
     _check_params(where, params)
     layout = _layout(where, sides, text_index, chunk_size, chunk_tokens)
-    embed_chunk = _chunk_embedder(layout, rng, compute_dtype)
+    embed_chunk = _chunk_embedder(layout, compute_dtype)
     chunks = jax.tree.map(layout.to_chunks, sides)
-    idx_n = jnp.arange(layout.n_chunks)
-    frozen = jax.lax.stop_gradient(params)
-    out_nxSx = jax.lax.map(lambda xs: embed_chunk(encode_fn, frozen, *xs, keyed=True), (chunks, idx_n))
+    out_nxSx = _embed_all(layout, embed_chunk, encode_fn)(jax.lax.stop_gradient(params), chunks, rng)
     emb_SxBxD, assemble_vjp = jax.vjp(layout.assemble, out_nxSx)
     extra = {}
     if guide_encode_fn is not None:
         guide = jax.lax.stop_gradient(guide_params)
-        extra["guide_SxBxD"] = layout.assemble(
-            jax.lax.map(lambda xs: embed_chunk(guide_encode_fn, guide, *xs, keyed=False), (chunks, idx_n)))
+        extra["guide_SxBxD"] = layout.assemble(_embed_all(layout, embed_chunk, guide_encode_fn)(guide, chunks, None))
 
     lp = {} if loss_params is None else loss_params
     ids = () if text_ids is None else (text_ids,)
     loss, (g_emb_SxBxD, g_lp) = jax.value_and_grad(
         lambda e, p: loss_fn(e, labels, p, *ids, **extra), argnums=(0, 1))(emb_SxBxD, lp)
     (g_out_nxSx,) = assemble_vjp(g_emb_SxBxD)
-
-    def accumulate(acc, xs):
-        chunk_Sx, g_Sx, i = xs
-        _, pull = jax.vjp(lambda p: embed_chunk(encode_fn, p, chunk_Sx, i, keyed=True), params)
-        (g_params,) = pull(g_Sx)
-        return jax.tree.map(jnp.add, acc, g_params), None
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, _ = jax.lax.scan(accumulate, zeros, (chunks, g_out_nxSx, idx_n))
+    grads = _pull_back(layout, embed_chunk, encode_fn)(params, chunks, g_out_nxSx, rng)
     return loss, grads, (None if loss_params is None else g_lp)
 
 
-def _chunk_embedder(layout, rng, compute_dtype):
-    """embed_chunk(encode_fn, params, chunk [S, ...], i, keyed) -> the chunk's outputs [S, ...].
+def _embed_all(layout, embed_chunk, enc):
+    """Step 1: embed(params, chunks [n, S, rows, ...], key) -> outputs [n, S, rows', D], chunk by
+    chunk on each data shard's rows (axis 2 is split over 'data')."""
 
-    Every side of chunk i gets its own dropout key, split(fold_in(rng, i), S), in both passes.
+    def embed(p, chunks_n, key):
+        return jax.lax.map(lambda xs: embed_chunk(enc, p, *xs, key), (chunks_n, jnp.arange(layout.n_chunks)))
+
+    return on_data_shards(embed, (None, 2, None), 2)
+
+
+def _pull_back(layout, embed_chunk, enc):
+    """Step 3: pull(params, chunks, g_outputs, key) -> d loss / d params. Each data shard re-encodes
+    its rows of every chunk under `jax.vjp` and sums its own parameter gradients (no reduction
+    per chunk); the shards' sums are all-reduced over 'data' once, at the end."""
+
+    def pull_back(p, chunks_n, g_out_n, key):
+        p = local_to_data_shard(p)
+
+        def accumulate(acc, xs):
+            chunk_Sx, g_Sx, i = xs
+            _, pull = jax.vjp(lambda q: embed_chunk(enc, q, chunk_Sx, i, key), p)
+            (g_params,) = pull(g_Sx)
+            return jax.tree.map(jnp.add, acc, g_params), None
+
+        zeros = jax.tree.map(jnp.zeros_like, p)
+        grads, _ = jax.lax.scan(accumulate, zeros, (chunks_n, g_out_n, jnp.arange(layout.n_chunks)))
+        return sum_over_data_shards(grads)
+
+    return on_data_shards(pull_back, (None, 2, 2, None), None)
+
+
+def _chunk_embedder(layout, compute_dtype):
+    """embed_chunk(encode_fn, params, chunk [S, ...], i, key or None) -> the chunk's outputs [S, ...].
+
+    With a dropout key, every side of chunk i gets its own key, split(fold_in(key', i), S), in
+    both passes, where key' is the key of this data shard (`data_shard_key`).
     """
 
-    def embed_chunk(enc, p, chunk_Sx, i, keyed):
+    def embed_chunk(enc, p, chunk_Sx, i, key):
         if compute_dtype is not None:
             p = jax.tree.map(lambda a: a.astype(compute_dtype), p)
         chunk_Sx = layout.encoder_inputs(chunk_Sx)
-        if rng is None or not keyed:
+        if key is None:
             return encode_sides(enc, p, chunk_Sx)
-        keys_S = jax.random.split(jax.random.fold_in(rng, i), chunk_Sx["input_ids"].shape[0])
+        keys_S = jax.random.split(jax.random.fold_in(data_shard_key(key), i), chunk_Sx["input_ids"].shape[0])
         return encode_sides(enc, p, chunk_Sx, keys_S)
 
     return embed_chunk
@@ -162,8 +192,8 @@ class _PackedChunks:
 
     def encoder_inputs(self, chunk_Sx):
         slots = self.rows * self.slots_per_row
-        s = chunk_Sx["input_ids"].shape[0]
-        every_slot = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (s, self.shards, slots))
+        s, rows = chunk_Sx["input_ids"].shape[:2]  # rows: all shards', or one data shard's
+        every_slot = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (s, rows // self.rows, slots))
         return dict(chunk_Sx, text_index=every_slot)
 
     def assemble(self, slots_cxSxMxD):
@@ -182,6 +212,7 @@ def _layout(where: str, sides: dict, text_index, chunk_size, chunk_tokens):
                              f"give chunk_size (texts per chunk)")
         _check_positive(where, "chunk_size", chunk_size)
         chk.check_divisible(where, "batch size B", rows_total, chunk_size, "chunk_size")
+        chk.check_divisible(where, "chunk_size", chunk_size, data_shard_count(), "the mesh's 'data' axis size")
         return _PaddedChunks(rows_total, chunk_size)
     if chunk_size is not None:
         raise ValueError(f"{where}: this batch is packed (has text_index): give chunk_tokens, not chunk_size")

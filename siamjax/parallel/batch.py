@@ -82,6 +82,8 @@ def to_global_array(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, ja
 def constrain_rows(x: jax.Array) -> jax.Array:
     """`x [R, ...]` with its row axis kept split over the batch axes, inside a step traced under
     `jax.set_mesh` with an 'fsdp' axis (unchanged otherwise, or when R does not split evenly).
+    Inside a `shard_map` that is manual over some batch axes (`on_data_shards`), `x` holds that
+    shard's rows and stays split over the remaining automatic ones.
 
     Why: the encoder carries no sharding annotations, and without one XLA's sharding propagation
     lets FSDP-sharded weights shard the activations along the hidden axis instead (all-reducing
@@ -89,6 +91,9 @@ def constrain_rows(x: jax.Array) -> jax.Array:
     all-gather the weights and reduce-scatter their gradients: FSDP (ZeRO-3) as intended.
     """
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.shape.get("fsdp", 1) == 1 or x.shape[0] % batch_shard_count(mesh):
+    if mesh.empty or mesh.shape.get("fsdp", 1) == 1:
         return x
-    return jax.lax.with_sharding_constraint(x, P(BATCH_AXES, *([None] * (x.ndim - 1))))
+    axes = tuple(a for a in BATCH_AXES if a not in mesh.manual_axes)  # inside shard_map: its own rows
+    if x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+        return x
+    return jax.lax.with_sharding_constraint(x, P(axes, *([None] * (x.ndim - 1))))

@@ -28,8 +28,9 @@ Collective bytes are the data one device sends over the interconnect with the us
 algorithms on a group of n devices: all-gather and reduce-scatter (n-1)/n of the full array,
 all-reduce 2(n-1)/n of it, collective-permute and all-to-all the array (all-to-all (n-1)/n).
 XLA:CPU writes a reduce-scatter as an all-reduce followed by a dynamic slice (TPU and GPU
-compilers fuse the pair into one reduce-scatter); an all-reduce whose every user slices it is
-counted as the reduce-scatter those backends run.
+compilers fuse the pair into one reduce-scatter); an all-reduce whose every user slices it
+(directly, or after converting a float32-promoted bf16 sum back to bf16) is counted as the
+reduce-scatter those backends run.
 """
 from __future__ import annotations
 
@@ -199,14 +200,22 @@ def _element_users(inst: Instruction, element: int | None, users: dict[str, list
     return [user for pick in picks for user in users.get(pick.name, [])]
 
 
-def _slices_only(found: list[Instruction], computations: dict[str, list[Instruction]]) -> bool:
-    """Every user is a dynamic slice (or a fusion computing one): the all-reduce is a reduce-scatter."""
-    def slicing(user: Instruction) -> bool:
-        if user.opcode == "dynamic-slice":
-            return True
+def _slices_only(found: list[Instruction], computations: dict[str, list[Instruction]],
+                 users: dict[str, list[Instruction]]) -> bool:
+    """Every user is a dynamic slice (or a fusion computing one): the all-reduce is a reduce-scatter.
+
+    A dtype conversion in between is looked through: XLA:CPU all-reduces bf16 in float32 and
+    converts the sum back before slicing it (TPU/GPU reduce-scatter the bf16 array directly).
+    """
+    def fused(user: Instruction) -> list[str]:
         called = _CALLEE.search(user.attributes)
-        return user.opcode == "fusion" and called is not None and any(
-            i.opcode == "dynamic-slice" for i in computations.get(called.group(2), ()))
+        return [i.opcode for i in computations.get(called.group(2), ())] if user.opcode == "fusion" and called else []
+
+    def slicing(user: Instruction) -> bool:
+        if user.opcode == "dynamic-slice" or "dynamic-slice" in fused(user):
+            return True
+        converting = user.opcode == "convert" or set(fused(user)) - {"parameter"} == {"convert"}
+        return converting and _slices_only(users.get(user.name, []), computations, users)
     return bool(found) and all(slicing(u) for u in found)
 
 
@@ -221,7 +230,7 @@ def _collective_bytes(inst: Instruction, n: int, shapes: dict[str, str], users: 
         sizes = {"all-reduce": 0.0, "reduce-scatter": 0.0}
         tupled = inst.shape.startswith("(")
         for k, element in enumerate(elements):
-            sliced = _slices_only(_element_users(inst, k if tupled else None, users), computations)
+            sliced = _slices_only(_element_users(inst, k if tupled else None, users), computations, users)
             sizes["reduce-scatter" if sliced else "all-reduce"] += array_bytes(element)
     else:  # async starts return (operand, result) tuples: the largest is the full array
         sizes = {kind: float(max((array_bytes(e) for e in elements), default=0))}

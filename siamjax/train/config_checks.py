@@ -68,6 +68,9 @@ def validate(config: ml_collections.ConfigDict, *, data: bool = True, devices: i
     if t.grad_cache_chunk:
         need(t.batch_size % t.grad_cache_chunk == 0,
              f"train.grad_cache_chunk={t.grad_cache_chunk} must divide train.batch_size={t.batch_size}")
+        need(t.grad_cache_chunk % data == 0,
+             f"train.grad_cache_chunk={t.grad_cache_chunk} must be a multiple of the mesh's data axis size {data} "
+             f"(each data shard encodes its part of every chunk)")
 
 
 def _check_model(m: ml_collections.ConfigDict, o: ml_collections.ConfigDict, need) -> None:

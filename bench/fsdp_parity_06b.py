@@ -2,9 +2,9 @@
 losses must agree (the FSDP layout changes where numbers live, not what is computed).
 
 With `--lora 16` (the planning table's Qwen3 rows: rank-16 adapters on every projection, the frozen
-base stored in bf16, float32 compute) the full 28-layer model runs fsdp=8 against data=8: each
-data-parallel replica holds only the 1.2 GB bf16 base and the adapters' moments, so eight
-replicas fit in this machine's RAM.
+base stored in bf16, float32 compute) it runs fsdp=8 against data=8: each data-parallel replica
+holds only the bf16 base and the adapters' moments. 8 layers fit a 24 GiB machine; the full 28
+need more than that machine had free (the compile itself peaks at several GB).
 
 Full fine-tuning, why not fsdp=8 vs data=8: data=8 keeps a full copy of the weights and Adam moments on every
 device; for 0.6B parameters that is 8 x (weights + 2 moments) in this machine's one RAM (24 GiB,
@@ -14,7 +14,7 @@ False`, so both runs fit: 3.6 GB of state per replica). The runs go through the 
 (`builders.build_parts`, `create_train_state`, `experiment.step_for`, `compile_train_step`):
 MNRL over (anchor, positive) pairs, global batch 16, 16-token texts, the same three batches.
 
-    python bench/fsdp_parity_06b.py --lora 16            # 28 layers, fsdp=8 vs data=8
+    python bench/fsdp_parity_06b.py --lora 16 --layers 8  # fsdp=8 vs data=8 (28 layers by default)
     python bench/fsdp_parity_06b.py --layers 1 --float32  # full fine-tune, fsdp=8 vs data=2 x fsdp=4
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ from siamjax.cli.plan_cmd import tpu_devices
 from siamjax.parallel.hlo import program_stats
 from siamjax.train.accelerators import get_accelerator
 from siamjax.train.config import default_config
-from siamjax.train.plan import plan_run
+from siamjax.train.plan import plan_run, report
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -59,6 +59,71 @@ ENTRY %main (a: bf16[64,1024,1], b: bf16[1024,2,128,1]) -> bf16[64,1024,1] {
 """
 
 
+# HBM traffic as the TPU compiler lays a program out: an all-gather as async collective kernels
+# (start; a kernel computing beside it, the buffers passed through; done), each repeating the
+# collective with its channel id; a prefetch into VMEM
+# (S(1)) by async copy, a slice fetched into VMEM, a kernel entirely in VMEM, and a copy back.
+TPU_TRAFFIC_HLO = """
+HloModule traffic
+
+%wait (a: bf16[64,128], b: bf16[512,128]) -> bf16[512,128] {
+  %a = bf16[64,128]{1,0} parameter(0)
+  %b = bf16[512,128]{1,0} parameter(1)
+  %ag2 = bf16[512,128]{1,0} all-gather(%a), channel_id=1, replica_groups=[1,8]<=[8], dimensions={0}
+  ROOT %cc = bf16[512,128]{1,0} custom-call(%a, %b, %ag2), custom_call_target="AsyncCollectiveDone"
+}
+
+%gather (c: bf16[64,128]) -> (bf16[64,128], bf16[512,128]) {
+  %c = bf16[64,128]{1,0} parameter(0)
+  %ag1 = bf16[512,128]{1,0} all-gather(%c), channel_id=1, replica_groups=[1,8]<=[8], dimensions={0}
+  ROOT %cs = (bf16[64,128]{1,0}, bf16[512,128]{1,0}) custom-call(%ag1), custom_call_target="AsyncCollectiveStart"
+}
+
+%overlap (d: bf16[64,128], e: bf16[512,128], f: s32[8]) -> (s32[8], bf16[64,128], bf16[512,128]) {
+  %d = bf16[64,128]{1,0} parameter(0)
+  %e = bf16[512,128]{1,0} parameter(1)
+  %f = s32[8]{0:S(1)} parameter(2)
+  %ag3 = bf16[512,128]{1,0} all-gather(%d), channel_id=1, replica_groups=[1,8]<=[8], dimensions={0}
+  %g = s32[8]{0:S(1)} add(%f, %f)
+  ROOT %o = (s32[8]{0:S(1)}, bf16[64,128]{1,0}, bf16[512,128]{1,0}) tuple(%g, %d, %e)
+}
+
+%double (x: f32[1024]) -> f32[1024] {
+  %x = f32[1024]{0:S(1)} parameter(0)
+  ROOT %y = f32[1024]{0:S(1)} add(%x, %x)
+}
+
+ENTRY %main (w: bf16[64,128], v: f32[4096], ids: s32[8]) -> (bf16[512,128], f32[1024]) {
+  %w = bf16[64,128]{1,0} parameter(0)
+  %v = f32[4096]{0} parameter(1)
+  %start = (bf16[64,128]{1,0}, bf16[512,128]{1,0}) fusion(%w), kind=kCustom, calls=%gather
+  %s0 = bf16[64,128]{1,0} get-tuple-element(%start), index=0
+  %s1 = bf16[512,128]{1,0} get-tuple-element(%start), index=1
+  %ids = s32[8]{0:S(1)} parameter(2)
+  %busy = (s32[8]{0:S(1)}, bf16[64,128]{1,0}, bf16[512,128]{1,0}) fusion(%s0, %s1, %ids), kind=kOutput, output_to_operand_aliasing={{1}: (0, {}), {2}: (1, {})}, calls=%overlap
+  %b1 = bf16[64,128]{1,0} get-tuple-element(%busy), index=1
+  %b2 = bf16[512,128]{1,0} get-tuple-element(%busy), index=2
+  %done = bf16[512,128]{1,0} fusion(%b1, %b2), kind=kCustom, calls=%wait
+  %cp = (f32[4096]{0:S(1)}, f32[4096]{0}, u32[]{:S(2)}) copy-start(%v)
+  %inv = f32[4096]{0:S(1)} copy-done(%cp)
+  %sl = ((f32[4096]{0}), f32[1024]{0:S(1)}, s32[]{:S(2)}) slice-start(%v), slice={[0:1024]}
+  %piece = f32[1024]{0:S(1)} slice-done(%sl)
+  %twice = f32[1024]{0:S(1)} fusion(%piece), kind=kLoop, calls=%double
+  %out = f32[1024]{0} copy(%twice)
+  ROOT %r = (bf16[512,128]{1,0}, f32[1024]{0}) tuple(%done, %out)
+}
+"""
+
+
+def test_tpu_traffic_counts_hbm_only_and_each_async_move_once():
+    stats = program_stats(TPU_TRAFFIC_HLO, 8)
+    gathered, shard = 512 * 128 * 2, 64 * 128 * 2
+    assert stats.collective_bytes["all-gather"] == 7 / 8 * gathered  # once, not once per kernel
+    # the gather reads its shard and writes the full weight; the prefetch reads v once; the slice
+    # reads its 1,024 floats; the doubling stays in VMEM; the copy back writes 1,024 floats
+    assert stats.hbm_bytes == (shard + gathered) + 4096 * 4 + 1024 * 4 + 0 + 1024 * 4
+
+
 def test_tpu_style_loops_and_padded_convolutions():
     stats = program_stats(TPU_STYLE_HLO, 8)
     assert stats.unknown_trip_counts == 0
@@ -82,12 +147,8 @@ def test_slice_names_and_compiler_errors(capsys):
     assert "--devices 6" in err and "no 6-chip" in err or "needs libtpu" in err
 
 
-@pytest.mark.skipif(not HAS_LIBTPU, reason="the TPU compiler needs libtpu (pip install 'jax[tpu]')")
-def test_tpu_compiled_plan_agrees_with_the_cpu_one(minilm_dir):
-    """The same tiny step compiled by XLA:CPU (4 fake devices) and by the TPU compiler for a
-    v5e-4 slice: the same matmul FLOPs (the TPU's convolutions parsed, its loops counted) up to
-    what the compilers simplify differently (XLA:CPU drops part of GradCache's first-pass
-    products that the TPU compiler keeps: 4.4% of the step here, every backward product equal)."""
+def _tiny(minilm_dir):
+    """A 2-layer, hidden-128 GradCache step on a 4-chip FSDP mesh."""
     c = default_config()
     c.model.init.tokenizer = str(minilm_dir)
     c.model.init.update(dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
@@ -99,6 +160,36 @@ def test_tpu_compiled_plan_agrees_with_the_cpu_one(minilm_dir):
     c.model.remat = True
     c.mesh.data, c.mesh.fsdp = 1, 4
     c.model.attention = "xla"  # the same program for both compilers
+    return c
+
+
+def test_a_step_the_compiler_refuses_does_not_fit(minilm_dir, monkeypatch):
+    """The TPU compiler stops at a program larger than HBM (libtpu's message, as it words it):
+    the plan says "does not fit" with the compiler's numbers and the knobs, never an internal error."""
+    message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+               "(17.63G) exceeds available HBM (15.75G).")
+
+    def refuse(self, compiler_options=None):
+        raise jax.errors.JaxRuntimeError(message)
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", refuse)
+    c = _tiny(minilm_dir)
+    plan = plan_run(c, get_accelerator("v5e"), jax.devices()[:4])
+    assert not plan.fits and plan.compiled is None
+    assert plan.temp_bytes == int(17.63 * 2**30) and plan.peak_bytes > plan.temp_bytes
+    text = report(plan, c)
+    assert "does not fit (the compiler needs 17.63 GiB of temporaries, 15.75 available); try: " in text
+    assert "model.param_dtype=bfloat16" not in text and "train.grad_cache_chunk=4" in text
+    assert "not known, the compiler refused the step (RESOURCE_EXHAUSTED: Ran out of memory" in text
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="the TPU compiler needs libtpu (pip install 'jax[tpu]')")
+def test_tpu_compiled_plan_agrees_with_the_cpu_one(minilm_dir):
+    """The same tiny step compiled by XLA:CPU (4 fake devices) and by the TPU compiler for a
+    v5e-4 slice: the same matmul FLOPs (the TPU's convolutions parsed, its loops counted) up to
+    what the compilers simplify differently (XLA:CPU drops part of GradCache's first-pass
+    products that the TPU compiler keeps: 4.4% of the step here, every backward product equal)."""
+    c = _tiny(minilm_dir)
     accelerator = get_accelerator("v5e")
     cpu = plan_run(c, accelerator, jax.devices()[:4])
     tpu = plan_run(c, accelerator, tpu_devices(accelerator, 4))

@@ -18,7 +18,9 @@ unpadded input.
 
 HBM traffic: every instruction outside a fusion reads its operands from memory and writes its
 result (a fusion is one kernel: what happens inside stays in registers / VMEM); tuple plumbing,
-parameters, constants and bitcasts move nothing. Slicing reads only the slice (`dynamic-slice`,
+parameters, constants and bitcasts move nothing. Only buffers in HBM count: the TPU compiler
+places some in VMEM (memory space S(1) in their layout) and moves them with async copies and
+slices, each counted once, on its HBM side. Slicing reads only the slice (`dynamic-slice`,
 `gather`: the result's bytes read and written), and an in-place update writes only the update
 (`dynamic-update-slice`, `scatter`, or a fusion ending in one: GradCache's loops fill their
 output buffers this way). A lower bound on the bytes of the step
@@ -45,6 +47,14 @@ _DTYPE_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f
                 "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8,
                 "f64": 8, "c64": 8, "c128": 16}
 _ARRAY = re.compile(r"\b([a-z]+[0-9a-z]*)\[([0-9,]*)\]")
+_LAYOUT = re.compile(r"\{([^}]*)\}")
+_MEMORY_SPACE = re.compile(r"S\((\d+)\)")
+_TARGET = re.compile(r'custom_call_target="([^"]*)"')
+_CHANNEL = re.compile(r"\bchannel_id=(\d+)")
+# TPU custom calls that move no data: buffer allocation, bitcasts, an index-range promise, and
+# the wait of an async collective (its start wrote the result).
+_NO_TRAFFIC_TARGETS = frozenset({"AllocateBuffer", "ConcatBitcast", "AssumeGatherIndicesInBound",
+                                 "AsyncCollectiveDone"})
 _HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
 _CALLEE = re.compile(r"\b(body|condition|calls|to_apply|true_computation|false_computation)=%([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
@@ -81,10 +91,27 @@ _NO_TRAFFIC = frozenset({"parameter", "get-tuple-element", "tuple", "constant", 
                          "conditional", "after-all", "partition-id", "replica-id", "opt-barrier", "domain"})
 
 
+def _arrays(shape: str) -> list[tuple[int, bool]]:
+    """(bytes, in HBM) of each array in a shape text, in order (tuples flattened). The TPU
+    compiler writes a buffer's memory space into its layout (`{1,0:T(8,128)S(1)}`): S(1) is VMEM,
+    the core's own memory; higher spaces hold scalars and semaphores. Unmarked is HBM."""
+    out = []
+    for found in _ARRAY.finditer(shape):
+        layout = _LAYOUT.match(shape, found.end())
+        space = _MEMORY_SPACE.search(layout.group(1)) if layout else None
+        size = _DTYPE_BYTES.get(found.group(1), 0) * math.prod(int(d) for d in found.group(2).split(",") if d)
+        out.append((size, space is None or space.group(1) == "0"))
+    return out
+
+
 def array_bytes(shape: str) -> int:
     """Bytes of every array in a shape text (a tuple sums its elements; tokens count 0)."""
-    return sum(_DTYPE_BYTES.get(dtype, 0) * math.prod(int(d) for d in dims.split(",") if d)
-               for dtype, dims in _ARRAY.findall(shape))
+    return sum(size for size, _ in _arrays(shape))
+
+
+def hbm_bytes(shape: str) -> int:
+    """Bytes of the arrays of a shape text that live in HBM (see `_arrays`)."""
+    return sum(size for size, in_hbm in _arrays(shape) if in_hbm)
 
 
 def _dims(shape: str) -> list[int]:
@@ -252,12 +279,15 @@ def program_stats(hlo_text: str, num_devices: int) -> ProgramStats:
     sent = dict.fromkeys(COLLECTIVE_KINDS, 0.0)
     flops = hbm = 0.0
     kernels = _fusion_bodies(computations)
+    sent_channels: set[str] = set()
+    moved_channels: set[str] = set()
     for comp, insts in computations.items():
         count = times.get(comp, 0)
         for inst in insts:
             if count and comp not in kernels and inst.opcode not in _NO_TRAFFIC:
-                hbm += count * _traffic(inst, shapes, computations)
-            if inst.opcode.removesuffix("-start") in COLLECTIVE_KINDS and count:
+                hbm += count * _traffic(inst, shapes, computations, moved_channels)
+            if (inst.opcode.removesuffix("-start") in COLLECTIVE_KINDS and count
+                    and (comp not in kernels or _first(inst, sent_channels))):
                 n = _group_size(inst.attributes, num_devices)
                 for kind, sent_bytes in _collective_bytes(inst, n, shapes, users, computations).items():
                     sent[kind] += count * sent_bytes
@@ -266,19 +296,68 @@ def program_stats(hlo_text: str, num_devices: int) -> ProgramStats:
     return ProgramStats(sent, flops, unknown, hbm)
 
 
-def _traffic(inst: Instruction, shapes: dict[str, str], computations: dict[str, list[Instruction]]) -> float:
-    """HBM bytes one kernel reads and writes (see the module docstring)."""
-    kind = inst.opcode
+def _traffic(inst: Instruction, shapes: dict[str, str], computations: dict[str, list[Instruction]],
+             channels: set[str]) -> float:
+    """HBM bytes one kernel reads and writes (see the module docstring); `channels`: the
+    collectives already counted."""
+    kind, target = inst.opcode, ""
     if kind == "fusion":
-        body = _CALLEE.search(inst.attributes)
-        insts = computations.get(body.group(2), []) if body else []
-        kind = insts[-1].opcode if insts else kind
-    if kind in ("dynamic-slice", "gather"):
-        return 2.0 * array_bytes(inst.shape)
+        target, body = _root_target(inst, computations)
+        kind = body[-1].opcode if body else kind
+        collectives = [i for i in body if i.opcode.removesuffix("-start") in COLLECTIVE_KINDS]
+        if collectives and target != "AsyncCollectiveDone":
+            # the TPU compiler's collective kernels pass the collective's buffers through their
+            # outputs (aliased): the traffic is the collective's read and write, counted once
+            return float(sum(hbm_bytes(c.shape) + sum(hbm_bytes(shapes.get(op, "")) for op in c.operands)
+                             for c in collectives if _first(c, channels)))
+    elif kind == "custom-call":
+        found = _TARGET.search(inst.attributes)
+        target = found.group(1) if found else ""
+    if target in _NO_TRAFFIC_TARGETS or inst.opcode.endswith("-done"):
+        return 0.0  # an async op's data moves in its -start
+    if inst.opcode in ("copy-start", "slice-start"):
+        return _moved(inst.shape, inst.opcode)
+    if inst.opcode.endswith("-start") and inst.shape.startswith("("):
+        return float(hbm_bytes(inst.shape))  # (operand, result, contexts): one read, one write
+    if kind in ("dynamic-slice", "gather"):  # the slice is read (sources this big live in HBM), then written
+        return float(array_bytes(inst.shape) + hbm_bytes(inst.shape))
     if kind in ("dynamic-update-slice", "scatter"):
-        updates = [array_bytes(shapes.get(op, "")) for op in inst.operands[1:]]
+        updates = [hbm_bytes(shapes.get(op, "")) for op in inst.operands[1:]]
         return 2.0 * max(updates, default=0)
-    return float(array_bytes(inst.shape) + sum(array_bytes(shapes.get(op, "")) for op in inst.operands))
+    return float(hbm_bytes(inst.shape) + sum(hbm_bytes(shapes.get(op, "")) for op in inst.operands))
+
+
+def _moved(shape: str, opcode: str) -> float:
+    """An async copy between memories (`copy-start`: (destination, source, context)) or a slice
+    fetched into one (`slice-start`: ((source), destination, context)): the moved bytes are read
+    from the source and written to the destination, HBM traffic on whichever side is HBM."""
+    arrays = _arrays(shape)
+    if len(arrays) < 2:
+        return 0.0
+    destination, source = (arrays[0], arrays[1]) if opcode == "copy-start" else (arrays[1], arrays[0])
+    return float(destination[0] * (int(source[1]) + int(destination[1])))
+
+
+def _root_target(inst: Instruction, computations: dict[str, list[Instruction]]) -> tuple[str, list[Instruction]]:
+    """(custom-call target of a fusion's root, or "", the fusion's body) of a fusion."""
+    body = _CALLEE.search(inst.attributes)
+    insts = computations.get(body.group(2), []) if body else []
+    target = _TARGET.search(insts[-1].attributes) if insts and insts[-1].opcode == "custom-call" else None
+    return (target.group(1) if target else ""), insts
+
+
+def _first(collective: Instruction, seen: set[str]) -> bool:
+    """Whether this is the first time the channel of `collective`, inside a kernel, is met. The
+    TPU compiler splits an async collective into kernels (start, compute that overlaps it, done)
+    that each repeat the collective with the same channel_id; it runs once. (Only kernels' copies
+    are matched: XLA:CPU reuses channel ids across distinct top-level collectives.)"""
+    channel = _CHANNEL.search(collective.attributes)
+    if channel is None:
+        return True
+    if channel.group(1) in seen:
+        return False
+    seen.add(channel.group(1))
+    return True
 
 
 def _fusion_bodies(computations: dict[str, list[Instruction]]) -> set[str]:

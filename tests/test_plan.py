@@ -10,6 +10,7 @@ device after it ran (new state, batch, metrics: `addressable_shards[...].data.nb
 XLA's temporary buffer of the executable that ran (`memory_analysis().temp_size_in_bytes`; CPU
 devices report no allocator statistics, and RSS growth is noise at these sizes).
 """
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -24,7 +25,7 @@ from siamjax.parallel import batch_shard_count, make_mesh, to_global_array
 from siamjax.train import builders
 from siamjax.train.accelerators import get_accelerator
 from siamjax.train.config import default_config
-from siamjax.train.plan import plan_run, planned_batch, report
+from siamjax.train.plan import plan_run, planned_batch, report, speed_advice
 from siamjax.train.state import create_train_state
 from transformers import AutoTokenizer
 
@@ -154,6 +155,18 @@ def _check_collectives(plan, config, data: int, fsdp: int, name: str) -> None:
         assert sent["all-gather"] >= (fsdp - 1) / fsdp * full, (name, sent, full)
 
 
+def _check_speed_advice(plan, config):
+    """The all-gather tip appears exactly when the interconnect bounds a GradCache step under FSDP."""
+    bound = dataclasses.replace(plan, step_seconds={"compute": 1.0, "hbm": 1.0, "interconnect": 2.0, "estimate": 2.0})
+    tip = speed_advice(bound, config)
+    cached = config.train.grad_cache_chunk or config.train.grad_cache_tokens
+    if plan.mesh[1] > 1 and cached:
+        assert f"={2 * cached} (half the chunks)" in tip, tip
+    else:
+        assert tip is None
+    assert speed_advice(dataclasses.replace(bound, step_seconds={**bound.step_seconds, "compute": 3.0}), config) is None
+
+
 @pytest.mark.parametrize("name", ["pairs", "triplets", "decoder"])
 def test_plan_matches_the_run(name, configs, minilm_dir):
     config = configs[name]
@@ -170,6 +183,7 @@ def test_plan_matches_the_run(name, configs, minilm_dir):
         for device_bytes in measured:
             assert abs(plan.peak_bytes - device_bytes) <= 0.15 * device_bytes, (name, count, plan.peak_bytes, measured)
         _check_collectives(plan, config, data, fsdp, name)
+        _check_speed_advice(plan, config)
     np.testing.assert_allclose(losses, losses[0], rtol=2e-2 if name == "decoder" else 1e-4)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import pathlib
 import re
 
 import jax
@@ -46,6 +47,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--compiler", choices=("auto", "tpu", "cpu"), default="auto",
                         help="auto (default): the TPU compiler for a TPU accelerator when libtpu is installed, "
                         "XLA:CPU on fake devices otherwise")
+    parser.add_argument("--hlo", default=None, metavar="FILE",
+                        help="also write the compiled per-device program (HLO text) to FILE, to read or re-count")
     parser.set_defaults(func=run, accepts_overrides=True)
 
 
@@ -100,6 +103,12 @@ def _plan(args: argparse.Namespace, overrides: list[str]) -> int:
     plan = plan_run(config, accelerator, devices)
     print(f"compiled by {compiler}")
     print(report(plan, config))
+    if args.hlo and plan.compiled is not None:
+        try:
+            pathlib.Path(args.hlo).write_text(plan.compiled.as_text())
+        except OSError as err:
+            raise InputError(f"--hlo {args.hlo}: {err.strerror}") from err
+        print(f"compiled program written to {args.hlo}")
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import re
 from typing import Any
 
 import jax
@@ -38,7 +39,7 @@ from siamjax.encoder import rows
 from siamjax.encoder.layers import compiling_for, select_attention
 from siamjax.losses import TEXT_ID_LOSSES
 from siamjax.parallel import batch_shard_count, batch_shardings, make_mesh
-from siamjax.parallel.hlo import program_stats
+from siamjax.parallel.hlo import COLLECTIVE_KINDS, ProgramStats, program_stats
 from siamjax.train import builders
 from siamjax.train.accelerators import GIB, Accelerator
 from siamjax.train.config import ConfigError, train_groups
@@ -52,6 +53,39 @@ USABLE_FRACTION = 0.95
 # The planned program is never run fast: LLVM's optimisations (a third of XLA:CPU's compile
 # time) are skipped. Buffer assignment, and so every byte the plan reports, does not depend on them.
 _PLAN_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+# The TPU compiler checks HBM itself and refuses a program that cannot fit, in one of these
+# two messages (libtpu's wording; sizes like "17.63G", binary units).
+_COMPILER_OOM = (("peak", re.compile(r"Used ([\d.]+)([KMGT])i?B? of ([\d.]+)([KMGT])i?B? hbm")),
+                 ("temp", re.compile(r"HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM "
+                                     r"\(([\d.]+)([KMGT])\)")))
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """The accelerator's compiler refused the step as too large for HBM (`what`: "peak", every
+    buffer, or "temp", the temporaries alone, is `needed_bytes` of `available_bytes`)."""
+
+    what: str
+    needed_bytes: int
+    available_bytes: int
+    message: str
+
+
+def compile_or_refusal(lowered, options: dict) -> Any:
+    """The compiled step, or the compiler's Refusal when it stops at a program that cannot fit."""
+    try:
+        return lowered.compile(compiler_options=options)
+    except jax.errors.JaxRuntimeError as err:
+        text = str(err)
+        for what, pattern in _COMPILER_OOM:
+            found = pattern.search(text) if "RESOURCE_EXHAUSTED" in text else None
+            if found:
+                need, unit, have, have_unit = found.groups()
+                line = next(line for line in text.splitlines() if pattern.search(line))
+                return Refusal(what, int(float(need) * _UNITS[unit]), int(float(have) * _UNITS[have_unit]),
+                               line.strip())
+        raise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,14 +110,15 @@ class Plan:
     global_batch: int
     compiled: Any = dataclasses.field(repr=False, compare=False)  # the step, runnable on real arrays
     state: Any = dataclasses.field(repr=False, compare=False)     # the abstract TrainState it takes
+    refusal: Refusal | None = None     # the compiler refused the step (then `compiled` is None)
 
     @property
     def fits(self) -> bool:
-        return self.peak_bytes <= USABLE_FRACTION * self.accelerator.hbm_bytes
+        return self.refusal is None and self.peak_bytes <= USABLE_FRACTION * self.accelerator.hbm_bytes
 
     @property
     def pairs_per_second(self) -> float:
-        return self.global_batch / self.step_seconds["estimate"]
+        return self.global_batch / self.step_seconds["estimate"] if self.step_seconds else 0.0
 
 
 def batch_sides(config: ml_collections.ConfigDict) -> tuple[int, str | None]:
@@ -135,8 +170,8 @@ def shard_bytes(tree) -> int:
 
 
 def compile_planned_step(config: ml_collections.ConfigDict, devices: list) -> tuple:
-    """(compiled step, abstract state, abstract sharded batch, mesh, encoder): the step
-    `siamjax train` would run, compiled from shapes only on `devices`."""
+    """(compiled step or the compiler's Refusal, abstract state, abstract sharded batch, mesh,
+    encoder): the step `siamjax train` would run, compiled from shapes only on `devices`."""
     if config.loss.guide:
         raise ConfigError("siamjax plan: loss.guide (GIST) loads the guide's weights; plan the run without it")
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
@@ -154,8 +189,17 @@ def compile_planned_step(config: ml_collections.ConfigDict, devices: list) -> tu
     step = compile_train_step(step_for(config, parts, builders.RUN_LOSS, encode_fn), parts.shardings, batch, mesh)
     options = _PLAN_COMPILER_OPTIONS if devices[0].platform == "cpu" else {}
     with jax.set_mesh(mesh):
-        compiled = step.lower(parts.abstract, batch).compile(compiler_options=options)
+        compiled = compile_or_refusal(step.lower(parts.abstract, batch), options)
     return compiled, parts.abstract, batch, mesh, encoder
+
+
+def roofline(stats: ProgramStats, accelerator: Accelerator) -> dict[str, float]:
+    """Seconds per step bound by compute, HBM and interconnect on `accelerator`, and the
+    estimate: their largest (perfect overlap, so a lower bound on the step time)."""
+    seconds = {"compute": stats.matmul_flops / accelerator.bf16_flops,
+               "hbm": stats.hbm_bytes / accelerator.hbm_bandwidth,
+               "interconnect": sum(stats.collective_bytes.values()) / accelerator.link_bandwidth}
+    return seconds | {"estimate": max(seconds.values())}
 
 
 def plan_run(config: ml_collections.ConfigDict, accelerator: Accelerator, devices: list) -> Plan:
@@ -166,24 +210,27 @@ def plan_run(config: ml_collections.ConfigDict, accelerator: Accelerator, device
     config.mesh.num_devices = len(devices)
     validate(config, data=False, devices=len(devices))
     compiled, state, batch, mesh, encoder = compile_planned_step(config, devices)
-    memory = compiled.memory_analysis()
-    stats = program_stats(compiled.as_text(), len(devices))
-    peak = (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
-            - memory.alias_size_in_bytes)
-    seconds = {"compute": stats.matmul_flops / accelerator.bf16_flops,
-               "hbm": stats.hbm_bytes / accelerator.hbm_bandwidth,
-               "interconnect": sum(stats.collective_bytes.values()) / accelerator.link_bandwidth}
-    seconds["estimate"] = max(seconds.values())
+    held = {"param_bytes": shard_bytes(state.params), "frozen_bytes": shard_bytes(state.frozen),
+            "opt_state_bytes": shard_bytes(state.opt_state), "batch_bytes": shard_bytes(batch)}
+    if isinstance(compiled, Refusal):  # no program: the compiler's numbers, nothing of the step's traffic
+        arguments = sum(held.values())
+        temp = compiled.needed_bytes - (arguments if compiled.what == "peak" else 0)
+        peak = max(compiled.needed_bytes, arguments + temp)
+        stats, seconds, refusal, compiled = ProgramStats(dict.fromkeys(COLLECTIVE_KINDS, 0.0), 0.0, 0), {}, compiled, None
+    else:
+        memory = compiled.memory_analysis()
+        stats, refusal, temp = program_stats(compiled.as_text(), len(devices)), None, memory.temp_size_in_bytes
+        peak = (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
+                - memory.alias_size_in_bytes)
+        seconds = roofline(stats, accelerator)
     return Plan(
         accelerator=accelerator, mesh=(mesh.shape["data"], mesh.shape["fsdp"]),
         attention=select_attention(config.model.attention, accelerator.kind, config.model.dtype,
                                    score_bias=encoder.spec.transformer.SCORE_BIAS),
-        compiled_attention=encoder.attention,
-        batch_shapes={k: v.shape for k, v in batch.items()}, param_bytes=shard_bytes(state.params),
-        frozen_bytes=shard_bytes(state.frozen), opt_state_bytes=shard_bytes(state.opt_state),
-        grad_bytes=shard_bytes(state.params), batch_bytes=shard_bytes(batch), temp_bytes=memory.temp_size_in_bytes,
-        peak_bytes=peak, collective_bytes=stats.collective_bytes, flops=stats.matmul_flops, step_seconds=seconds,
-        global_batch=config.train.batch_size, compiled=compiled, state=state)
+        compiled_attention=encoder.attention, batch_shapes={k: v.shape for k, v in batch.items()},
+        grad_bytes=held["param_bytes"], temp_bytes=temp, peak_bytes=peak, collective_bytes=stats.collective_bytes,
+        flops=stats.matmul_flops, step_seconds=seconds, global_batch=config.train.batch_size, compiled=compiled,
+        state=state, refusal=refusal, **held)
 
 
 def advice(plan: Plan, config: ml_collections.ConfigDict) -> list[str]:
@@ -213,6 +260,32 @@ def advice(plan: Plan, config: ml_collections.ConfigDict) -> list[str]:
     return tips
 
 
+def speed_advice(plan: Plan, config: ml_collections.ConfigDict) -> str | None:
+    """What cuts the step time when the interconnect bounds it and GradCache runs under FSDP:
+    every chunk gathers the sharded weights again (in both passes), so the all-gather traffic
+    grows with the number of chunks, not with the batch. None when that is not the bound."""
+    seconds = plan.step_seconds
+    data, fsdp = plan.mesh
+    chunk, tokens = config.train.grad_cache_chunk, config.train.grad_cache_tokens
+    if fsdp == 1 or not (chunk or tokens) or seconds["interconnect"] < max(seconds["compute"], seconds["hbm"]):
+        return None
+    larger = f"train.grad_cache_tokens={2 * tokens}" if tokens else f"train.grad_cache_chunk={2 * chunk}"
+    fewer = f"mesh.data={2 * data} x mesh.fsdp={fsdp // 2}" if fsdp % 2 == 0 else "a smaller mesh.fsdp"
+    return (f"interconnect-bound: under FSDP each GradCache chunk gathers the weights again; {larger} "
+            f"(half the chunks) or {fewer} (fewer shards to gather from) cut the all-gathers, "
+            "if the memory allows")
+
+
+def _traffic_lines(plan: Plan) -> list[str]:
+    if plan.refusal is not None:
+        return [f"collectives, FLOPs, step time: not known, the compiler refused the step ({plan.refusal.message})"]
+    return ["collectives per step (sent per device): "
+            + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in plan.collective_bytes.items() if v),
+            f"matmul FLOPs per device per step: {plan.flops:.3e}",
+            "roofline step time: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in plan.step_seconds.items())
+            + f" -> {plan.pairs_per_second:,.0f} pairs/s (upper bound)"]
+
+
 def report(plan: Plan, config: ml_collections.ConfigDict) -> str:
     """The plan as the text `siamjax plan` prints."""
     gib = lambda n: f"{n / GIB:8.3f} GiB"
@@ -231,14 +304,16 @@ def report(plan: Plan, config: ml_collections.ConfigDict) -> str:
              f"  batch                  {gib(plan.batch_bytes)}",
              f"  XLA temporaries        {gib(plan.temp_bytes)}",
              f"  peak                   {gib(plan.peak_bytes)} of {plan.accelerator.hbm_bytes / GIB:.1f} GiB HBM",
-             "collectives per step (sent per device): "
-             + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in plan.collective_bytes.items() if v),
-             f"matmul FLOPs per device per step: {plan.flops:.3e}",
-             "roofline step time: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in plan.step_seconds.items())
-             + f" -> {plan.pairs_per_second:,.0f} pairs/s (upper bound)"]
+             *_traffic_lines(plan)]
     usable = USABLE_FRACTION * plan.accelerator.hbm_bytes
-    if plan.fits:
+    if plan.refusal is not None:
+        lines.append(f"does not fit (the compiler needs {plan.refusal.needed_bytes / GIB:.2f} GiB of "
+                     f"{'temporaries' if plan.refusal.what == 'temp' else 'HBM'}, "
+                     f"{plan.refusal.available_bytes / GIB:.2f} available); try: " + "; ".join(advice(plan, config)))
+    elif plan.fits:
         lines.append(f"fits ({plan.peak_bytes / GIB:.2f} of {usable / GIB:.2f} usable GiB)")
+        tip = speed_advice(plan, config)
+        lines.extend([tip] if tip else [])
     else:
         lines.append(f"does not fit (needs {plan.peak_bytes / GIB:.2f} GiB of {usable / GIB:.2f} usable); "
                      "try: " + "; ".join(advice(plan, config)))

@@ -3,8 +3,7 @@ losses must agree (the FSDP layout changes where numbers live, not what is compu
 
 With `--lora 16` (the planning table's Qwen3 rows: rank-16 adapters on every projection, the frozen
 base stored in bf16, float32 compute) it runs fsdp=8 against data=8: each data-parallel replica
-holds only the bf16 base and the adapters' moments. 8 layers fit a 24 GiB machine; the full 28
-need more than that machine had free (the compile itself peaks at several GB).
+holds only the bf16 base and the adapters' moments (8 x 1.2 GB at 28 layers, in one host's RAM).
 
 Full fine-tuning, why not fsdp=8 vs data=8: data=8 keeps a full copy of the weights and Adam moments on every
 device; for 0.6B parameters that is 8 x (weights + 2 moments) in this machine's one RAM (24 GiB,
@@ -32,11 +31,12 @@ import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from transformers import AutoTokenizer
 
 from siamjax.data.tokenization import tokenize_sides
-from siamjax.encoder import SentenceEncoder
+from siamjax.encoder import SentenceEncoder, lora
 from siamjax.encoder.llama import LlamaConfig
 from siamjax.encoder.lora import LoRAConfig
 from siamjax.encoder.rotary import Rope
@@ -125,6 +125,9 @@ def main():
                                           dtype=dtype, param_dtype=dtype)
     if args.lora:
         encoder = encoder.with_lora(LoRAConfig(rank=args.lora, alpha=2.0 * args.lora, base_dtype="bfloat16"))
+        # the base in bf16 now, as training stores it: the float32 copy (2.4 GB at 28 layers) is freed
+        # before either run, which each cast it again otherwise
+        encoder = encoder.with_params(lora.join(*lora.split_trainable(encoder.params, False, jnp.bfloat16)))
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(encoder.params))
     print(f"random Qwen3-0.6B-shaped encoder ({args.layers} layers): {params / 1e6:.1f}M parameters ({dtype})"
           f"{f', LoRA rank {args.lora} on a bf16 base' if args.lora else ''}, built in "

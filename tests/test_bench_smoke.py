@@ -182,6 +182,7 @@ def test_device_check_smoke_runs_every_section(device_check_record):
         assert row["mfu"] > 0 and row["xla_flops"] > 0.5 * row["model_flops"]  # XLA counts what we count
         cfg = shapes.family_config(row["shape"], tiny=True)
         assert row["model_flops"] == mfu.train_step_flops(cfg, row["batch"], row["seq_len"], texts_per_row=4)
+    assert [r["shape"] for r in record["train"]] == [r["shape"] for r in record["encode"]] == ["bert-base"]
     for row in record["train"]:  # same weights, same pairs, dropout off: the same loss (bf16 in both)
         assert row["torch_pairs_per_s"] > 0 and row["jax_pairs_per_s"] > 0 and row["dtype"] == "bfloat16"
         assert row["jax_eval_loss"] == pytest.approx(row["torch_eval_loss"], rel=0.03)
@@ -192,6 +193,7 @@ def test_device_check_smoke_runs_every_section(device_check_record):
     planned = record["plan"][0]
     assert planned["plan_rc"] == 0 and planned["measure_rc"] == 0, planned
     assert re.search(r"^(fits|does not fit) \(", planned["plan_output"], re.M) and planned["measured_step_s"] > 0
+    assert "compiled program written to" in planned["plan_output"]
     for title in ("MFU of the train step", "Training, siamjax vs", "Encoding, siamjax vs", "Fused attention",
                   "`siamjax plan`"):
         assert title in md

@@ -8,8 +8,8 @@ import os
 # --xla_backend_optimization_level=0: the tests compile hundreds of tiny programs whose run
 # time is negligible, and LLVM's optimisation passes are most of each compile. Level 0 skips
 # only those; XLA's HLO passes (fusion, SPMD partitioning: what the tests check) run as usual,
-# and matmuls use the same precompiled kernels. Subprocesses inherit it; the quickstart test
-# drops XLA_FLAGS, as it runs exactly as a user would.
+# and matmuls use the same precompiled kernels. Subprocesses inherit it; the quickstart tests
+# drop XLA_FLAGS, as they run exactly as a user would.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "")
     + " --xla_backend_optimization_level=0 --xla_force_host_platform_device_count=8"

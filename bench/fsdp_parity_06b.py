@@ -3,7 +3,9 @@ losses must agree (the FSDP layout changes where numbers live, not what is compu
 
 With `--lora 16` (the planning table's Qwen3 rows: rank-16 adapters on every projection, the frozen
 base stored in bf16, float32 compute) it runs fsdp=8 against data=8: each data-parallel replica
-holds only the bf16 base and the adapters' moments (8 x 1.2 GB at 28 layers, in one host's RAM).
+holds only the bf16 base and the adapters' moments: 8 x 1.2 GB at 28 layers in one host's RAM,
+plus their float32 casts, so the 28-layer data=8 run needs more than a 24 GiB host (killed at
+22.3 GB there); 8 layers fit.
 
 Full fine-tuning, why not fsdp=8 vs data=8: data=8 keeps a full copy of the weights and Adam moments on every
 device; for 0.6B parameters that is 8 x (weights + 2 moments) in this machine's one RAM (24 GiB,

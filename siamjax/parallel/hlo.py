@@ -350,13 +350,11 @@ def _first(collective: Instruction, seen: set[str]) -> bool:
     """Whether this is the first time the channel of `collective`, inside a kernel, is met. The
     TPU compiler splits an async collective into kernels (start, compute that overlaps it, done)
     that each repeat the collective with the same channel_id; it runs once. (Only kernels' copies
-    are matched: XLA:CPU reuses channel ids across distinct top-level collectives.)"""
+    are matched: XLA:CPU gives distinct collectives of a GradCache step one channel id.)"""
     channel = _CHANNEL.search(collective.attributes)
-    if channel is None:
-        return True
-    if channel.group(1) in seen:
+    if channel is not None and channel.group(1) in seen:
         return False
-    seen.add(channel.group(1))
+    seen.update([channel.group(1)] if channel else [])
     return True
 
 

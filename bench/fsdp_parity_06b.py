@@ -112,6 +112,9 @@ def main():
                         help="float32 weights, moments and compute (memory: use with few --layers)")
     parser.add_argument("--lora", type=int, default=0,
                         help="LoRA rank: train adapters on a bf16 base with float32 compute; compares fsdp=8 with data=8")
+    parser.add_argument("--remat", action="store_true",
+                        help="recompute each layer in the backward pass: the float32 casts of the bf16 base are then "
+                             "made per layer, not kept for all layers (what lets 28-layer data=8 fit 24 GiB)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.tokenizer is None:
@@ -124,7 +127,7 @@ def main():
     encoder = SentenceEncoder.from_config(LlamaConfig(pad_token_id=tokenizer.pad_token_id,
                                                       **{**QWEN3_06B, "num_hidden_layers": args.layers}), tokenizer,
                                           pooling="lasttoken", normalize=True, max_seq_length=16, seed=0,
-                                          dtype=dtype, param_dtype=dtype)
+                                          dtype=dtype, param_dtype=dtype, remat=args.remat)
     if args.lora:
         encoder = encoder.with_lora(LoRAConfig(rank=args.lora, alpha=2.0 * args.lora, base_dtype="bfloat16"))
         # the base in bf16 now, as training stores it: the float32 copy (2.4 GB at 28 layers) is freed
@@ -132,7 +135,7 @@ def main():
         encoder = encoder.with_params(lora.join(*lora.split_trainable(encoder.params, False, jnp.bfloat16)))
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(encoder.params))
     print(f"random Qwen3-0.6B-shaped encoder ({args.layers} layers): {params / 1e6:.1f}M parameters ({dtype})"
-          f"{f', LoRA rank {args.lora} on a bf16 base' if args.lora else ''}, built in "
+          f"{f', LoRA rank {args.lora} on a bf16 base' if args.lora else ''}{', remat' if args.remat else ''}, built in "
           f"{time.perf_counter() - start:.0f} s", flush=True)
     results = {}
     for data, fsdp in ((1, 8), (8, 1) if args.lora else (2, 4)):

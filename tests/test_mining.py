@@ -41,6 +41,8 @@ CASES = {
     "labeled-pair-labels": dict(output_format="labeled-pair", max_score=0.7, num_negatives=2),
     "labeled-list": dict(output_format="labeled-list", output_scores=True, corpus=CORPUS),
     "include-positives": dict(output_format="labeled-list", include_positives=True, num_negatives=4),
+    # the queries' own texts are in the corpus: a query is never its own negative (sentence-transformers >= 6.3)
+    "queries-in-corpus": dict(output_format="triplet", output_scores=True, corpus=CORPUS + pairs()["query"][:6]),
 }
 # On 8 devices one case per output format (each costs ~10 s on the 2-core machine); the CLI test
 # below runs n-tuple-scores on 8 devices.
@@ -91,6 +93,13 @@ def test_same_negatives_order_and_scores_as_sentence_transformers(case, devices,
     ours = mine_hard_negatives(pairs(), models[1], batch_size=64, show_progress=False,
                                mesh=search_mesh(jax.devices()[:devices]), **CASES[case])
     assert_same_columns(ours, reference(case))
+
+
+def test_a_query_in_the_corpus_is_not_its_own_negative(models):
+    ours = mine_hard_negatives(pairs(), models[1], batch_size=64, show_progress=False,
+                               mesh=search_mesh(jax.devices()[:1]), **CASES["queries-in-corpus"])
+    assert set(ours["query"][:6]) <= set(ours["negative"])  # they are mined for the other queries
+    assert all(q != n for q, n in zip(ours["query"], ours["negative"]))
 
 
 def test_random_sampling_follows_the_given_rng(models, reference):

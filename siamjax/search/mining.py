@@ -2,11 +2,12 @@
 encoded and searched over the device mesh.
 
 For each (anchor, positive) pair, the corpus (the positives, plus an optional extra corpus) is
-searched with the anchor's embedding; candidates are filtered (positives, rank window
-`range_min`..`range_max`, `max_score`/`min_score`, margins to the positive's score) and
+searched with the anchor's embedding; candidates are filtered (positives, the anchor's own text, rank
+window `range_min`..`range_max`, `max_score`/`min_score`, margins to the positive's score) and
 `num_negatives` are taken, the top ones or a random sample. The result is a dict of columns in
 one of sentence-transformers' output formats, with the same negatives, order and scores (tested
-to 1e-5 against sentence-transformers 6.2 on 1 and 8 devices).
+to 1e-5 against sentence-transformers 6.3 on 1 and 8 devices; 6.3 stopped mining an anchor
+that is in the corpus as its own negative).
 
 Why here: embedding is sharded row-wise over a 1-D device mesh (`encode_sharded`) and the top-k
 is the exact sharded search (`semantic_search`), so the corpus never sits on one device and no
@@ -136,17 +137,19 @@ def mine_hard_negatives(
     filtered = absolute_margin is not None or relative_margin is not None or max_score is not None
     range_max = _window(range_min, range_max, num_negatives, max_positives, filtered)
 
-    corpus, queries, positive_indices = _dedupe(queries_all, positives, corpus)
+    corpus, queries, positive_indices, self_indices = _dedupe(queries_all, positives, corpus,
+                                                              include_positives)
     mesh = search_mesh() if mesh is None else mesh
     embed = functools.partial(encode_sharded, model, mesh=mesh, batch_size=batch_size, show_progress=show_progress)
     corpus_emb = embed(corpus, task="document", prompt=corpus_prompt, prompt_name=corpus_prompt_name)
     query_emb = embed(queries, task="query", prompt=query_prompt, prompt_name=query_prompt_name)
-    scores, indices, positive_scores = _candidates(query_emb, corpus_emb, positive_indices, range_max + max_positives,
-                                                   query_chunk_size=query_chunk_size, mesh=mesh,
-                                                   show_progress=show_progress)
-    scores = _filter(scores, indices, positive_indices, positive_scores, include_positives=include_positives,
-                     absolute_margin=absolute_margin, relative_margin=relative_margin, max_score=max_score,
-                     min_score=min_score)
+    # one slot more than the window and the positives: the query's own text, when the corpus has it
+    scores, indices, positive_scores = _candidates(query_emb, corpus_emb, positive_indices,
+                                                   range_max + max_positives + 1, query_chunk_size=query_chunk_size,
+                                                   mesh=mesh, show_progress=show_progress)
+    scores = _filter(scores, indices, positive_indices, self_indices, positive_scores,
+                     include_positives=include_positives, absolute_margin=absolute_margin,
+                     relative_margin=relative_margin, max_score=max_score, min_score=min_score)
     negative_scores, negative_indices = _select(scores, indices, range_min=range_min, range_max=range_max,
                                                 num_negatives=num_negatives, sampling_strategy=sampling_strategy,
                                                 rng=random if rng is None else rng)
@@ -156,9 +159,12 @@ def mine_hard_negatives(
                          negative_indices=negative_indices)
 
 
-def _dedupe(queries_all: list[str], positives: list[str], corpus) -> tuple[list[str], list[str], list[list[int]]]:
-    """(corpus, distinct queries, each query's positives as corpus indices), as sentence-transformers
-    builds them: the corpus (default: the positives) plus every positive, each text once."""
+def _dedupe(queries_all: list[str], positives: list[str], corpus,
+            include_positives: bool) -> tuple[list[str], list[str], list[list[int]], np.ndarray]:
+    """(corpus, distinct queries, each query's positives as corpus indices, each query's own corpus
+    index or -1), as sentence-transformers builds them: the corpus (default: the positives) plus
+    every positive, each text once. A query found in the corpus is never its own negative; with
+    `include_positives` a query that is its own positive keeps it (index -1)."""
     corpus = list(dict.fromkeys(list(corpus or positives) + positives))
     corpus_idx = {text: i for i, text in enumerate(corpus)}
     queries = list(dict.fromkeys(queries_all))
@@ -167,7 +173,11 @@ def _dedupe(queries_all: list[str], positives: list[str], corpus) -> tuple[list[
     for query, positive in zip(queries_all, positives):
         if corpus_idx[positive] not in positive_indices[query_idx[query]]:
             positive_indices[query_idx[query]].append(corpus_idx[positive])
-    return corpus, queries, positive_indices
+    self_indices = np.array([corpus_idx.get(q, -1) for q in queries], np.int64)
+    for query, positive in zip(queries_all, positives):
+        if include_positives and query == positive:
+            self_indices[query_idx[query]] = -1
+    return corpus, queries, positive_indices, self_indices
 
 
 def _candidates(query_emb, corpus_emb, positive_indices, width: int, **search_options):
@@ -183,11 +193,12 @@ def _candidates(query_emb, corpus_emb, positive_indices, width: int, **search_op
     return scores, indices, positive_scores
 
 
-def _filter(scores_QxK, indices_QxK, positive_indices, positive_scores_P, *, include_positives: bool,
+def _filter(scores_QxK, indices_QxK, positive_indices, self_indices_Q, positive_scores_P, *, include_positives: bool,
             absolute_margin, relative_margin, max_score, min_score) -> np.ndarray:
     """The candidate scores with every disqualified candidate set to -inf (sentence-transformers' rules)."""
     scores = np.array(scores_QxK, np.float32)
     scores[indices_QxK == -1] = -np.inf
+    scores[indices_QxK == self_indices_Q[:, None]] = -np.inf
     if not include_positives:
         scores[np.stack([np.isin(row, pos) for row, pos in zip(indices_QxK, positive_indices)])] = -np.inf
     skipped = {}
@@ -205,7 +216,7 @@ def _filter(scores_QxK, indices_QxK, positive_indices, positive_scores_P, *, inc
         drop = scores > np.float32(max_score)
         scores[drop], skipped["max_score"] = -np.inf, int(drop.sum())
     if min_score is not None:
-        drop = scores < np.float32(min_score)
+        drop = (scores < np.float32(min_score)) & (scores != -np.inf)
         scores[drop], skipped["min_score"] = -np.inf, int(drop.sum())
     for name, count in skipped.items():
         if count:

@@ -98,6 +98,21 @@ def test_router_folder_encodes_saves_and_reloads_like_sentence_transformers(rout
     jax.tree.map(np.testing.assert_array_equal, reloaded.params, model.params)
 
 
+def test_encode_cli_takes_the_task_route(router_dir, texts, reference, tmp_path, capsys):
+    """`siamjax encode --task query` = sentence-transformers' `encode(task="query")`; an unknown
+    task is one line naming --task, exit 2."""
+    from siamjax.cli import main as cli_main
+
+    (tmp_path / "texts.txt").write_text("".join(t.replace("\n", " ") + "\n" for t in texts[:8]))
+    base = ["encode", "--model", str(router_dir), "--input", str(tmp_path / "texts.txt"), "--quiet"]
+    for task in ("query", "document"):
+        assert cli_main([*base, "--output", str(tmp_path / f"{task}.npy"), "--task", task]) == 0
+        assert _cos(np.load(tmp_path / f"{task}.npy"), reference[task][:8]).min() >= 0.99999, task
+    assert cli_main([*base, "--output", str(tmp_path / "bad.npy"), "--task", "passage"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--task: no route for task 'passage'" in err[0]
+
+
 def _count_primitive(jaxpr, name: str) -> int:
     """Occurrences of primitive `name` in a jaxpr and every jaxpr nested in it."""
     count = 0

@@ -1,9 +1,9 @@
-"""`siamjax encode --model DIR --input FILE.txt --output FILE.npy [--prompt-name query] [--truncate-dim N]
-[--precision int8 ...]`.
+"""`siamjax encode --model DIR --input FILE.txt --output FILE.npy [--prompt-name query] [--task query]
+[--truncate-dim N] [--precision int8 ...]`.
 
 Embeds every line of a text file (or the "text" field of a .jsonl) with one of the model's
-prompts (or a given one), optionally truncated (Matryoshka) and quantised, and saves the
-[N, D] array as .npy.
+prompts (or a given one), through a Router model's route for `--task`, optionally truncated
+(Matryoshka) and quantised, and saves the [N, D] array as .npy.
 """
 from __future__ import annotations
 
@@ -48,6 +48,10 @@ def add_parser(subparsers) -> None:
     which.add_argument("--prompt-name", help="the model's prompt to prepend: query, document or any name in its "
                                              "config_sentence_transformers.json (default: its default_prompt_name)")
     which.add_argument("--prompt", help="a prompt text to prepend instead, e.g. \"query: \"")
+    p.add_argument("--task", help="the texts' task, as sentence-transformers' encode(task=): picks a Router model's "
+                                  "route (query, document, ...; default: its default route); models without a "
+                                  "Router have one path and ignore it. encode_query = --task query --prompt-name "
+                                  "query")
     p.add_argument("--truncate-dim", type=positive_int, help="keep the first N dimensions (Matryoshka models; "
                                                             "default: the model's truncate_dim)")
     p.set_defaults(func=run)
@@ -64,11 +68,16 @@ def _encode(args: argparse.Namespace) -> int:
     if args.prompt_name is not None and args.prompt_name not in encoder.prompts:
         raise InputError(f"--prompt-name {args.prompt_name!r}: the model {args.model} has the prompts "
                          f"{sorted(encoder.prompts)}")
+    if encoder.is_router:
+        try:
+            encoder.spec.resolve(args.task)
+        except ValueError as err:
+            raise InputError(f"--task: {err} (model {args.model})") from None
     if args.truncate_dim is not None and args.truncate_dim > encoder.embedding_dim:
         raise InputError(f"--truncate-dim {args.truncate_dim} exceeds the model's {encoder.embedding_dim} dimensions")
     emb = encoder.encode(texts, batch_size=args.batch_size, normalize=args.normalize or None,
                          show_progress=not args.quiet, prompt_name=args.prompt_name, prompt=args.prompt,
-                         truncate_dim=args.truncate_dim)
+                         truncate_dim=args.truncate_dim, route=args.task)
     emb = quantize_embeddings(emb, args.precision, calibration=calibration)
     np.save(out, emb)
     print(f"wrote {emb.shape[0]} x {emb.shape[1]} {emb.dtype} embeddings ({args.precision}) to {out}")

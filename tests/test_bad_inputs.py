@@ -53,6 +53,10 @@ def input_cases(w) -> list[tuple]:
          r"cannot fill a batch of 16.*data\.no_duplicates=false", []),
         ("num_steps=0", train(w, run / "g", "--config.train.num_steps=0"), 2,
          r"config error: train\.num_steps=0: must be >= 1, or -1", [run / "g" / "checkpoints"]),
+        ("misspelt best_metric", train(w, run / "i", f"--config.eval.sts.path={f['sts']}",
+                                       "--config.checkpoint.best_metric=sts/spearman_cosin"), 2,
+         r"config error: checkpoint\.best_metric='sts/spearman_cosin': the evaluation reports sts/pearson_cosine, "
+         r"sts/spearman_cosine$", [run / "i" / "checkpoints"]),
         ("null text in training", train(w, run / "h", f"--config.data.train.path={f['nulltrain']}"), 2,
          r"nulltrain\.jsonl:65: column 's1' is missing or null.*on_bad_row=skip", [run / "h" / "checkpoints"]),
         # readers that once disagreed with training
@@ -153,7 +157,7 @@ def test_bad_input_is_one_line_with_its_exit_code(world, results, index):
 
 
 def test_every_input_case_is_checked(world):
-    assert len(input_cases(world)) == 19
+    assert len(input_cases(world)) == 20
 
 
 @pytest.mark.parametrize("index", range(4))

@@ -151,6 +151,35 @@ def test_sts_matches_sentence_transformers(st_model, stsb_dir):
         assert value == pytest.approx(100 * ref[key], abs=1e-4), key
 
 
+def test_sts_primary_metric_follows_the_models_similarity_like_sentence_transformers(st_model, stsb_dir,
+                                                                                      minilm_dir):
+    """A model that says it scores by dot product is ranked by spearman_dot, as
+    sentence-transformers' evaluator ranks it; a bare encode function by cosine."""
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+    from siamjax import SentenceEncoder
+
+    data = read_scored_pairs(stsb_dir / "sts-dev.csv")
+    s1, s2, gold = data.texts[0][:20], data.texts[1][:20], data.labels[:20].astype(np.float64)
+    st_model.similarity_fn_name = "dot"
+    try:
+        ref = EmbeddingSimilarityEvaluator(s1, s2, list(gold / 5))
+        ref(st_model)
+    finally:
+        st_model.similarity_fn_name = "cosine"
+    dot_model = SentenceEncoder.from_pretrained(minilm_dir).with_settings(similarity_fn_name="dot")
+    ours = ev.STSEvaluator(s1, s2, gold)
+    assert ours.primary_metric == "spearman_cosine"
+    ours(dot_model)
+    assert ours.primary_metric == ref.primary_metric == "spearman_dot"
+    bare = ev.STSEvaluator(s1, s2, gold)
+    bare(hashed_encode)
+    assert bare.primary_metric == "spearman_cosine"
+    assert ev.STSEvaluator(s1, s2, gold, main_similarity="manhattan").primary_metric == "spearman_manhattan"
+    with pytest.raises(ValueError, match="main_similarity 'dot' is not among"):
+        ev.STSEvaluator(s1, s2, gold, similarities=("cosine",), main_similarity="dot")
+
+
 # ----------------------------------------------------------------------------- retrieval
 def naive_metrics(ranked, relevant, k_acc, k_pr, k_mrr, k_ndcg, k_map):
     """Plain loops, one query at a time."""

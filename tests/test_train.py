@@ -195,6 +195,22 @@ def test_metrics_files_and_best_checkpoint(evaluated_run):
     assert set(manager.all_steps()) == {best, 30}
 
 
+def test_sts_evaluation_also_scores_a_dot_models_own_similarity(tiny, minilm_dir):
+    """A model whose folder says similarity_fn_name="dot" is evaluated by cosine (the default
+    best_metric) and by dot product (what sentence-transformers' evaluator ranks it by)."""
+    from siamjax.encoder import SentenceEncoder
+    from siamjax.train import builders
+
+    config, root = tiny
+    c = load_config(str(config), [f"--config.eval.sts.path={root / 'dev.jsonl'}",
+                                  "--config.eval.sts.columns=(('s1','s1'),('s2','s2'),('score','score'))"])
+    encoder = SentenceEncoder.from_pretrained(minilm_dir).with_settings(similarity_fn_name="dot")
+    metrics = builders.make_sts_evaluate(c.eval.sts, encoder, 16)(encoder.params)
+    assert sorted(metrics) == ["sts/pearson_cosine", "sts/pearson_dot", "sts/spearman_cosine", "sts/spearman_dot"]
+    # all-MiniLM-L6-v2 normalises: dot product = cosine
+    assert metrics["sts/spearman_dot"] == pytest.approx(metrics["sts/spearman_cosine"], abs=1e-3)
+
+
 def test_export_writes_the_best_checkpoint(evaluated_run, tmp_path, capsys):
     from siamjax.encoder import SentenceEncoder
 

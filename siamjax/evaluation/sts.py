@@ -32,18 +32,23 @@ class STSEvaluator:
 
     Why: STS Spearman (cosine) is the standard quality number of a sentence embedding model, and
     the usual model-selection metric during training. `STSEvaluator(s1, s2, scores)(encode)`.
+    `primary_metric` is Spearman of `main_similarity`, as in sentence-transformers' evaluator:
+    by default the similarity the model says it uses (`similarity_fn_name`, e.g. "dot" for
+    dot-product models) when it is called with a `SentenceEncoder`, else cosine.
     """
 
-    primary_metric = "spearman_cosine"
-
     def __init__(self, sentences1: Sequence[str], sentences2: Sequence[str], scores, *,
-                 similarities: Sequence[str] = SIMILARITIES, name: str = "sts"):
+                 similarities: Sequence[str] = SIMILARITIES, main_similarity: str | None = None, name: str = "sts"):
         if not (len(sentences1) == len(sentences2) == len(scores)):
             raise ValueError(f"lengths differ: {len(sentences1)}, {len(sentences2)}, {len(scores)}")
         similarities = check_similarities(similarities)
+        if main_similarity is not None and main_similarity not in similarities:
+            raise ValueError(f"main_similarity {main_similarity!r} is not among the similarities {similarities}")
         self.sentences1, self.sentences2 = list(sentences1), list(sentences2)
         self.scores = np.asarray(scores, np.float64)
-        self.similarities, self.name = tuple(similarities), name
+        self.similarities, self.name, self.main_similarity = tuple(similarities), name, main_similarity
+        default = "cosine" if "cosine" in similarities else similarities[0]
+        self.primary_metric = f"spearman_{main_similarity or default}"
 
     @classmethod
     def from_file(cls, path, *, format: str = "auto", columns=None, score_range=None, **kwargs) -> "STSEvaluator":
@@ -60,5 +65,8 @@ class STSEvaluator:
 
     def __call__(self, model) -> dict[str, float]:
         """Encode the (deduplicated) sentences with `model` and return the metrics."""
+        model_similarity = getattr(model, "similarity_fn_name", None)
+        if self.main_similarity is None and model_similarity in self.similarities:
+            self.primary_metric = f"spearman_{model_similarity}"
         emb1, emb2 = embed_unique(model, self.sentences1, self.sentences2)
         return self.compute(emb1, emb2)

@@ -326,14 +326,23 @@ def split_encoder(encoder: SentenceEncoder) -> tuple[dict, dict]:
     return lora.split_trainable(encoder.params, adapters.train_heads, adapters.base_dtype or None)
 
 
+def sts_similarities(similarity_fn_name: str) -> tuple[str, ...]:
+    """The similarities the training-time STS evaluation reports (its metric names:
+    `sts/pearson_<sim>`, `sts/spearman_<sim>`)."""
+    return tuple(dict.fromkeys(("cosine", similarity_fn_name)))
+
+
 def make_sts_evaluate(file_cfg: ml_collections.ConfigDict, encoder: SentenceEncoder,
                       batch_size: int) -> Callable[[Any], dict[str, float]]:
-    """evaluate(encoder_params) -> {"sts/spearman_cosine": ..., ...} on an STS dev file."""
+    """evaluate(encoder_params) -> {"sts/spearman_cosine": ..., ...} on an STS dev file: cosine,
+    and the model's own `similarity_fn_name` when that is another (a dot-product model is then
+    also scored as sentence-transformers' evaluator scores it)."""
     dev = in_memory(read_dataset(file_cfg))
     if dev.num_sides != 2 or dev.label_kind != "score":
         raise ConfigError(f"eval.sts: needs two sentence columns and a 'score' column, got "
                           f"sides {dev.sides} and label kind {dev.label_kind}")
-    evaluator = STSEvaluator(dev.texts[0], dev.texts[1], dev.labels, similarities=("cosine",))
+    evaluator = STSEvaluator(dev.texts[0], dev.texts[1], dev.labels,
+                             similarities=sts_similarities(encoder.similarity_fn_name))
 
     def evaluate(params) -> dict[str, float]:
         if jax.process_count() > 1:

@@ -216,7 +216,9 @@ def _checkpoint_fields() -> ml_collections.ConfigDict:
     g.every_steps = 500  # save every N steps (also at the end, on evaluation, on preemption)
     g.keep = 2  # keep the latest N checkpoints ...
     g.keep_best = 1  # ... and the best N by best_metric
-    g.best_metric = "sts/spearman_cosine"  # evaluation metric ranking checkpoints
+    # evaluation metric ranking checkpoints: sts/{pearson,spearman}_cosine, or _<the model's
+    # similarity_fn_name> (e.g. sts/spearman_dot); another name is a config error when eval.sts is set
+    g.best_metric = "sts/spearman_cosine"
     g.best_mode = "max"  # "max" or "min"
     g.async_save = True  # write checkpoints in the background
     return g

@@ -27,6 +27,7 @@ from siamjax.encoder.rows import TOKEN_KEYS
 from siamjax.losses import TEXT_ID_LOSSES, make_grad_cache_value_and_grad
 from siamjax.parallel import batch_shard_count, make_mesh, to_global_array
 from siamjax.train import builders, checkpoint as ckpt, model_card
+from siamjax.train.config import ConfigError
 from siamjax.train.config_checks import validate
 from siamjax.train.loop import LoopResult, train_loop
 from siamjax.train.metrics import MetricWriter
@@ -206,6 +207,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> LoopResu
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices=jax.devices()[: config.mesh.num_devices or None])
     with jax.set_mesh(mesh), PreemptionFlag() as preemption:
         encoder = builders.build_encoder(config.model, config.seed)
+        evaluates = bool(config.eval.sts.path or config.eval.sts.tfds.builder)
+        if evaluates:
+            _check_best_metric(config.checkpoint.best_metric, builders.sts_similarities(encoder.similarity_fn_name))
         data = prepare_data(config, encoder.tokenizer)
         _write_config(config, workdir)  # only once model and data load: a bad run leaves a run folder as it was
         _write_json(workdir / RUN_INFO, {"num_labels": data.num_labels, "total_steps": data.total_steps,
@@ -224,7 +228,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> LoopResu
         if restored is not None:
             iterator.set_state(restored[2])
         evaluate = None
-        if config.eval.sts.path or config.eval.sts.tfds.builder:
+        if evaluates:
             evaluate = builders.make_sts_evaluate(config.eval.sts, encoder, config.eval.batch_size)
         writer = MetricWriter(workdir, total_steps=data.total_steps, start_step=int(jax.device_get(state.step)),
                               batch_size=config.train.batch_size, log_every=config.train.log_every_steps,
@@ -246,6 +250,14 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> LoopResu
             raise
         _close_all(closers, failing=False)
         return result
+
+
+def _check_best_metric(best_metric: str, similarities: tuple[str, ...]) -> None:
+    """checkpoint.best_metric must be one the evaluation reports: a misspelt name would keep no
+    checkpoint as the best, silently."""
+    names = [f"sts/{kind}_{sim}" for sim in similarities for kind in ("pearson", "spearman")]
+    if best_metric and best_metric not in names:
+        raise ConfigError(f"checkpoint.best_metric={best_metric!r}: the evaluation reports {', '.join(names)}")
 
 
 def _close_all(closers, *, failing: bool) -> None:

@@ -87,7 +87,7 @@ def batches(tokenizer, config, mesh, steps: int):
 
 def train(encoder, config, data: int, fsdp: int, steps: int) -> tuple[list[float], float]:
     config.mesh.data, config.mesh.fsdp = data, fsdp
-    mesh = make_mesh(data, fsdp)
+    mesh = make_mesh(data, fsdp, devices=jax.devices()[:data * fsdp])
     with jax.set_mesh(mesh):
         parts = builders.build_parts(config, mesh, total_steps=steps, num_labels={builders.RUN_LOSS: None},
                                      encoder=encoder)
@@ -118,6 +118,9 @@ def main():
     parser.add_argument("--remat", action="store_true",
                         help="recompute each layer in the backward pass: the float32 casts of the bf16 base are then "
                              "made per layer, not kept for all layers (what lets 28-layer data=8 fit 24 GiB)")
+    parser.add_argument("--reference", choices=("data", "one"), default="data",
+                        help="what fsdp=8 is compared with: data=8 (--lora; data=2 x fsdp=4 otherwise), or one "
+                             "device holding the whole batch (the unsharded run, which fits this host at 28 layers)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.tokenizer is None:
@@ -141,7 +144,8 @@ def main():
           f"{f', LoRA rank {args.lora} on a bf16 base' if args.lora else ''}{', remat' if args.remat else ''}, built in "
           f"{time.perf_counter() - start:.0f} s", flush=True)
     results = {}
-    for data, fsdp in ((1, 8), (8, 1) if args.lora else (2, 4)):
+    reference = (1, 1) if args.reference == "one" else (8, 1) if args.lora else (2, 4)
+    for data, fsdp in ((1, 8), reference):
         losses, seconds = train(encoder, config, data, fsdp, args.steps)
         results[f"data={data},fsdp={fsdp}"] = losses
         print(f"data={data} x fsdp={fsdp}: losses {[f'{x:.6f}' for x in losses]} ({seconds:.0f} s incl. compile)",

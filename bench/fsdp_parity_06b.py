@@ -3,9 +3,10 @@ losses must agree (the FSDP layout changes where numbers live, not what is compu
 
 With `--lora 16` (the planning table's Qwen3 rows: rank-16 adapters on every projection, the frozen
 base stored in bf16, float32 compute) it runs fsdp=8 against data=8: each data-parallel replica
-holds only the bf16 base and the adapters' moments: 8 x 1.2 GB at 28 layers in one host's RAM,
-plus their float32 casts, so the 28-layer data=8 run needs more than a 24 GiB host (killed at
-22.3 GB there); 8 layers fit.
+holds the bf16 base and the adapters' moments (1.31 GB per device at 28 layers), and XLA:CPU keeps
+the float32 casts of every layer alive together (1.85 GB of temporaries per device, remat or
+not), so the 28-layer data=8 run needs more than a 24 GiB host; 8 layers fit. `--reference one`
+compares fsdp=8 with the unsharded run on one device instead, which fits at 28 layers.
 
 Full fine-tuning, why not fsdp=8 vs data=8: data=8 keeps a full copy of the weights and Adam moments on every
 device; for 0.6B parameters that is 8 x (weights + 2 moments) in this machine's one RAM (24 GiB,
@@ -16,6 +17,7 @@ False`, so both runs fit: 3.6 GB of state per replica). The runs go through the 
 MNRL over (anchor, positive) pairs, global batch 16, 16-token texts, the same three batches.
 
     python bench/fsdp_parity_06b.py --lora 16 --layers 8  # fsdp=8 vs data=8 (28 layers by default)
+    python bench/fsdp_parity_06b.py --lora 16 --remat --reference one  # 28 layers: fsdp=8 vs 1 device
     python bench/fsdp_parity_06b.py --layers 1 --float32  # full fine-tune, fsdp=8 vs data=2 x fsdp=4
 """
 from __future__ import annotations

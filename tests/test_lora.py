@@ -288,3 +288,35 @@ def test_siamjax_train_and_export_a_lora_run(folders, sentences, tmp_path, capsy
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 4 and len(config["target_modules"]) == 4 * LAYERS
     assert config["base_model_name_or_path"] == str(folders["qwen3"])
+    _check_checkpoints_leave_the_base_out(run, folders["qwen3"], flags, tmp_path, capsys)
+
+
+def _check_checkpoints_leave_the_base_out(run, base, flags, tmp_path, capsys):
+    """A LoRA run's checkpoint holds no frozen base (the config rebuilds it); resuming joins the
+    rebuilt base, and resuming onto a changed base folder is one error line, exit 2."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from siamjax.train import checkpoint as ckpt
+
+    manager = ckpt.make_manager(run / "checkpoints", save_interval_steps=100, read_only=True)
+    saved = manager.item_metadata(2)[ckpt.STATE_ITEM]
+    assert "frozen" not in saved or not jax.tree.leaves(saved["frozen"]), "the frozen base was written"
+    manager.close()
+    changed = tmp_path / "changed-base"
+    shutil.copytree(base, changed)
+    weights = next(changed.rglob("*.safetensors"))
+    tensors = load_file(weights)
+    name = next(k for k in tensors if k.endswith("input_layernorm.weight"))
+    tensors[name] = tensors[name] * np.float32(1.01).astype(tensors[name].dtype)
+    save_file(tensors, weights)
+    config = str(CONFIGS / "llm_embedder.py:qwen3,gpu_cluster")
+    assert cli_main(["train", "--config", config, "--workdir", str(run), *flags, "--config.train.num_steps=3",
+                     f"--config.model.name_or_path={changed}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was trained on another frozen base" in err[0], err
+    assert cli_main(["train", "--config", config, "--workdir", str(run), *flags, "--config.train.num_steps=3"]) == 0
+    printed = capsys.readouterr()
+    assert "resumed from" in printed.out + printed.err
+    assert load_trained_encoder(run)[1] == 3

@@ -6,6 +6,11 @@ checkpoint stores a fingerprint of the state (a wrapping uint32 sum of every lea
 exact and independent of sharding); `restore` recomputes it, and a checkpoint that fails to
 load or does not match (half-written, truncated, bit-rotted) is moved aside with a warning
 and the previous one is used instead.
+
+A run's frozen parameters (`state.frozen`: a LoRA run's base, GIST's guide) are not written:
+the config rebuilds them bit for bit, and rewriting a Qwen3-8B base (16 GB in bf16) at every
+save would cost more than the adapters' whole training state. Their fingerprint is stored, and a
+restore onto a different base (the model folder changed since) is refused.
 """
 from __future__ import annotations
 
@@ -46,6 +51,11 @@ CORRUPT_DIRNAME = "corrupt_checkpoints"
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint exists although some were found (all failed verification)."""
+
+
+class FrozenBaseMismatch(CheckpointError):
+    """The checkpoint is sound but was trained on another frozen base: a config problem, so the
+    checkpoint is reported, never moved aside."""
 
 
 def make_manager(
@@ -122,6 +132,11 @@ def state_fingerprint(state: Any) -> list[int]:
     return [int(v) for v in jax.device_get(_leaf_fingerprints(state))]
 
 
+def _stored(state: Any) -> Any:
+    """What a checkpoint holds of `state`: everything but its frozen parameters (module docstring)."""
+    return state.replace(frozen={}) if getattr(state, "frozen", None) else state
+
+
 def _encode_data_state(data_state: Any) -> Any:
     """Makes an iterator state JSON-safe (grain may return bytes)."""
     if isinstance(data_state, bytes):
@@ -154,14 +169,16 @@ def save(
         return False
     if step in manager.all_steps():
         return False
+    stored = _stored(state)
     meta = {
         "step": int(step),
-        "fingerprint": state_fingerprint(state),
+        "fingerprint": state_fingerprint(stored),
+        "frozen_fingerprint": state_fingerprint(getattr(state, "frozen", {})),
         "data_state": _encode_data_state(data_state),
         "saved_at": time.time(),
     }
     args = ocp.args.Composite(
-        **{STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(meta)}
+        **{STATE_ITEM: ocp.args.StandardSave(stored), META_ITEM: ocp.args.JsonSave(meta)}
     )
     return bool(manager.save(step, args=args, metrics=metrics, force=True))
 
@@ -177,16 +194,19 @@ def _quarantine(manager: ocp.CheckpointManager, step: int) -> Path | None:
     return target
 
 
-def restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, Any]:
-    """Restores one step into the layout of `abstract_state` and verifies its fingerprint.
+def restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
+                 frozen: Any = None) -> tuple[Any, Any]:
+    """Restores one step into the layout of `abstract_state`, verifies its fingerprint, and joins
+    the run's `frozen` parameters (rebuilt from its config, placed as the state wants them).
 
-    Raises CheckpointError if the fingerprint does not match (silent data corruption).
+    Raises CheckpointError if the fingerprint does not match (silent data corruption), or if
+    `frozen` is not the frozen base the checkpoint was trained with.
     """
     restored = manager.restore(
         step,
         args=ocp.args.Composite(
             **{
-                STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+                STATE_ITEM: ocp.args.StandardRestore(_stored(abstract_state)),
                 META_ITEM: ocp.args.JsonRestore(),
             }
         ),
@@ -195,6 +215,13 @@ def restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Any)
     expected = meta.get("fingerprint") if isinstance(meta, dict) else None
     if expected is None or state_fingerprint(state) != list(expected):
         raise CheckpointError(f"checkpoint step {step}: state fingerprint does not match its metadata")
+    if getattr(abstract_state, "frozen", None):
+        if state_fingerprint(frozen) != list(meta.get("frozen_fingerprint", [])):
+            raise FrozenBaseMismatch(
+                f"checkpoint step {step} in {manager.directory} was trained on another frozen base (a LoRA "
+                f"run's model.name_or_path, or GIST's guide, changed since): restore the model it was trained "
+                f"from, or train in a new workdir")
+        state = state.replace(frozen=frozen)
     return state, _decode_data_state(meta.get("data_state"))
 
 
@@ -223,7 +250,8 @@ def layout_mismatch(manager: ocp.CheckpointManager, step: int, abstract_state: A
     return "; ".join(parts)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[int, Any, Any] | None:
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
+                   frozen: Any = None) -> tuple[int, Any, Any] | None:
     """(step, state, data_state) of the newest checkpoint that loads and verifies, or None.
 
     Newer checkpoints that fail are moved to `<workdir>/corrupt_checkpoints/` with a warning
@@ -235,7 +263,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple
     failures = []
     for step in steps:
         try:
-            mismatch = layout_mismatch(manager, step, abstract_state)
+            mismatch = layout_mismatch(manager, step, _stored(abstract_state))
         except Exception:  # noqa: BLE001 - unreadable metadata: handled as corruption below
             mismatch = None
         if mismatch:
@@ -245,7 +273,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple
                 f"that wrote it"
             )
         try:
-            state, data_state = restore_step(manager, step, abstract_state)
+            state, data_state = restore_step(manager, step, abstract_state, frozen)
+        except FrozenBaseMismatch:
+            raise
         except Exception as err:  # noqa: BLE001 - any failure means "not usable"
             reason = f"{type(err).__name__}: {str(err)[:300]}"
             failures.append(f"step {step}: {reason}")

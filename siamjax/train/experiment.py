@@ -211,17 +211,19 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> LoopResu
         if evaluates:
             _check_best_metric(config.checkpoint.best_metric, builders.sts_similarities(encoder.similarity_fn_name))
         data = prepare_data(config, encoder.tokenizer)
-        _write_config(config, workdir)  # only once model and data load: a bad run leaves a run folder as it was
-        _write_json(workdir / RUN_INFO, {"num_labels": data.num_labels, "total_steps": data.total_steps,
-                                         "datasets": [ts.name for ts in data.sets],
-                                         "dataset_sizes": {ts.name: len(ts.source) for ts in data.sets}})
         parts = builders.build_parts(config, mesh, total_steps=data.total_steps, num_labels=data.num_labels,
                                      encoder=encoder)
         manager = _manager(config, workdir)
-        restored = ckpt.restore_latest(manager, parts.abstract)
+        frozen = jax.device_put(parts.frozen, parts.shardings.frozen)  # checkpoints do not store it
+        restored = ckpt.restore_latest(manager, parts.abstract, frozen)
+        # only once model, data and checkpoint load: a bad run leaves a run folder as it was
+        _write_config(config, workdir)
+        _write_json(workdir / RUN_INFO, {"num_labels": data.num_labels, "total_steps": data.total_steps,
+                                         "datasets": [ts.name for ts in data.sets],
+                                         "dataset_sizes": {ts.name: len(ts.source) for ts in data.sets}})
         if restored is None:
             state, _ = create_train_state(parts.params, parts.optimizer, parts.dropout_rng, mesh,
-                                          config.mesh.fsdp_min_size, parts.frozen)
+                                          config.mesh.fsdp_min_size, frozen)
         else:
             state = restored[1]
         iterator = _train_iterator(config, data, encoder, mesh)
@@ -293,18 +295,20 @@ def load_trained_encoder(workdir: str | pathlib.Path, step: int | None = None) -
         parts = builders.build_parts(config, mesh, total_steps=1, num_labels=labels)
         manager = _manager(config, workdir, read_only=True)
         try:
-            step, state = _restore_for_export(manager, parts.abstract, step, workdir)
+            step, state = _restore_for_export(manager, parts, step, workdir)
         finally:
             manager.close()
     params = jax.tree.map(np.asarray, jax.device_get(encoder_params(state.params, state.frozen)))
     return parts.encoder.with_params(params), step  # a LoRA encoder: `save` writes the merged model
 
 
-def _restore_for_export(manager, abstract, step: int | None, workdir: pathlib.Path):
+def _restore_for_export(manager, parts: builders.TrainParts, step: int | None, workdir: pathlib.Path):
     """(step, state): `step` if given, else the best checkpoint, falling back to the newest that
-    verifies (as a resumed `train` does; read-only, so nothing is moved aside), with a warning."""
+    verifies (as a resumed `train` does; read-only, so nothing is moved aside), with a warning.
+    A LoRA run's frozen base comes from the config (`parts.frozen`), as checkpoints do not hold it."""
+    abstract, frozen = parts.abstract, parts.frozen
     if step is not None:
-        return step, ckpt.restore_step(manager, step, abstract)[0]
+        return step, ckpt.restore_step(manager, step, abstract, frozen)[0]
     best = ckpt.best_or_latest_step(manager)
     if best is None:
         raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
@@ -312,7 +316,9 @@ def _restore_for_export(manager, abstract, step: int | None, workdir: pathlib.Pa
     failures = []
     for candidate in candidates:
         try:
-            state, _ = ckpt.restore_step(manager, candidate, abstract)
+            state, _ = ckpt.restore_step(manager, candidate, abstract, frozen)
+        except ckpt.FrozenBaseMismatch:
+            raise
         except Exception as err:  # noqa: BLE001 - any failure means "not usable"
             failures.append(f"step {candidate}: {type(err).__name__}: {' '.join(str(err).split())[:200]}")
             continue

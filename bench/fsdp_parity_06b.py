@@ -143,7 +143,8 @@ def main():
         encoder = encoder.with_params(lora.join(*lora.split_trainable(encoder.params, False, jnp.bfloat16)))
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(encoder.params))
     print(f"random Qwen3-0.6B-shaped encoder ({args.layers} layers): {params / 1e6:.1f}M parameters ({dtype})"
-          f"{f', LoRA rank {args.lora} on a bf16 base' if args.lora else ''}{', remat' if args.remat else ''}, built in "
+          f"{f', LoRA rank {args.lora} on a bf16 base' if args.lora else ''}"
+          f"{', remat' if args.remat else ''}, built in "
           f"{time.perf_counter() - start:.0f} s", flush=True)
     results = {}
     reference = (1, 1) if args.reference == "one" else (8, 1) if args.lora else (2, 4)

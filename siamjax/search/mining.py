@@ -170,11 +170,10 @@ def _dedupe(queries_all: list[str], positives: list[str], corpus,
     queries = list(dict.fromkeys(queries_all))
     query_idx = {q: i for i, q in enumerate(queries)}
     positive_indices: list[list[int]] = [[] for _ in queries]
+    self_indices = np.array([corpus_idx.get(q, -1) for q in queries], np.int64)
     for query, positive in zip(queries_all, positives):
         if corpus_idx[positive] not in positive_indices[query_idx[query]]:
             positive_indices[query_idx[query]].append(corpus_idx[positive])
-    self_indices = np.array([corpus_idx.get(q, -1) for q in queries], np.int64)
-    for query, positive in zip(queries_all, positives):
         if include_positives and query == positive:
             self_indices[query_idx[query]] = -1
     return corpus, queries, positive_indices, self_indices

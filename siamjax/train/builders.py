@@ -327,9 +327,13 @@ def split_encoder(encoder: SentenceEncoder) -> tuple[dict, dict]:
 
 
 def sts_similarities(similarity_fn_name: str) -> tuple[str, ...]:
-    """The similarities the training-time STS evaluation reports (its metric names:
-    `sts/pearson_<sim>`, `sts/spearman_<sim>`)."""
+    """The similarities the training-time STS evaluation reports."""
     return tuple(dict.fromkeys(("cosine", similarity_fn_name)))
+
+
+def sts_metric_names(similarity_fn_name: str) -> list[str]:
+    """The metric names `make_sts_evaluate` returns for a model of this similarity."""
+    return [f"sts/{kind}_{sim}" for sim in sts_similarities(similarity_fn_name) for kind in ("pearson", "spearman")]
 
 
 def make_sts_evaluate(file_cfg: ml_collections.ConfigDict, encoder: SentenceEncoder,

@@ -209,7 +209,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> LoopResu
         encoder = builders.build_encoder(config.model, config.seed)
         evaluates = bool(config.eval.sts.path or config.eval.sts.tfds.builder)
         if evaluates:
-            _check_best_metric(config.checkpoint.best_metric, builders.sts_similarities(encoder.similarity_fn_name))
+            _check_best_metric(config.checkpoint.best_metric, builders.sts_metric_names(encoder.similarity_fn_name))
         data = prepare_data(config, encoder.tokenizer)
         parts = builders.build_parts(config, mesh, total_steps=data.total_steps, num_labels=data.num_labels,
                                      encoder=encoder)
@@ -254,10 +254,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> LoopResu
         return result
 
 
-def _check_best_metric(best_metric: str, similarities: tuple[str, ...]) -> None:
-    """checkpoint.best_metric must be one the evaluation reports: a misspelt name would keep no
-    checkpoint as the best, silently."""
-    names = [f"sts/{kind}_{sim}" for sim in similarities for kind in ("pearson", "spearman")]
+def _check_best_metric(best_metric: str, names: list[str]) -> None:
+    """checkpoint.best_metric must be one the evaluation reports (`names`): a misspelt name would
+    keep no checkpoint as the best, silently."""
     if best_metric and best_metric not in names:
         raise ConfigError(f"checkpoint.best_metric={best_metric!r}: the evaluation reports {', '.join(names)}")
 
